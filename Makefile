@@ -1,0 +1,36 @@
+# The two commands: `make demo` (main job on sample videos) and `make test` (whole suite).
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+OFFLINE ?= 0
+DEMO_ROOT ?= demo_root
+
+.PHONY: install system-deps demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install $(TORCH_PINS)
+	$(PIP) install $(TORCH_PINS) -e ".[all]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# ffmpeg/ffprobe (and chromium for the UI test) come from apt when missing.
+system-deps:
+	@bash scripts/system-deps.sh
+
+demo: install
+	$(PY) -m curate.demo --root $(DEMO_ROOT) $(if $(filter 1 yes true,$(OFFLINE)),--offline,)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests dags plugins bench
+
+clean:
+	rm -rf $(VENV) $(DEMO_ROOT) .pytest_cache

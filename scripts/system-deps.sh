@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the system packages curate needs when they are missing: ffmpeg (ffprobe) always,
+# chromium for the browser test of the Airflow UI page. Uses sudo only when not root.
+set -euo pipefail
+need=()
+command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+if [ "${CURATE_SKIP_CHROMIUM:-0}" != 1 ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "curate: please install ${need[*]} with your system's package manager" >&2
+  exit 1
+fi
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+echo "curate: installing ${need[*]} with apt-get"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
