@@ -1,0 +1,301 @@
+"""The `curate` command line: a thin shell over the stage functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from curate.errors import CurateError
+
+app = typer.Typer(
+    name="curate",
+    help="Turn raw web video into curated, annotated video-text training sets.\n\n"
+         "Stages (each reads and writes Parquet tables under one dataset root): "
+         "ingest -> split -> embed -> score -> filter -> publish. Every stage is idempotent: "
+         "rerun it and it finishes what is missing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+ROOT_OPT = typer.Option(..., "--root", "-r", help="Dataset root directory (created if missing).")
+
+
+class RichProgress:
+    """Stage progress on a rich bar (stderr); silent when stderr is not a terminal and total is 0."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+        self._task = None
+
+    def start(self, total: int, description: str) -> None:
+        if total <= 0:
+            return
+        self._p.start()
+        self._task = self._p.add_task(description, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._p.advance(self._task, n)
+            if self._p.tasks[0].finished:
+                self._p.stop()
+
+
+def _finish(result, json_out: bool = False) -> None:
+    """Print a stage summary; exit 1 only when nothing at all succeeded."""
+    d = result.as_dict() if hasattr(result, "as_dict") else result
+    if json_out:
+        out.print_json(json.dumps(d, default=str))
+    else:
+        stage = d.get("stage", "filter")
+        parts = [f"{k}={d[k]}" for k in ("total", "ok", "error", "skipped") if k in d]
+        extra = {k: v for k, v in d.items() if k not in ("stage", "total", "ok", "error", "skipped", "errors", "seconds")}
+        console.print(f"[bold green]{stage}[/] " + " ".join(parts)
+                      + (f" in {d['seconds']:.1f}s" if "seconds" in d else "")
+                      + ("  " + " ".join(f"{k}={v}" for k, v in extra.items() if not isinstance(v, (list, dict))) if extra else ""))
+        for e in d.get("errors", [])[:10]:
+            console.print(f"  [red]error[/] {e}")
+        if d.get("error", 0) > 10:
+            console.print(f"  ... {d['error'] - 10} more; see the table's error column (`curate status`).")
+    if getattr(result, "failed_entirely", False):
+        raise typer.Exit(1)
+
+
+def _guard(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **k):
+        try:
+            return fn(*a, **k)
+        except CurateError as e:
+            console.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _size(v: Optional[str]) -> Optional[int]:
+    if not v:
+        return None
+    v = v.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if v[-1:] in mult:
+        return int(float(v[:-1]) * mult[v[-1]])
+    if v.endswith("B") and v[-2:-1] in mult:
+        return int(float(v[:-2]) * mult[v[-2]])
+    return int(v)
+
+
+@app.command()
+@_guard
+def ingest(
+    sources: list[str] = typer.Argument(..., help="Source list(s): CSV/TSV/JSONL/JSON/Parquet/TXT with a 'url' column "
+                                                   "(http(s) URL or local path) and optional 'caption', 'title', "
+                                                   "'start_s'/'end_s'; other columns are kept in 'meta'. A bare URL or "
+                                                   "video path works too."),
+    root: Path = ROOT_OPT,
+    workers: int = typer.Option(4, help="Parallel downloads."),
+    max_height: Optional[int] = typer.Option(None, help="Download the best format no taller than this (e.g. 720)."),
+    max_filesize: Optional[str] = typer.Option(None, help="Skip files larger than this (bytes, or 500M / 2G)."),
+    max_duration: Optional[float] = typer.Option(None, help="Mark sources longer than this many seconds as errors."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Re-queue error rows whose kind is retryable "
+                                                                     "(network, timeout, rate_limited, bot_check)."),
+    no_local: bool = typer.Option(False, "--no-local", help="Refuse local paths and file:// URLs."),
+    allow_dir: list[str] = typer.Option([], "--allow-dir", help="Only read local files under these directories."),
+    timeout: float = typer.Option(30.0, help="Network timeout per request, seconds."),
+    retries: int = typer.Option(2, help="Retries of transient download errors (exponential backoff with jitter)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Register sources and download/copy their media into ROOT/media (yt-dlp for http/https), probing each."""
+    from curate.ingest import ingest as run
+
+    r = run(root, sources, workers=workers, max_height=max_height, max_filesize=_size(max_filesize),
+            max_duration=max_duration, retry_errors=retry_errors, allow_local=not no_local,
+            local_dirs=allow_dir or None, socket_timeout=timeout, retries=retries, progress=RichProgress())
+    _finish(r, json_out)
+
+
+@app.command()
+@_guard
+def split(
+    root: Path = ROOT_OPT,
+    detector: str = typer.Option("content", help="Splitter plugin: content (ContentDetector), adaptive, threshold, "
+                                                 "none (whole source), or a third-party one (`curate plugins`)."),
+    threshold: Optional[float] = typer.Option(None, help="Detector threshold (content 27, adaptive 3, threshold 12)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Detector option key=value (e.g. min_scene_len=10)."),
+    min_clip_s: float = typer.Option(1.0, help="Drop scenes shorter than this (seconds)."),
+    max_clip_s: float = typer.Option(60.0, help="Cut scenes longer than this into equal pieces (seconds; 0 = no limit)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Detect scenes in every ingested source and write clip rows [start, end) to ROOT/clips."""
+    from curate.embed import parse_options
+    from curate.split import split as run
+
+    opts = parse_options(option)
+    if threshold is not None:
+        opts["threshold"] = threshold
+    r = run(root, detector=detector, options=opts, min_clip_s=min_clip_s, max_clip_s=max_clip_s or None,
+            progress=RichProgress())
+    _finish(r, json_out)
+
+
+@app.command()
+@_guard
+def embed(
+    root: Path = ROOT_OPT,
+    encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder plugin name (`curate plugins`)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value, repeatable "
+                                                                 "(clip: model=ViT-B-32 weights=openai frames=8)."),
+    name: Optional[str] = typer.Option(None, help="Name of this embedding set (default: the encoder name); scores "
+                                                  "become <name>_sim. Use it to compare two configurations."),
+    device: str = typer.Option("auto", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
+    batch_size: int = typer.Option(32, help="Clips per forward pass."),
+    workers: int = typer.Option(2, help="Decoder threads running ahead of the model."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Embed every clip (sampled frames) and its caption with an encoder; writes ROOT/embeddings/<name>."""
+    from curate.embed import embed as run
+    from curate.embed import parse_options
+
+    r = run(root, encoder, options=parse_options(option), name=name, device=device, batch_size=batch_size,
+            workers=workers, progress=RichProgress())
+    _finish(r, json_out)
+
+
+@app.command()
+@_guard
+def score(
+    root: Path = ROOT_OPT,
+    encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Only this embedding set (default: all)."),
+    scorer: list[str] = typer.Option(["technical", "alignment"], "--scorer", "-s",
+                                     help="Scorer plugins to run (repeatable)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Compute score columns (alignment <encoder>_sim = cosine(clip, caption), technical) into ROOT/scores."""
+    from curate.score import score as run
+
+    r = run(root, scorers=scorer, encoder=encoder, progress=RichProgress())
+    _finish(r, json_out)
+
+
+@app.command("filter")
+@_guard
+def filter_cmd(
+    root: Path = ROOT_OPT,
+    subset: str = typer.Option(..., "--subset", help="Name of the subset to create (ROOT/subsets/<name>)."),
+    min_sim: Optional[float] = typer.Option(None, help="Keep clips with <encoder>_sim >= this."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Which <encoder>_sim, when several were scored."),
+    min_duration: Optional[float] = typer.Option(None, help="Keep clips at least this long (seconds)."),
+    max_duration: Optional[float] = typer.Option(None, help="Keep clips at most this long (seconds)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Select clips by thresholds over stored scores (nothing is recomputed) -> ROOT/subsets/<name>/selection.parquet."""
+    from curate.filter import filter_clips
+
+    s = filter_clips(root, subset, encoder=encoder, min_sim=min_sim, min_duration=min_duration,
+                     max_duration=max_duration)
+    if json_out:
+        out.print_json(json.dumps(s))
+        return
+    console.print(f"[bold green]filter[/] subset={subset} kept {s['kept']} of {s['total']} clips")
+    for r in s["rules"]:
+        console.print(f"  {r['name']}: {r['column']} {r['op']} {r['value']} dropped {s['dropped_by_rule'][r['name']]}"
+                      f" (in order: {s['funnel'][r['name']]})")
+
+
+@app.command()
+@_guard
+def publish(
+    root: Path = ROOT_OPT,
+    subset: str = typer.Option(..., "--subset", help="Subset made by `curate filter`."),
+    shard_size: int = typer.Option(1000, help="Clips per WebDataset shard."),
+    workers: int = typer.Option(4, help="Parallel ffmpeg cuts."),
+    cut: str = typer.Option("accurate", help="accurate: frame-accurate H.264 re-encode; copy: stream copy (exact only "
+                                             "at keyframes, fast, lossless)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Cut the kept clips and write WebDataset shards, annotations.parquet and a README.md dataset card."""
+    from curate.publish import publish as run
+
+    r = run(root, subset, shard_size=shard_size, workers=workers, cut=cut, progress=RichProgress())
+    _finish(r, json_out)
+
+
+@app.command()
+@_guard
+def run(config: Path = typer.Argument(..., help="YAML file (see configs/); relative paths are relative to it.")) -> None:
+    """Run every stage configured in a YAML file, in order."""
+    from curate.pipeline import load_config, run_config
+
+    cfg = load_config(config)
+    results = run_config(cfg, RichProgress, on_result=lambda r: _finish(r) if hasattr(r, "as_dict") else
+                         console.print(f"[bold green]filter[/] kept {r['kept']} of {r['total']} clips"))
+    _ = results
+    _status_table(cfg["root"])
+
+
+@app.command()
+@_guard
+def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List every registered encoder, splitter and scorer, with the plugin and package that registered it."""
+    from curate.plugins import all_components
+
+    comps = all_components()
+    if json_out:
+        out.print_json(json.dumps([c.as_dict() for c in comps]))
+        return
+    t = RichTable("kind", "name", "package", "plugin", "description")
+    for c in comps:
+        t.add_row(c.kind, c.name, c.package, c.plugin, c.description)
+    out.print(t)
+
+
+@app.command()
+@_guard
+def status(root: Path = ROOT_OPT, json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Per stage, counts of ok / error / pending."""
+    from curate.status import stage_counts
+
+    if not Path(root).exists():
+        raise CurateError(f"{root} does not exist.")
+    if json_out:
+        out.print_json(json.dumps(stage_counts(root)))
+        return
+    _status_table(root)
+
+
+def _status_table(root: Any) -> None:
+    from curate.status import stage_counts
+
+    t = RichTable("stage", "ok", "error", "pending", title=f"curate status {root}")
+    for stage, c in stage_counts(root).items():
+        extra = f" ({c['clips']} clips)" if "clips" in c else ""
+        t.add_row(stage, f"{c['ok']}{extra}", str(c["error"]), str(c["pending"]))
+    out.print(t)
+
+
+def _register_plugin_commands() -> None:
+    from curate.plugins import load_plugins
+
+    load_plugins().hook.register_commands(cli=app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register_plugin_commands()
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="curate")
+
+
+if __name__ == "__main__":
+    main()

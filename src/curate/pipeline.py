@@ -1,0 +1,99 @@
+"""`curate run CONFIG.yaml`: every stage from one YAML file (examples under ``configs/``).
+
+Top-level keys: ``root``, ``sources`` and one section per stage (``ingest``, ``split``, ``embed``
+(a mapping or a list of mappings, one per encoder), ``score``, ``filter``, ``publish``). A stage
+whose section is absent is skipped; relative paths are relative to the config file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from curate.errors import CurateError
+from curate.progress import NullProgress, Progress, StageResult
+
+SECTIONS = {
+    "ingest": {"workers", "max_height", "max_filesize", "max_duration", "retry_errors", "allow_local", "local_dirs",
+               "socket_timeout", "retries", "backoff_s"},
+    "split": {"detector", "options", "min_clip_s", "max_clip_s"},
+    "embed": {"encoder", "name", "options", "device", "batch_size", "workers"},
+    "score": {"scorers", "encoder", "options"},
+    "filter": {"subset", "encoder", "min_sim", "min_duration", "max_duration"},
+    "publish": {"subset", "shard_size", "workers", "cut"},
+}
+TOP = {"root", "sources", *SECTIONS}
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise CurateError(f"Config file {str(p)!r} does not exist.")
+    try:
+        cfg = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise CurateError(f"{p}: invalid YAML: {e}") from e
+    if not isinstance(cfg, dict):
+        raise CurateError(f"{p}: the top level must be a mapping")
+    unknown = set(cfg) - TOP
+    if unknown:
+        raise CurateError(f"{p}: unknown keys {sorted(unknown)} (known: {sorted(TOP)})")
+    for sec, allowed in SECTIONS.items():
+        items = cfg.get(sec)
+        for item in (items if isinstance(items, list) else [items] if items else []):
+            if not isinstance(item, dict):
+                raise CurateError(f"{p}: section {sec!r} must be a mapping")
+            bad = set(item) - allowed
+            if bad:
+                raise CurateError(f"{p}: unknown keys in {sec}: {sorted(bad)} (known: {sorted(allowed)})")
+    if "root" not in cfg:
+        raise CurateError(f"{p}: 'root' is required")
+    base = p.resolve().parent
+    cfg["root"] = str((base / cfg["root"]).resolve()) if not Path(str(cfg["root"])).is_absolute() else cfg["root"]
+    if cfg.get("sources") and "://" not in str(cfg["sources"]):
+        src = Path(str(cfg["sources"]))
+        cfg["sources"] = str(src if src.is_absolute() else (base / src).resolve())
+    return cfg
+
+
+def run_config(cfg: dict[str, Any], progress_factory: Callable[[], Progress] = NullProgress,
+               on_result: Callable[[StageResult | dict], None] = lambda r: None) -> list[StageResult | dict]:
+    """Run the stages of a loaded config in order; returns each stage's result."""
+    from curate.embed import embed
+    from curate.filter import filter_clips
+    from curate.ingest import ingest
+    from curate.publish import publish
+    from curate.score import score
+    from curate.split import split
+
+    root = cfg["root"]
+    results: list[StageResult | dict] = []
+
+    def record(r):
+        results.append(r)
+        on_result(r)
+        return r
+
+    if cfg.get("sources") or "ingest" in cfg:
+        record(ingest(root, cfg.get("sources"), progress=progress_factory(), **(cfg.get("ingest") or {})))
+    if "split" in cfg:
+        record(split(root, progress=progress_factory(), **(cfg["split"] or {})))
+    embeds = cfg.get("embed") or []
+    for e in embeds if isinstance(embeds, list) else [embeds]:
+        e = dict(e)
+        enc = e.pop("encoder", "clip")
+        record(embed(root, enc, progress=progress_factory(), **e))
+    if "score" in cfg:
+        record(score(root, progress=progress_factory(), **(cfg["score"] or {})))
+    subset = None
+    if cfg.get("filter"):
+        f = dict(cfg["filter"])
+        subset = f.pop("subset", "default")
+        record(filter_clips(root, subset, **f))
+    if "publish" in cfg:
+        p = dict(cfg["publish"] or {})
+        subset = p.pop("subset", subset or "default")
+        record(publish(root, subset, progress=progress_factory(), **p))
+    return results

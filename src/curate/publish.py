@@ -1,0 +1,226 @@
+"""Publish: cut only the kept clips and write WebDataset shards, ``annotations.parquet`` and a card.
+
+Layout of ``ROOT/subsets/<name>/``::
+
+    selection.parquet   filter.json       (written by `curate filter`)
+    shards/shard-00000.tar ...            <key>.mp4, <key>.json, <key>.npy per clip
+    annotations.parquet                   one row per published clip (shard, key, caption, scores, times)
+    README.md                             the dataset card
+
+Clips are assigned to shards in clip-id order, so a rerun rebuilds only shards whose content
+changed (or that a crash left unfinished: shards are written under a temporary name and renamed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.errors import CurateError
+from curate.media import MediaError, cut_clip
+from curate.progress import NullProgress, Progress, StageResult
+from curate.store import Root, write_bytes_atomic, write_table_atomic
+
+
+def _primary_encoder(root: Root, summary: dict, columns: list[str]) -> str | None:
+    for r in summary.get("rules", []):
+        if r["column"].endswith("_sim"):
+            return r["column"][: -len("_sim")]
+    sims = [c[: -len("_sim")] for c in columns if c.endswith("_sim")]
+    return sims[0] if sims else None
+
+
+def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: int = 4, cut: str = "accurate",
+            progress: Progress | None = None) -> StageResult:
+    """Cut and package the clips selected by `curate filter` for ``subset``."""
+    root = Root(root) if not isinstance(root, Root) else root
+    progress = progress or NullProgress()
+    if cut not in ("accurate", "copy"):
+        raise CurateError("cut must be 'accurate' (frame-accurate re-encode) or 'copy' (stream copy at keyframes)")
+    out = root.subset_dir(subset)
+    sel_path = out / "selection.parquet"
+    if not sel_path.exists():
+        raise CurateError(f"Subset {subset!r} has no selection: run `curate filter --root {root.path} --subset {subset} ...` first.")
+    result = StageResult("publish", extra={"subset": subset})
+    with root.lock(f"publish-{subset}"):
+        summary = json.loads((out / "filter.json").read_text()) if (out / "filter.json").exists() else {}
+        sel = pq.read_table(sel_path)
+        score_cols = [c for c in sel.column_names if c not in ("clip_id", "source_id")]
+        clips = root.clips.read_arrow(columns=["clip_id", "source_id", "start_s", "end_s", "start_frame", "end_frame",
+                                               "duration_s", "caption"])
+        clips = clips.filter(pc.is_in(clips["clip_id"], value_set=sel["clip_id"]))
+        srcs = root.sources.read_arrow(columns=["source_id", "url", "title", "meta", "media_path", "fps"])
+        t = clips.join(srcs, "source_id", join_type="left outer").join(
+            sel.select(["clip_id", *score_cols]), "clip_id", join_type="left outer").sort_by("clip_id")
+        enc = _primary_encoder(root, summary, sel.column_names)
+        emb = {}
+        if enc:
+            e = root.embeddings(enc).read_arrow(columns=["clip_id", "video_emb"])
+            e = e.filter(pc.is_in(e["clip_id"], value_set=t["clip_id"]))
+            shape = root.embedding_meta(enc).get("video_emb_shape") or [-1]
+            emb = {cid: np.asarray(v, np.float32).reshape(shape) for cid, v in
+                   zip(e["clip_id"].to_pylist(), e["video_emb"].to_pylist()) if v is not None}
+        rows = t.to_pylist()
+        result.total = len(rows)
+        shards_dir = out / "shards"
+        shards_dir.mkdir(parents=True, exist_ok=True)
+        groups = [rows[i:i + shard_size] for i in range(0, len(rows), shard_size)]
+        progress.start(len(rows), f"publish ({subset})")
+        annotations: list[dict] = []
+        expected = set()
+        for si, group in enumerate(groups):
+            name = f"shard-{si:05d}.tar"
+            expected.update({name, name.replace(".tar", ".json")})
+            manifest_path = shards_dir / name.replace(".tar", ".json")
+            ids = [r["clip_id"] for r in group]
+            if (shards_dir / name).exists() and manifest_path.exists():
+                manifest = json.loads(manifest_path.read_text())
+                if manifest.get("clip_ids") == ids and manifest.get("cut") == cut:
+                    annotations.extend(manifest["annotations"])
+                    result.skipped += len(group)
+                    result.ok += sum(1 for a in manifest["annotations"] if a["status"] == "ok")
+                    result.error += sum(1 for a in manifest["annotations"] if a["status"] != "ok")
+                    progress.advance(len(group))
+                    continue
+            ann = _write_shard(root, shards_dir / name, group, si, emb, score_cols, cut, workers, progress, result)
+            write_bytes_atomic(json.dumps({"clip_ids": ids, "cut": cut, "annotations": ann}, default=str), manifest_path)
+            annotations.extend(ann)
+        for p in shards_dir.iterdir():  # shards of an earlier, larger selection
+            if p.name not in expected:
+                p.unlink()
+        ann_table = pa.Table.from_pylist(annotations) if annotations else pa.table({"clip_id": pa.array([], pa.string())})
+        write_table_atomic(ann_table, out / "annotations.parquet")
+        result.extra.update(shards=len(groups), published=sum(1 for a in annotations if a["status"] == "ok"),
+                            path=str(out))
+        card = dataset_card(root, subset, summary, annotations, enc, len(groups), cut)
+        write_bytes_atomic(card, out / "README.md")
+    return result.done()
+
+
+def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, emb: dict, score_cols: list[str],
+                 cut: str, workers: int, progress: Progress, result: StageResult) -> list[dict]:
+    tmpdir = Path(tempfile.mkdtemp(prefix=".tmp-cut-", dir=path.parent))
+    try:
+        def do_cut(r: dict) -> tuple[dict, Path | None, str | None]:
+            dst = tmpdir / f"{r['clip_id']}.mp4"
+            try:
+                if not r.get("media_path"):
+                    raise MediaError("source media is missing")
+                n = int(r["end_frame"]) - int(r["start_frame"])
+                cut_clip(root.inside(r["media_path"]), dst, float(r["start_s"]), n, float(r["fps"]), mode=cut)
+                return r, dst, None
+            except (MediaError, CurateError, OSError) as e:
+                return r, None, str(e)
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            done = list(pool.map(do_cut, group))
+        tmp_tar = path.with_name(f".tmp-{path.name}")
+        ann = []
+        with tarfile.open(tmp_tar, "w") as tar:
+            for r, mp4, err in done:
+                key = r["clip_id"]
+                scores = {c: r.get(c) for c in score_cols if c in r and not c.endswith("_error")}
+                meta = json.loads(r["meta"]) if r.get("meta") else {}
+                record = {"key": key, "clip_id": key, "caption": r.get("caption"), "source_id": r["source_id"],
+                          "url": r.get("url"), "title": r.get("title"), "start_s": r["start_s"], "end_s": r["end_s"],
+                          "duration_s": r["duration_s"], "scores": scores, "meta": meta}
+                if err is None:
+                    _add(tar, f"{key}.mp4", mp4.read_bytes())
+                    _add(tar, f"{key}.json", json.dumps(record, ensure_ascii=False, default=str).encode())
+                    if key in emb:
+                        buf = io.BytesIO()
+                        np.save(buf, emb[key])
+                        _add(tar, f"{key}.npy", buf.getvalue())
+                    result.ok += 1
+                else:
+                    result.add_error(key, err)
+                ann.append({"clip_id": key, "shard": path.name, "status": "ok" if err is None else "error",
+                            "error": err, "caption": r.get("caption"), "source_id": r["source_id"],
+                            "url": r.get("url"), "start_s": r["start_s"], "end_s": r["end_s"],
+                            "duration_s": r["duration_s"], **scores})
+                progress.advance()
+        tmp_tar.replace(path)
+        return ann
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("curate", "torch", "open_clip_torch", "transformers", "decord", "scenedetect", "yt-dlp", "pyarrow"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        first = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+        out["ffmpeg"] = first.split()[2]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        pass
+    return out
+
+
+def dataset_card(root: Root, subset: str, summary: dict, annotations: list[dict], enc: str | None, shards: int,
+                 cut: str) -> str:
+    published = sum(1 for a in annotations if a["status"] == "ok")
+    failed = len(annotations) - published
+    lines = [f"# {subset}", "", f"Curated with curate from `{root.path}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    lines += ["## Counts", "", "| | clips |", "|---|---|",
+              f"| scored | {summary.get('total', '?')} |", f"| kept by the filter | {summary.get('kept', '?')} |",
+              f"| dropped | {summary.get('dropped', '?')} |", f"| published | {published} |",
+              f"| failed to cut | {failed} |", f"| shards | {shards} |", ""]
+    rules = summary.get("rules", [])
+    lines += ["## Thresholds", ""]
+    if rules:
+        lines += ["| rule | column | condition | dropped (alone) | dropped (in order) |", "|---|---|---|---|---|"]
+        for r in rules:
+            lines.append(f"| {r['name']} | `{r['column']}` | {r['op']} {r['value']} | "
+                         f"{summary['dropped_by_rule'].get(r['name'], 0)} | {summary['funnel'].get(r['name'], 0)} |")
+    else:
+        lines.append("No thresholds: every scored clip was kept.")
+    lines += ["", "## Encoders", ""]
+    for name in root.embedding_names():
+        m = root.embedding_meta(name)
+        if not m:
+            continue
+        lines += [f"### {name}" + (" (embeddings in the shards)" if name == enc else ""), "",
+                  f"- encoder: `{m.get('encoder')}`", f"- model: `{m.get('model')}`", f"- weights: {m.get('weights')}",
+                  f"- frames per clip: {m.get('num_frames')}, frame size: {m.get('frame_size')}",
+                  f"- embedding shape: {m.get('video_emb_shape')}, similarity: {m.get('similarity')}",
+                  f"- score range: {m.get('score_range') or 'n/a'}", ""]
+        if m.get("weights") == "random":
+            lines += ["> **weights: random** — this encoder ran with randomly initialised weights, so its scores",
+                      "> say nothing about caption alignment. Use it only to test the pipeline.", ""]
+    lines += ["## Format", "", "WebDataset shards under `shards/`: per clip `<key>.mp4` (cut "
+              + ("frame-accurately, H.264" if cut == "accurate" else "by stream copy at keyframes") + "), `<key>.json` "
+              "(caption, scores, source url, start/end seconds), `<key>.npy` (clip embedding). "
+              "`annotations.parquet` holds the same fields, one row per clip.", "",
+              "```python", "import webdataset as wds",
+              f"ds = wds.WebDataset('{root.path}/subsets/{subset}/shards/shard-{{00000..{max(0, shards - 1):05d}}}.tar')",
+              "```", "", "## Software", ""]
+    lines += [f"- {k}: {v}" for k, v in package_versions().items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,85 @@
+"""Scorers compute columns of the ``scores`` table; every filter is a threshold over stored columns.
+
+A scorer gets the root and the clip ids that lack its columns, and returns an Arrow table with
+``clip_id`` and its columns (null where it could not score, with the reason in an ``<column>_error``
+column). Built-ins: ``alignment`` (``<encoder>_sim`` for every embedding set) and ``technical``
+(duration, resolution, aspect ratio, fps).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.store import Root
+
+
+class Scorer:
+    name: ClassVar[str] = "scorer"
+
+    def columns(self, root: Root) -> list[str]:
+        """The columns this scorer writes on this root."""
+        raise NotImplementedError
+
+    def compute(self, root: Root, clip_ids: pa.Array) -> pa.Table:
+        raise NotImplementedError
+
+
+class TechnicalScorer(Scorer):
+    name = "technical"
+
+    def columns(self, root: Root) -> list[str]:
+        return ["source_id", "duration_s", "width", "height", "aspect", "fps"]
+
+    def compute(self, root: Root, clip_ids: pa.Array) -> pa.Table:
+        clips = root.clips.read_arrow(columns=["clip_id", "source_id", "duration_s"])
+        clips = clips.filter(pc.is_in(clips["clip_id"], value_set=clip_ids))
+        src = root.sources.read_arrow(columns=["source_id", "width", "height", "fps"])
+        t = clips.join(src, "source_id", join_type="left outer")
+        aspect = pc.divide(pc.cast(t["width"], pa.float64()), pc.cast(t["height"], pa.float64()))
+        return t.append_column("aspect", aspect).select(["clip_id", *self.columns(root)])
+
+
+class AlignmentScorer(Scorer):
+    """``<name>_sim``: cosine of clip and caption embeddings (max over queries for query stacks)."""
+
+    name = "alignment"
+
+    def __init__(self, encoder: str | None = None) -> None:
+        self.encoder = encoder
+
+    def names(self, root: Root) -> list[str]:
+        return [self.encoder] if self.encoder else root.embedding_names()
+
+    def columns(self, root: Root) -> list[str]:
+        return [c for n in self.names(root) for c in (f"{n}_sim", f"{n}_sim_error")]
+
+    def compute(self, root: Root, clip_ids: pa.Array) -> pa.Table:
+        out = pa.table({"clip_id": clip_ids})
+        for name in self.names(root):
+            meta = root.embedding_meta(name)
+            shape = meta.get("video_emb_shape") or [None]
+            emb = root.embeddings(name).read_arrow(columns=["clip_id", "video_emb", "text_emb", "status", "error"])
+            emb = emb.filter(pc.is_in(emb["clip_id"], value_set=clip_ids))
+            sims: dict[str, float] = {}
+            errs: dict[str, str] = {}
+            ok = emb.filter(pc.and_(pc.equal(emb["status"], "ok"), pc.is_valid(emb["text_emb"])))
+            if ok.num_rows:
+                v = np.asarray(ok["video_emb"].combine_chunks().flatten(), np.float32).reshape(ok.num_rows, *([-1] if len(shape) < 2 else shape))
+                t = np.asarray(ok["text_emb"].combine_chunks().flatten(), np.float32).reshape(ok.num_rows, -1)
+                s = np.einsum("bqd,bd->bq", v, t).max(1) if v.ndim == 3 else np.einsum("bd,bd->b", v, t)
+                sims = dict(zip(ok["clip_id"].to_pylist(), s.astype(float).tolist()))
+            for cid, st, err, te in zip(emb["clip_id"].to_pylist(), emb["status"].to_pylist(),
+                                        emb["error"].to_pylist(), emb["text_emb"].is_null().to_pylist()):
+                if st != "ok":
+                    errs[cid] = f"clip not embedded: {err}"
+                elif te:
+                    errs[cid] = err or "clip has no caption"
+            ids = clip_ids.to_pylist()
+            out = out.append_column(f"{name}_sim", pa.array([sims.get(i) for i in ids], pa.float64()))
+            out = out.append_column(f"{name}_sim_error", pa.array(
+                [errs.get(i) if i not in sims else None for i in ids], pa.string()))
+        return out

@@ -1,0 +1,313 @@
+"""The dataset root and its Parquet tables.
+
+A table is a directory of ``part-*.parquet`` files that ``pandas.read_parquet(ROOT / name)`` opens.
+Writes are atomic: a part is written under a hidden temporary name (``.tmp-*``, which pyarrow and
+pandas skip) and renamed into place. An *upsert* writes the new rows as a new part and then rewrites
+the older parts that held the same keys without them, one atomic rename per part, so a reader never
+sees a half-written file; a crash between the two steps leaves a duplicate key that the next write
+(or :meth:`Table.read`) resolves in favour of the newest part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from curate.errors import CurateError, StageBusy
+
+__all__ = ["Root", "Table", "stable_id", "SCHEMAS"]
+
+
+def stable_id(*parts: str, length: int = 16) -> str:
+    """A short, stable hex id derived from content (URL, source id + frame range, ...)."""
+    h = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+    return h[:length]
+
+
+STR = pa.string()
+F64 = pa.float64()
+I64 = pa.int64()
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "sources": pa.schema([
+        ("source_id", STR), ("url", STR), ("caption", STR), ("title", STR), ("meta", STR),
+        ("start_s", F64), ("end_s", F64),
+        ("status", STR), ("error", STR), ("error_kind", STR), ("attempts", I64),
+        ("media_path", STR), ("info_path", STR),
+        ("duration_s", F64), ("fps", F64), ("width", I64), ("height", I64), ("codec", STR), ("num_frames", I64),
+        ("updated_at", F64),
+    ]),
+    "clips": pa.schema([
+        ("clip_id", STR), ("source_id", STR), ("clip_index", I64),
+        ("start_s", F64), ("end_s", F64), ("start_frame", I64), ("end_frame", I64), ("duration_s", F64),
+        ("caption", STR), ("splitter", STR), ("status", STR), ("error", STR), ("updated_at", F64),
+    ]),
+}
+
+KEYS = {"sources": "source_id", "clips": "clip_id", "scores": "clip_id"}
+
+
+def embedding_schema() -> pa.Schema:
+    return pa.schema([
+        ("clip_id", STR), ("video_emb", pa.list_(pa.float32())), ("text_emb", pa.list_(pa.float32())),
+        ("status", STR), ("error", STR), ("updated_at", F64),
+    ])
+
+
+def _part_name() -> str:
+    return f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write one Parquet file atomically (temporary name in the same directory, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_bytes_atomic(data: bytes | str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Table:
+    """One Parquet table (a directory of parts) under the dataset root."""
+
+    def __init__(self, path: Path, key: str, schema: pa.Schema | None = None) -> None:
+        self.path = path
+        self.key = key
+        self.schema = schema
+
+    def parts(self) -> list[Path]:
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.glob("part-*.parquet"))
+
+    def exists(self) -> bool:
+        return bool(self.parts())
+
+    def dataset(self) -> ds.Dataset | None:
+        parts = self.parts()
+        if not parts:
+            return None
+        schema = self.schema
+        if schema is None:
+            schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
+        return ds.dataset([str(p) for p in parts], schema=schema, format="parquet")
+
+    def read_arrow(self, columns: list[str] | None = None, filter: ds.Expression | None = None) -> pa.Table:
+        """Read the table; a key present in several parts (after a crash) resolves to the newest part."""
+        d = self.dataset()
+        if d is None:
+            schema = self.schema or pa.schema([(self.key, STR)])
+            cols = columns or schema.names
+            return pa.table({c: pa.array([], type=schema.field(c).type if c in schema.names else STR) for c in cols})
+        cols = columns
+        if cols is not None and self.key not in cols:
+            cols = [self.key, *cols]
+        t = d.to_table(columns=cols, filter=filter)
+        if t.num_rows and len(pa.compute.unique(t[self.key])) != t.num_rows:
+            t = _keep_last(t, self.key)
+        if columns is not None and self.key not in columns:
+            t = t.drop_columns([self.key])
+        return t
+
+    def read(self, columns: list[str] | None = None, filter: ds.Expression | None = None):
+        return self.read_arrow(columns, filter).to_pandas()
+
+    def keys(self) -> set[str]:
+        d = self.dataset()
+        if d is None:
+            return set()
+        return set(d.to_table(columns=[self.key])[self.key].to_pylist())
+
+    def iter_batches(self, columns: list[str] | None = None, filter: ds.Expression | None = None,
+                     batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+        d = self.dataset()
+        if d is None:
+            return iter(())
+        return d.to_batches(columns=columns, filter=filter, batch_size=batch_size)
+
+    def _conform(self, table: pa.Table) -> pa.Table:
+        if self.schema is None:
+            return table
+        cols = []
+        for field in self.schema:
+            if field.name in table.column_names:
+                cols.append(table[field.name].cast(field.type))
+            else:
+                cols.append(pa.nulls(table.num_rows, type=field.type))
+        return pa.Table.from_arrays(cols, schema=self.schema)
+
+    def append(self, table: pa.Table) -> Path | None:
+        """Add rows whose keys are new (the caller guarantees it). Returns the new part."""
+        if table.num_rows == 0:
+            return None
+        path = self.path / _part_name()
+        write_table_atomic(self._conform(table), path)
+        return path
+
+    def upsert(self, table: pa.Table) -> None:
+        """Insert or replace rows by key: new part first, then older parts rewritten without those keys."""
+        if table.num_rows == 0:
+            return
+        table = _keep_last(table, self.key) if len(pa.compute.unique(table[self.key])) != table.num_rows else table
+        old_parts = self.parts()
+        new_part = self.append(table)
+        keys = pa.array(table[self.key].to_pylist(), type=STR)
+        for part in old_parts:
+            if part == new_part:
+                continue
+            ids = pq.read_table(part, columns=[self.key])[self.key]
+            hit = pa.compute.is_in(ids, value_set=keys)
+            if not pa.compute.any(hit).as_py():
+                continue
+            old = pq.read_table(part)
+            keep = old.filter(pa.compute.invert(hit))
+            if keep.num_rows:
+                write_table_atomic(keep, part)
+            else:
+                part.unlink()
+
+    def rewrite(self, table: pa.Table) -> None:
+        """Replace the whole table with ``table`` (one new part; old parts removed after)."""
+        old_parts = self.parts()
+        new_part = self.path / _part_name()
+        write_table_atomic(self._conform(table), new_part)
+        for p in old_parts:
+            p.unlink(missing_ok=True)
+
+    def compact(self) -> None:
+        """Merge small parts into one (and resolve duplicate keys left by a crash)."""
+        if len(self.parts()) > 1:
+            self.rewrite(self.read_arrow())
+
+
+def _keep_last(t: pa.Table, key: str) -> pa.Table:
+    """Keep the last row of each key (rows are in part order, so the newest part wins)."""
+    idx = pa.array(range(t.num_rows))
+    t2 = t.append_column("__row", idx)
+    last = t2.group_by(key).aggregate([("__row", "max")])["__row_max"]
+    return t.take(pa.compute.sort_indices(last))
+
+
+class Root:
+    """A dataset root: one directory that holds every table, the media and the published subsets."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        p = str(path)
+        if "://" in p and not p.startswith("file://"):
+            raise CurateError(
+                f"Dataset root {p!r}: only local paths are supported by this version "
+                "(mount object storage with a FUSE driver such as s3fs/gcsfuse and pass the mount point)."
+            )
+        self.path = Path(p.removeprefix("file://")).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"Root({str(self.path)!r})"
+
+    def ensure(self) -> "Root":
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def inside(self, *parts: str) -> Path:
+        """A path under the root; anything that would resolve outside it is refused."""
+        p = (self.path.joinpath(*parts)).resolve()
+        if p != self.path and self.path not in p.parents:
+            raise CurateError(f"Refusing path outside the dataset root: {'/'.join(parts)!r}")
+        return p
+
+    @property
+    def sources(self) -> Table:
+        return Table(self.path / "sources", "source_id", SCHEMAS["sources"])
+
+    @property
+    def clips(self) -> Table:
+        return Table(self.path / "clips", "clip_id", SCHEMAS["clips"])
+
+    @property
+    def scores(self) -> Table:
+        return Table(self.path / "scores", "clip_id")
+
+    def embeddings(self, name: str) -> Table:
+        return Table(self.inside("embeddings", _safe_name(name)), "clip_id", embedding_schema())
+
+    def embedding_names(self) -> list[str]:
+        d = self.path / "embeddings"
+        return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+    def embedding_meta(self, name: str) -> dict:
+        p = self.inside("embeddings", _safe_name(name), "_meta.json")
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def subset_dir(self, name: str) -> Path:
+        return self.inside("subsets", _safe_name(name))
+
+    def subset_names(self) -> list[str]:
+        d = self.path / "subsets"
+        return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
+
+    @property
+    def media_dir(self) -> Path:
+        return self.path / "media"
+
+    @contextlib.contextmanager
+    def lock(self, stage: str) -> Iterator[None]:
+        """Hold the lock of one stage on this root; a second run of the same stage fails clearly."""
+        d = self.path / ".locks"
+        d.mkdir(parents=True, exist_ok=True)
+        f = open(d / f"{stage}.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise StageBusy(
+                f"Another `curate {stage}` is running on {self.path} ({holder}). Wait for it to finish; "
+                "two runs of one stage on one root never run at once."
+            ) from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+
+
+def _safe_name(name: str) -> str:
+    """Names of subsets/embedding sets become directory names: keep them to a safe alphabet."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}", name or "") or ".." in name:
+        raise CurateError(
+            f"Invalid name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit."
+        )
+    return name
+
+
+def rows_to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
+    rows = list(rows)
+    return pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
