@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from curate.errors import CurateError
@@ -65,7 +66,7 @@ def _finish(result, json_out: bool = False) -> None:
                       + (f" in {d['seconds']:.1f}s" if "seconds" in d else "")
                       + ("  " + " ".join(f"{k}={v}" for k, v in extra.items() if not isinstance(v, (list, dict))) if extra else ""))
         for e in d.get("errors", [])[:10]:
-            console.print(f"  [red]error[/] {e}")
+            console.print(f"  [red]error[/] {escape(str(e))}")
         if d.get("error", 0) > 10:
             console.print(f"  ... {d['error'] - 10} more; see the table's error column (`curate status`).")
     if getattr(result, "failed_entirely", False):
@@ -80,7 +81,7 @@ def _guard(fn):
         try:
             return fn(*a, **k)
         except CurateError as e:
-            console.print(f"[bold red]error:[/] {e}")
+            console.print(f"[bold red]error:[/] {escape(str(e))}")
             raise typer.Exit(2) from None
 
     return wrapper

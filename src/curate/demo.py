@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from rich.console import Console
+    from rich.markup import escape
 
     from curate.cli import RichProgress, _finish, _status_table
     from curate.errors import CurateError, WeightsUnavailable
@@ -51,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         run_config(load_config(cfg_path), RichProgress, on_result=lambda r: _finish(r) if hasattr(r, "as_dict")
                    else console.print(f"[bold green]filter[/] kept {r['kept']} of {r['total']} clips"))
     except WeightsUnavailable as e:
-        console.print(f"[bold red]The pretrained CLIP weights could not be loaded.[/] {e}\n\n"
+        console.print(f"[bold red]The pretrained CLIP weights could not be loaded.[/] {escape(str(e))}\n\n"
                       "Without internet access the demo can continue only with randomly initialised weights, "
                       "and only if you ask for it: [bold]make demo OFFLINE=1[/] (the card then says 'weights: random').")
         return 1
     except CurateError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
     _status_table(root)
     card = root / "subsets" / "demo" / "README.md"

@@ -90,6 +90,9 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
     progress = progress or NullProgress()
     options = {k: str(v) for k, v in (options or {}).items()}
     name = name or encoder
+    from curate.plugins import get_encoder
+
+    get_encoder(encoder)  # an unknown name is an invocation error even when there is nothing to embed
     result = StageResult("embed", extra={"encoder": encoder, "name": name})
     with root.ensure().lock(f"embed-{name}"):
         check_meta(root, name, encoder, options)

@@ -192,13 +192,11 @@ class _YtdlpLogger:
         self.errors: list[str] = []
 
     def debug(self, msg: str) -> None:
-        pass
+        if "max-filesize" in msg:  # yt-dlp reports the size limit on its debug channel and returns normally
+            self.errors.append(msg)
 
     info = debug
-
-    def warning(self, msg: str) -> None:
-        if "larger than max-filesize" in msg or "max-filesize" in msg:
-            self.errors.append(msg)
+    warning = debug
 
     def error(self, msg: str) -> None:
         self.errors.append(msg)

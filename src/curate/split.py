@@ -104,11 +104,11 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
     result = StageResult("split")
     splitter = get_splitter(detector).create(**(options or {}))
     with root.ensure().lock("split"):
-        sources = root.sources.read(columns=["source_id", "status", "media_path", "fps", "num_frames", "caption"])
-        done = set(root.clips.read(columns=["source_id"])["source_id"]) if root.clips.exists() else set()
+        sources = root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames", "caption"])
+        done = set(root.clips.read_arrow(columns=["source_id"])["source_id"].to_pylist())
         wanted = set(source_ids) if source_ids is not None else None
         todo = []
-        for row in sources.to_dict(orient="records"):
+        for row in sources.to_pylist():
             if row["status"] != "ok" or (wanted is not None and row["source_id"] not in wanted):
                 continue
             if row["source_id"] in done:

@@ -1,0 +1,116 @@
+"""Shared fixtures: ffmpeg-made videos with cuts at known frames, a tiny open_clip checkpoint, a local HTTP server."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from curate.samples import make_video
+
+FPS = 25
+#: video name -> shots (lavfi source, frames); cuts fall exactly between shots
+VIDEOS = {
+    "three_shots": [("testsrc2", 50), ("mandelbrot", 40), ("smptebars", 60)],
+    "two_shots": [("gradient", 60), ("rgbtestsrc", 45)],
+    "long_shot": [("mandelbrot", 130)],
+}
+CAPTIONS = {"three_shots": "test pattern then fractal then color bars", "two_shots": "a color gradient then stripes",
+            "long_shot": None}
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+}
+
+
+def cuts(shots):
+    out, start = [], 0
+    for _, n in shots:
+        out.append((start, start + n))
+        start += n
+    return out
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("videos")
+    out = {}
+    for name, shots in VIDEOS.items():
+        out[name] = d / f"{name}.mp4"
+        make_video(out[name], shots, fps=FPS, audio=(name == "three_shots"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def source_list(tmp_path_factory, videos) -> Path:
+    import csv
+
+    p = tmp_path_factory.mktemp("lists") / "sources.csv"
+    with open(p, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["url", "caption", "license"])
+        w.writeheader()
+        for name, path in videos.items():
+            w.writerow({"url": str(path), "caption": CAPTIONS[name] or "", "license": "cc-by"})
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> dict[str, str]:
+    """A tiny open_clip architecture (JSON config) and random weights saved as an open_clip state dict."""
+    import open_clip
+    import torch
+
+    d = tmp_path_factory.mktemp("tinyclip")
+    cfg = d / "curate-tiny-clip.json"
+    cfg.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(cfg)
+    torch.manual_seed(0)
+    model = open_clip.create_model("curate-tiny-clip", pretrained=None)
+    ckpt = d / "tiny_clip.pt"
+    torch.save(model.state_dict(), ckpt)
+    return {"model_config": str(cfg), "weights": str(ckpt)}
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory, videos):
+    """Serves a directory with copies of the test videos on 127.0.0.1 (an ephemeral port)."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("www")
+    for name, p in videos.items():
+        shutil.copy(p, d / p.name)
+    (d / "notavideo.mp4").write_text("this is text, not a video")
+    handler = functools.partial(_QuietHandler, directory=str(d))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every table's rows (as sorted records) and every published file, to compare a rerun against."""
+    import pandas as pd
+
+    out = {}
+    for table in ["sources", "clips", "scores", *[f"embeddings/{p.name}" for p in (root / "embeddings").glob("*")]]:
+        if (root / table).exists():
+            df = pd.read_parquet(root / table)
+            key = "source_id" if table == "sources" else "clip_id"
+            df = df.drop(columns=[c for c in ("updated_at",) if c in df.columns]).sort_values(key)
+            out[table] = df.to_json(orient="records").encode()
+    for p in sorted((root / "subsets").rglob("*")) if (root / "subsets").exists() else []:
+        if p.is_file() and p.name != "README.md":
+            out[str(p.relative_to(root))] = p.read_bytes()
+    return out

@@ -1,0 +1,205 @@
+"""The stages end to end on ffmpeg-made videos with a tiny random open_clip model (real Parquet, real ffmpeg)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import FPS, VIDEOS, cuts, snapshot
+from curate.embed import embed
+from curate.errors import CurateError
+from curate.filter import filter_clips
+from curate.ingest import ingest
+from curate.publish import publish
+from curate.score import score
+from curate.split import shape_scenes, split
+
+MAX_CLIP_S = 2.0
+
+
+def run_all(root, source_list, tiny_clip):
+    results = [ingest(root, source_list, workers=2)]
+    results.append(split(root, min_clip_s=0.5, max_clip_s=MAX_CLIP_S))
+    results.append(embed(root, "clip", options=tiny_clip, device="cpu", batch_size=4))
+    results.append(score(root))
+    results.append(filter_clips(root, "all", min_duration=0.5))
+    results.append(publish(root, "all", shard_size=3, workers=2))
+    return results
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, source_list, tiny_clip):
+    r = tmp_path_factory.mktemp("root") / "ds"
+    run_all(r, source_list, tiny_clip)
+    return r
+
+
+def test_sources_are_probed_and_extra_columns_kept(root, videos):
+    src = pd.read_parquet(root / "sources")
+    assert len(src) == 3 and set(src.status) == {"ok"}
+    row = src[src.url == str(videos["three_shots"])].iloc[0]
+    assert row.fps == FPS and (row.width, row.height) == (320, 240) and row.codec == "h264"
+    assert row.num_frames == 150 and row.duration_s == pytest.approx(6.0, abs=0.05)
+    assert json.loads(row.meta) == {"license": "cc-by"}
+    assert (root / row.media_path).is_file()
+
+
+def test_split_finds_hard_cuts_within_one_frame(root):
+    clips = pd.read_parquet(root / "clips")
+    src = pd.read_parquet(root / "sources")
+    for name in ("three_shots", "two_shots"):
+        sid = src[src.url.str.endswith(f"{name}.mp4")].source_id.iloc[0]
+        got = clips[clips.source_id == sid].sort_values("start_frame")
+        # every boundary is within one frame of a true cut, or splits a shot longer than MAX_CLIP_S
+        true_cuts = {a for a, _ in cuts(VIDEOS[name])[1:]}
+        long_shots = [(a, b) for a, b in cuts(VIDEOS[name]) if (b - a) / FPS > MAX_CLIP_S]
+        for a in got.start_frame.iloc[1:]:
+            near_cut = min(abs(a - c) for c in true_cuts) <= 1
+            inside_long = any(s + 1 < a < e - 1 for s, e in long_shots)
+            assert near_cut or inside_long, f"boundary at frame {a} is neither a cut nor a max-length split"
+        starts = set(got.start_frame)
+        for c in true_cuts:
+            assert min(abs(s - c) for s in starts) <= 1, f"cut at frame {c} not found in {sorted(starts)}"
+        assert (got.duration_s <= MAX_CLIP_S + 1e-9).all()
+
+
+def test_long_scene_is_cut_into_equal_pieces_no_longer_than_max(root):
+    clips = pd.read_parquet(root / "clips")
+    src = pd.read_parquet(root / "sources")
+    sid = src[src.url.str.endswith("long_shot.mp4")].source_id.iloc[0]
+    got = clips[clips.source_id == sid].sort_values("start_frame")
+    assert list(zip(got.start_frame, got.end_frame)) == [(0, 43), (43, 87), (87, 130)]
+    assert got.start_s.iloc[1] == pytest.approx(43 / FPS)
+
+
+def test_shape_scenes_drops_short_and_splits_long():
+    ranges = [(0, 10), (10, 110), (110, 300)]
+    assert shape_scenes(ranges, 25, min_clip_s=1.0, max_clip_s=4.0) == [(10, 110), (110, 205), (205, 300)]
+    assert shape_scenes(ranges, 25, min_clip_s=0.0, max_clip_s=None) == ranges
+
+
+def test_embeddings_are_unit_vectors_and_captions_shared_by_a_source(root):
+    emb = pd.read_parquet(root / "embeddings" / "clip")
+    clips = pd.read_parquet(root / "clips")
+    assert set(emb.clip_id) == set(clips[clips.status == "ok"].clip_id)
+    v = np.stack(emb.video_emb.to_numpy())
+    assert v.shape[1] == 32 and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    merged = emb.merge(clips[["clip_id", "source_id", "caption"]], on="clip_id")
+    with_caption = merged[merged.caption.notna()]
+    for _, g in with_caption.groupby("source_id"):
+        t = np.stack(g.text_emb.to_numpy())
+        assert np.allclose(t, t[0], atol=1e-6)
+    # different clips of a source get different video embeddings (frames really are per clip)
+    g = merged.groupby("source_id").get_group(merged.source_id.iloc[0])
+    assert not np.allclose(np.stack(g.video_emb.to_numpy())[0], np.stack(g.video_emb.to_numpy())[1])
+    meta = json.loads((root / "embeddings" / "clip" / "_meta.json").read_text())
+    assert meta["video_emb_shape"] == [32] and meta["num_frames"] == 8
+
+
+def test_alignment_score_is_cosine_and_missing_caption_is_an_error(root):
+    emb = pd.read_parquet(root / "embeddings" / "clip")
+    scores = pd.read_parquet(root / "scores").set_index("clip_id")
+    for _, r in emb.iterrows():
+        if r.text_emb is None:
+            assert np.isnan(scores.loc[r.clip_id, "clip_sim"])
+            assert "no caption" in scores.loc[r.clip_id, "clip_sim_error"]
+        else:
+            assert scores.loc[r.clip_id, "clip_sim"] == pytest.approx(float(np.dot(r.video_emb, r.text_emb)), abs=1e-5)
+    assert {"duration_s", "width", "height", "aspect", "fps"} <= set(scores.columns)
+
+
+def test_filter_counts_match_the_scores_table(root):
+    scores = pd.read_parquet(root / "scores")
+    t = float(scores.clip_sim.median())
+    s = filter_clips(root, "half", min_sim=t, max_duration=1.9)
+    expected = scores[(scores.clip_sim >= t) & (scores.duration_s <= 1.9)]
+    assert s["kept"] == len(expected) and s["total"] == len(scores)
+    assert s["dropped_by_rule"]["min_sim"] == int((~(scores.clip_sim >= t)).sum())
+    sel = pd.read_parquet(root / "subsets" / "half" / "selection.parquet")
+    assert set(sel.clip_id) == set(expected.clip_id)
+
+
+def test_filter_asks_for_encoder_or_scores_when_ambiguous(tmp_path, root):
+    with pytest.raises(CurateError, match="no scores"):
+        filter_clips(tmp_path / "empty", "x", min_sim=0.1)
+    with pytest.raises(CurateError, match="No scores for encoder 'viclip'"):
+        filter_clips(root, "x", min_sim=0.1, encoder="viclip")
+
+
+def test_published_shards_hold_every_kept_clip_decodable_with_exact_duration(root):
+    import decord
+    import webdataset as wds
+
+    sel = pd.read_parquet(root / "subsets" / "all" / "selection.parquet")
+    clips = pd.read_parquet(root / "clips").set_index("clip_id")
+    emb = pd.read_parquet(root / "embeddings" / "clip").set_index("clip_id")
+    shards = sorted((root / "subsets" / "all" / "shards").glob("*.tar"))
+    assert len(shards) == -(-len(sel) // 3)
+    seen = set()
+    for sample in wds.WebDataset([str(s) for s in shards], shardshuffle=False):
+        meta = json.loads(sample["json"])
+        key = sample["__key__"]
+        seen.add(key)
+        c = clips.loc[key]
+        assert meta["start_s"] == pytest.approx(c.start_s) and meta["end_s"] == pytest.approx(c.end_s)
+        assert meta["url"].endswith(".mp4") and "clip_sim" in meta["scores"]
+        p = root / f"{key}.check.mp4"
+        p.write_bytes(sample["mp4"])
+        vr = decord.VideoReader(str(p))
+        n = c.end_frame - c.start_frame
+        assert abs(len(vr) - n) <= 1, (key, len(vr), n)
+        assert abs(len(vr) / vr.get_avg_fps() - (c.end_s - c.start_s)) <= 1 / FPS + 1e-6
+        p.unlink()
+        import io
+
+        assert np.allclose(np.load(io.BytesIO(sample["npy"])), emb.loc[key].video_emb)
+    assert seen == set(sel.clip_id)
+    ann = pd.read_parquet(root / "subsets" / "all" / "annotations.parquet")
+    assert set(ann.clip_id) == seen and set(ann.status) == {"ok"}
+    card = (root / "subsets" / "all" / "README.md").read_text()
+    assert f"| published | {len(seen)} |" in card and "curate-tiny-clip" in card and "torch" in card
+
+
+def test_published_clip_shows_the_right_shot(root, videos):
+    """The cut really starts at the clip's start: its first frame matches the source frame there."""
+    import decord
+
+    sel = pd.read_parquet(root / "subsets" / "all" / "annotations.parquet").iloc[1]
+    clips = pd.read_parquet(root / "clips").set_index("clip_id")
+    src = pd.read_parquet(root / "sources").set_index("source_id")
+    c = clips.loc[sel.clip_id]
+    member = f"{sel.clip_id}.mp4"
+    with tarfile.open(root / "subsets" / "all" / "shards" / sel.shard) as tar:
+        data = tar.extractfile(member).read()
+    p = root / "first.mp4"
+    p.write_bytes(data)
+    first = decord.VideoReader(str(p))[0].asnumpy().astype(float)
+    source = decord.VideoReader(str(root / src.loc[c.source_id].media_path))
+    same = np.abs(first - source[int(c.start_frame)].asnumpy()).mean()
+    before = np.abs(first - source[max(0, int(c.start_frame) - 5)].asnumpy()).mean()
+    p.unlink()
+    assert same < 6 and (c.start_frame == 0 or same <= before)
+
+
+def test_rerunning_every_stage_changes_nothing(root, source_list, tiny_clip):
+    before = snapshot(root)
+    results = run_all(root, source_list, tiny_clip)
+    assert snapshot(root) == before
+    ing, spl, emb = results[0], results[1], results[2]
+    assert (ing.total, ing.skipped) == (0, 3) and spl.total == 0 and emb.total == 0
+
+
+def test_embedding_set_with_other_options_needs_a_new_name(root, tiny_clip):
+    with pytest.raises(CurateError, match="--name"):
+        embed(root, "clip", options={**tiny_clip, "frames": "4"}, device="cpu")
+    r = embed(root, "clip", options={**tiny_clip, "frames": "4"}, name="clip4f", device="cpu")
+    assert r.ok == r.total > 0
+    score(root, encoder="clip4f")
+    cols = pd.read_parquet(root / "scores").columns
+    assert {"clip_sim", "clip4f_sim"} <= set(cols)
+    with pytest.raises(CurateError, match="Several encoders"):
+        filter_clips(root, "x", min_sim=0.0)
