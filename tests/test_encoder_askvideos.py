@@ -19,8 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from curate.errors import CurateError, WeightsUnavailable  # noqa: E402
-from curate.plugins import get_encoder  # noqa: E402
+from curate.errors import CurateError, WeightsUnavailable
+from curate.plugins import get_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY = Path(os.environ.get("CURATE_PARITY_DIR", REPO.parent / "shared" / "fixtures" / "parity"))
@@ -255,6 +255,21 @@ def test_offline_hub_id_raises_weights_unavailable(monkeypatch, tmp_path):
     monkeypatch.setenv("CURATE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(WeightsUnavailable, match="AskVideos-VideoCLIP-v0.2"):
         create(weights="AskYoutube/AskVideos-VideoCLIP-v0.2/askvideos_clip_v0.2.pth")
+
+
+def test_tokenizer_without_vocabulary_is_refused(tmp_path):
+    # transformers 5 builds a 5-token tokenizer from an empty folder instead of failing; that must not pass
+    with pytest.raises(WeightsUnavailable, match="tokenizer"):
+        create(weights=str(FIX / "askvideos_tiny.pth"), tokenizer=str(tmp_path))
+
+
+def test_random_demo_without_tokenizer_files_uses_builtin_vocabulary(tmp_path):
+    with pytest.warns(UserWarning, match="character-level"):
+        enc = create(weights="random", tokenizer=str(tmp_path))
+    assert "built-in" in enc.info.extra["tokenizer"]
+    ids, _ = enc.tokenize(["Hello!"])
+    assert enc.tokenizer.convert_ids_to_tokens(ids[0, :4].tolist()) == ["[CLS]", "h", "##e", "##l"]
+    assert enc.embed_text_batch(["Hello!"]).shape == (1, 24)
 
 
 def test_listing_plugins_does_not_import_torch():

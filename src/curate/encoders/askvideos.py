@@ -32,9 +32,10 @@ import logging
 import math
 import re
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,13 +47,13 @@ from curate.errors import CurateError, WeightsUnavailable
 from curate.weights import is_offline, resolve_weights, weights_help
 
 __all__ = [
-    "AskVideosEncoder",
-    "AskVideosConfig",
-    "AskVideosModel",
-    "load_askvideos_state",
-    "DEFAULT_WEIGHTS",
     "DEFAULT_EVA_WEIGHTS",
     "DEFAULT_QFORMER_WEIGHTS",
+    "DEFAULT_WEIGHTS",
+    "AskVideosConfig",
+    "AskVideosEncoder",
+    "AskVideosModel",
+    "load_askvideos_state",
 ]
 
 log = logging.getLogger(__name__)
@@ -563,13 +564,22 @@ class AskVideosModel(nn.Module):
         queries = self.video_query_tokens.expand(frame_hidden_state.shape[0], -1, -1)
         return self.video_Qformer.bert.queries(queries, frame_hidden_state)
 
-    def encode_video(self, pixels: torch.Tensor, frame_chunk: int = 128) -> torch.Tensor:
-        """``[B,3,T,H,W]`` normalised pixels -> L2-normalised query embeddings ``[B, num_video_query_tokens, D]``."""
+    def encode_video(
+        self, pixels: torch.Tensor, amp_dtype: torch.dtype | None = None, frame_chunk: int = 128
+    ) -> torch.Tensor:
+        """``[B,3,T,H,W]`` normalised pixels -> L2-normalised query embeddings ``[B, num_video_query_tokens, D]``.
+
+        With ``amp_dtype`` the visual path (EVA and both Q-Formers) runs under autocast, as the reference's
+        ``maybe_autocast``; the projection runs in float32 outside it, as in the reference demo.
+        """
         b, _, t, _, _ = pixels.shape
         frames = pixels.transpose(1, 2).flatten(0, 1)  # b c t h w -> (b t) c h w
-        per_frame = [self.frame_queries(self.vit_features(chunk)) for chunk in frames.split(frame_chunk)]
-        queries = torch.cat(per_frame).reshape(b, t, *per_frame[0].shape[1:])
-        hidden = self.video_hidden(self.frame_hidden_state(queries))
+        amp = (torch.autocast(device_type=pixels.device.type, dtype=amp_dtype) if amp_dtype is not None
+               else contextlib.nullcontext())
+        with amp:
+            per_frame = [self.frame_queries(self.vit_features(chunk)) for chunk in frames.split(frame_chunk)]
+            queries = torch.cat(per_frame).reshape(b, t, *per_frame[0].shape[1:])
+            hidden = self.video_hidden(self.frame_hidden_state(queries))
         return l2_normalize(self.vision_proj(hidden.float()))
 
     def text_cls(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -727,8 +737,8 @@ def _missing_message(missing: list[str], report: LoadReport) -> str:
     by_part: dict[tuple[str, str], list[str]] = {}
     for k in missing:
         by_part.setdefault(_part_of(k), []).append(k)
-    lines = [f"AskVideos: {len(missing)} model parameters are in none of the checkpoint files, so they would "
-             "stay randomly initialised (the reference loads with strict=False and runs anyway; curate refuses)."]
+    lines = [(f"AskVideos: {len(missing)} model parameters are in none of the checkpoint files, so they would "
+              "stay randomly initialised (the reference loads with strict=False and runs anyway; curate refuses).")]
     for (part, option), keys in by_part.items():
         shown = ", ".join(keys[:6]) + (f", ... (+{len(keys) - 6} more)" if len(keys) > 6 else "")
         lines.append(f"  {part} [{len(keys)} missing; expected from {option}=]: {shown}")
@@ -788,6 +798,9 @@ def load_tokenizer(spec: str | None, *, allow_fallback: bool = False):
         else:
             kwargs = {"local_files_only": True} if is_offline() else {}
             tok = BertTokenizer.from_pretrained(spec, do_lower_case=True, **kwargs)
+        if tok.vocab_size <= len(tok.all_special_tokens) + 1:
+            # transformers 5 returns a special-tokens-only tokenizer instead of failing when vocab.txt is absent
+            raise FileNotFoundError(f"no vocab.txt found for {spec!r} ({tok.vocab_size} tokens)")
         desc = spec
     except Exception as e:
         if not allow_fallback:
@@ -856,8 +869,9 @@ class AskVideosEncoder(Encoder):
         else:
             eva = options.get("eva_weights") or None
             qformer = options.get("qformer_weights") or None
-            state, report = load_askvideos_state(weights, eva, qformer)
+            # the tokenizer first: it is small, so a missing one fails before gigabytes are read
             self.tokenizer, tok_overrides, self.tokenizer_desc = load_tokenizer(options.get("tokenizer"))
+            state, report = load_askvideos_state(weights, eva, qformer)
             cfg = replace(base, **{**tok_overrides, **file_overrides})
             if "heads" not in tok_overrides and "heads" not in file_overrides:
                 cfg = replace(cfg, heads=0)  # decided below, after the width is known
@@ -947,8 +961,7 @@ class AskVideosEncoder(Encoder):
             groups.setdefault(int(x.shape[1]), []).append(i)
         for idx in groups.values():
             pixels = torch.stack([torch.as_tensor(inputs[i]) for i in idx]).to(self.device, torch.float32)
-            with self._autocast():
-                emb = self.model.encode_video(pixels)
+            emb = self.model.encode_video(pixels, self.amp_dtype)
             for i, e in zip(idx, emb.float().cpu()):
                 out[i] = e
         if not out:
@@ -975,12 +988,6 @@ class AskVideosEncoder(Encoder):
     def similarity(self, video: np.ndarray, text: np.ndarray) -> np.ndarray:
         """Best query's cosine per (clip, caption) pair: ``max_q <v_q, t>`` (BLIP-2 ITC, no temperature)."""
         return super().similarity(video, text)
-
-    # -- helpers ----------------------------------------------------------------------------------------
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=self.amp_dtype)
 
 
 def _fill_head_counts(cfg: AskVideosConfig, file_overrides: Mapping[str, Any]) -> AskVideosConfig:
@@ -1010,7 +1017,3 @@ def _precision(value: Any, device: str) -> tuple[str, torch.dtype | None]:
         value = "fp16"  # the reference: EVA weights in fp16, visual path under CUDA fp16 autocast
     return value, {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[value]
 
-
-def config_as_dict(cfg: AskVideosConfig) -> dict[str, Any]:
-    """The sizes as a plain dict (for cards and debugging)."""
-    return asdict(cfg)
