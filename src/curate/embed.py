@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 
 from curate.errors import CurateError
-from curate.media import MediaError, get_frames, open_video
+from curate.frames import batches, clip_groups, decode_clips
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, embedding_schema, rows_to_table, write_bytes_atomic
-
-MAX_FRAMES_PER_READ = 256
 
 
 def parse_options(pairs: Iterable[str]) -> dict[str, str]:
@@ -59,29 +56,6 @@ def check_meta(root: Root, name: str, encoder: str, options: dict) -> None:
         )
 
 
-def _decode_source(root: Root, enc, src: dict, clips: list[dict]) -> list[tuple[dict, Any, str | None]]:
-    """Decode the sampled frames of every clip of one source; returns (clip, model input | None, error)."""
-    out: list[tuple[dict, Any, str | None]] = []
-    try:
-        size = enc.decode_size(int(src["width"]), int(src["height"]))
-        vr = open_video(root.inside(src["media_path"]), size=size)
-    except (MediaError, CurateError) as e:
-        return [(c, None, str(e)) for c in clips]
-    fps = float(src["fps"])
-    n_decodable = len(vr)
-    for c in clips:
-        try:
-            a, b = int(c["start_frame"]), min(int(c["end_frame"]), n_decodable)
-            if b <= a:
-                raise MediaError(f"clip frames {a}-{c['end_frame']} are past the decodable end ({n_decodable} frames)")
-            idx = [a + i for i in enc.frame_indices(b - a, fps)]
-            frames = get_frames(vr, idx)
-            out.append((c, enc.preprocess(frames), None))
-        except Exception as e:
-            out.append((c, None, str(e).splitlines()[0][:300] if str(e) else type(e).__name__))
-    return out
-
-
 def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | None = None, name: str | None = None,
           device: str = "auto", batch_size: int = 32, workers: int = 2, clip_ids: Iterable[str] | None = None,
           flush_every: int = 512, progress: Progress | None = None, encoder_obj=None) -> StageResult:
@@ -112,9 +86,7 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
         if not meta_path.exists():
             write_bytes_atomic(json.dumps(_meta(encoder, options, enc), indent=2, default=str), meta_path)
         result.extra["weights"] = enc.info.weights
-        sources = root.sources.read(columns=["source_id", "media_path", "fps", "width", "height"])
-        by_source = {s["source_id"]: s for s in sources.to_dict(orient="records")}
-        groups = [(by_source[sid], g.to_dict(orient="records")) for sid, g in clips.groupby("source_id", sort=True)]
+        groups = clip_groups(root, clips["clip_id"].tolist())
         progress.start(len(clips), f"embed ({name})")
         rows: list[dict] = []
         written = 0
@@ -126,7 +98,8 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
                 written += len(rows)
                 rows.clear()
 
-        for batch in _batches(_decoded(root, enc, groups, workers), batch_size):
+        decoded = decode_clips(root, enc, groups, workers=workers, frames_per_clip=enc.info.num_frames)
+        for batch in batches(decoded, batch_size):
             for r in _embed_batch(enc, batch):
                 rows.append(r)
                 if r["status"] == "ok":
@@ -138,39 +111,6 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
                 flush()
         flush()
     return result.done()
-
-
-def _decoded(root: Root, enc, groups, workers: int) -> Iterator[tuple[dict, Any, str | None]]:
-    """Decoded clips in source order, decoding up to ``workers`` sources ahead of the consumer."""
-    chunks = []
-    for src, clips in groups:
-        step = max(1, MAX_FRAMES_PER_READ // max(1, enc.info.num_frames))
-        chunks.extend((src, clips[i:i + step]) for i in range(0, len(clips), step))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = []
-        ahead = max(2, workers * 2)
-        it = iter(chunks)
-        for src, cl in it:
-            futures.append(pool.submit(_decode_source, root, enc, src, cl))
-            if len(futures) >= ahead:
-                break
-        while futures:
-            fut = futures.pop(0)
-            nxt = next(it, None)
-            if nxt is not None:
-                futures.append(pool.submit(_decode_source, root, enc, *nxt))
-            yield from fut.result()
-
-
-def _batches(items: Iterator, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _embed_batch(enc, batch: list[tuple[dict, Any, str | None]]) -> list[dict]:

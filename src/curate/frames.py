@@ -1,0 +1,96 @@
+"""Decode the sampled frames of many clips: one decord reader per source, sources decoded in threads
+ahead of the consumer. Used by the embed stage and by scorers that look at pixels.
+
+A *sampler* is any object with ``frame_indices(num_frames_in_clip, fps) -> [int]``,
+``decode_size(width, height) -> (w, h) | None`` and ``preprocess(frames) -> Any`` (encoders are samplers).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable, Iterator, Protocol
+
+import numpy as np
+
+from curate.errors import CurateError
+from curate.media import MediaError, get_frames, open_video
+from curate.store import Root
+
+MAX_FRAMES_PER_READ = 256
+
+
+class Sampler(Protocol):
+    def frame_indices(self, num_frames_in_clip: int, fps: float) -> list[int]: ...
+    def decode_size(self, width: int, height: int) -> tuple[int, int] | None: ...
+    def preprocess(self, frames: np.ndarray) -> Any: ...
+
+
+def clip_groups(root: Root, clip_ids: Iterable[str] | None = None) -> list[tuple[dict, list[dict]]]:
+    """Ok clips grouped by source: [(source row, [clip rows])], sources in id order."""
+    import pyarrow.compute as pc
+
+    clips = root.clips.read_arrow(columns=["clip_id", "source_id", "start_frame", "end_frame", "caption", "status"])
+    clips = clips.filter(pc.equal(clips["status"], "ok"))
+    if clip_ids is not None:
+        clips = clips.filter(pc.is_in(clips["clip_id"], value_set=_array(clip_ids)))
+    sources = root.sources.read_arrow(columns=["source_id", "media_path", "fps", "width", "height"])
+    by_source = {s["source_id"]: s for s in sources.to_pylist()}
+    groups: dict[str, list[dict]] = {}
+    for c in clips.sort_by([("source_id", "ascending"), ("start_frame", "ascending")]).to_pylist():
+        groups.setdefault(c["source_id"], []).append(c)
+    return [(by_source[sid], cl) for sid, cl in groups.items()]
+
+
+def _array(ids):
+    import pyarrow as pa
+
+    return ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(list(ids), pa.string())
+
+
+def decode_source(root: Root, sampler: Sampler, src: dict, clips: list[dict]) -> list[tuple[dict, Any, str | None]]:
+    """Decode the sampled frames of the clips of one source: [(clip, preprocessed | None, error | None)]."""
+    out: list[tuple[dict, Any, str | None]] = []
+    try:
+        size = sampler.decode_size(int(src["width"]), int(src["height"]))
+        vr = open_video(root.inside(src["media_path"]), size=size)
+    except (MediaError, CurateError) as e:
+        return [(c, None, str(e)) for c in clips]
+    fps = float(src["fps"])
+    n_decodable = len(vr)
+    for c in clips:
+        try:
+            a, b = int(c["start_frame"]), min(int(c["end_frame"]), n_decodable)
+            if b <= a:
+                raise MediaError(f"clip frames {a}-{c['end_frame']} are past the decodable end ({n_decodable} frames)")
+            idx = [a + i for i in sampler.frame_indices(b - a, fps)]
+            out.append((c, sampler.preprocess(get_frames(vr, idx)), None))
+        except Exception as e:  # one bad clip never sinks the source
+            out.append((c, None, str(e).splitlines()[0][:300] if str(e) else type(e).__name__))
+    return out
+
+
+def decode_clips(root: Root, sampler: Sampler, groups: list[tuple[dict, list[dict]]], *, workers: int = 2,
+                 frames_per_clip: int = 8) -> Iterator[tuple[dict, Any, str | None]]:
+    """Decoded clips in source order, decoding up to ``2 * workers`` chunks ahead of the consumer."""
+    step = max(1, MAX_FRAMES_PER_READ // max(1, frames_per_clip))
+    chunks = [(src, clips[i:i + step]) for src, clips in groups for i in range(0, len(clips), step)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        it = iter(chunks)
+        futures = [pool.submit(decode_source, root, sampler, *c) for c, _ in zip(it, range(max(2, 2 * workers)))]
+        while futures:
+            fut = futures.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                futures.append(pool.submit(decode_source, root, sampler, *nxt))
+            yield from fut.result()
+
+
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
