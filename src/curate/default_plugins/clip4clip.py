@@ -6,8 +6,9 @@ from curate import hookimpl
 @hookimpl
 def register_encoders(register):
     register("clip4clip", _factory,
-             description="CLIP4Clip meanP: 1-fps frames through a CLIP ViT, frame embeddings L2-normalised, averaged, "
-                         "re-normalised; CLIP text tower for captions (default Searchium-ai/clip4clip-webvid150k)",
+             description="CLIP4Clip meanP: 1-fps frames through a CLIP ViT, frame embeddings L2-normalised, "
+                         "averaged, re-normalised; CLIP text tower for captions "
+                         "(default Searchium-ai/clip4clip-webvid150k)",
              options={
                  "weights": "Hugging Face id (default Searchium-ai/clip4clip-webvid150k), local CLIPModel directory, "
                             "CLIP4Clip repo checkpoint pytorch_model.bin.<epoch> (path, URL or org/repo/file), "

@@ -46,18 +46,27 @@ import json
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from curate.encoders.base import Encoder, EncoderInfo, l2_normalize
 from curate.errors import CurateError, WeightsUnavailable
-from curate.weights import is_offline, resolve_weights, weights_help
+from curate.weights import resolve_weights, weights_help
 
-__all__ = ["Clip4ClipEncoder", "one_fps_indices", "linspace_cut", "openai_to_hf_state_dict",
-           "infer_clip_config", "FramePreprocessor", "DEFAULT_WEIGHTS", "DEFAULT_TOKENIZER"]
+__all__ = [
+    "DEFAULT_TOKENIZER",
+    "DEFAULT_WEIGHTS",
+    "Clip4ClipEncoder",
+    "FramePreprocessor",
+    "infer_clip_config",
+    "linspace_cut",
+    "one_fps_indices",
+    "openai_to_hf_state_dict",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +80,7 @@ HEAD_PREFIXES = {"frame_position_embeddings.": "seqLSTM/seqTransf", "transformer
                  "lstm_visual.": "seqLSTM", "cross.": "tightTransf", "similarity_dense.": "tightTransf"}
 FRAMES_PER_FORWARD = 256  # frames of many clips go through the vision tower together, this many at a time
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
-TOKENIZER_OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 # -- frame sampling ------------------------------------------------------------------------------
@@ -139,11 +147,11 @@ class FramePreprocessor:
     std: tuple[float, ...] | None = CLIP_STD
 
     @classmethod
-    def for_size(cls, size: int) -> "FramePreprocessor":
+    def for_size(cls, size: int) -> FramePreprocessor:
         return cls(resize_shortest=size, crop=(size, size))
 
     @classmethod
-    def from_config(cls, cfg: dict, default_size: int = 224) -> "FramePreprocessor":
+    def from_config(cls, cfg: dict, default_size: int = 224) -> FramePreprocessor:
         """Build from a ``preprocessor_config.json`` dict; missing keys take CLIP's defaults."""
         p = cls.for_size(default_size)
         if cfg.get("do_resize", True):
@@ -324,18 +332,18 @@ def infer_clip_config(clip_state: dict):
         raise CurateError("text_projection and visual.proj disagree on the embedding size")
     if v_width % 64 or t_width % 64:
         raise CurateError(f"cannot infer attention heads: widths {v_width}/{t_width} are not multiples of 64")
-    vision = dict(hidden_size=v_width, patch_size=patch, image_size=patch * grid,
-                  num_hidden_layers=_count_blocks(clip_state, "visual.transformer.resblocks."),
-                  num_attention_heads=v_width // 64,
-                  intermediate_size=int(clip_state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
-                  hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=embed_dim)
-    text = dict(hidden_size=t_width, vocab_size=int(clip_state["token_embedding.weight"].shape[0]),
-                max_position_embeddings=int(clip_state["positional_embedding"].shape[0]),
-                num_hidden_layers=_count_blocks(clip_state, "transformer.resblocks."),
-                num_attention_heads=t_width // 64,
-                intermediate_size=int(clip_state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
-                hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=embed_dim,
-                bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    vision = {"hidden_size": v_width, "patch_size": patch, "image_size": patch * grid,
+              "num_hidden_layers": _count_blocks(clip_state, "visual.transformer.resblocks."),
+              "num_attention_heads": v_width // 64,
+              "intermediate_size": int(clip_state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+              "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": embed_dim}
+    text = {"hidden_size": t_width, "vocab_size": int(clip_state["token_embedding.weight"].shape[0]),
+            "max_position_embeddings": int(clip_state["positional_embedding"].shape[0]),
+            "num_hidden_layers": _count_blocks(clip_state, "transformer.resblocks."),
+            "num_attention_heads": t_width // 64,
+            "intermediate_size": int(clip_state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": embed_dim,
+            "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=embed_dim)
 
 
@@ -400,14 +408,14 @@ def _short(keys: Sequence[str], n: int = 8) -> str:
 
 
 def _is_hub_repo(spec: str) -> bool:
-    s = spec[len("hf-hub:"):] if spec.startswith("hf-hub:") else spec
+    s = spec.removeprefix("hf-hub:")
     parts = s.split("/")
     return (len(parts) == 2 and all(parts) and not Path(spec).expanduser().exists()
             and not spec.startswith(("/", ".", "~", "file://", "http://", "https://")))
 
 
 def _hub_file(repo: str, filename: str, what: str) -> Path:
-    repo = repo[len("hf-hub:"):] if repo.startswith("hf-hub:") else repo
+    repo = repo.removeprefix("hf-hub:")
     return resolve_weights(f"{repo}/{filename}", what=what)
 
 
@@ -459,12 +467,31 @@ def bundled_tokenizer():
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
     from transformers import CLIPTokenizer
 
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    with gzip.open(default_bpe()) as f:
+        lines = f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
     merges = [tuple(line.split()) for line in lines]
     vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=merges)
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or ((folder / "vocab.json").is_file()
+                                                     and (folder / "merges.txt").is_file())
+
+
+def _hub_tokenizer_dir(repo: str, what: str) -> Path:
+    """Fetch the tokenizer files a hub repo has; its snapshot directory must end up with a usable set."""
+    folder, first_error = None, None
+    for f in TOKENIZER_FILES:
+        try:
+            folder = _hub_file(repo, f, what).parent
+        except WeightsUnavailable as e:
+            first_error = first_error or e
+    if folder is None or not _has_tokenizer(folder):
+        raise first_error or WeightsUnavailable(f"{repo} has no CLIP tokenizer files. " + weights_help(what))
+    return folder
 
 
 def load_tokenizer(spec: str):
@@ -476,7 +503,7 @@ def load_tokenizer(spec: str):
         return bundled_tokenizer()
     what = f"clip4clip tokenizer {spec} (tokenizer=bundled builds the OpenAI CLIP tokenizer offline)"
     if _is_hub_repo(spec):
-        folder = _hub_snapshot(spec, TOKENIZER_FILES, (), TOKENIZER_OPTIONAL, what)
+        folder = _hub_tokenizer_dir(spec, what)
     else:
         folder = resolve_weights(spec, what=what)
         if folder.is_file():
@@ -581,7 +608,7 @@ class Clip4ClipEncoder(Encoder):
                 if _is_hub_repo(weights):
                     tok_default = weights
                 else:
-                    tok_default = str(folder) if (folder / "vocab.json").is_file() else DEFAULT_TOKENIZER
+                    tok_default = str(folder) if _has_tokenizer(folder) else DEFAULT_TOKENIZER
                 self.layout = "hf"
             else:
                 cfg = self._load_repo_checkpoint(folder)
@@ -619,7 +646,11 @@ class Clip4ClipEncoder(Encoder):
         data = json.loads(p.read_text())
         if data.get("model_type") not in (None, "clip") or "vision_config" not in data or "text_config" not in data:
             raise CurateError(f"{p} is not a CLIPModel config (model_type 'clip' with text_config and vision_config)")
-        return CLIPConfig.from_dict({k: v for k, v in data.items() if k not in ("architectures", "transformers_version")})
+        drop = ("architectures", "transformers_version")
+        cfg = CLIPConfig.from_dict({k: v for k, v in data.items() if k not in drop})
+        # CLIPModel projects with the top-level projection_dim; the *WithProjection towers read their own
+        cfg.vision_config.projection_dim = cfg.text_config.projection_dim = cfg.projection_dim
+        return cfg
 
     def _load_repo_checkpoint(self, path: Path):
         state = _torch_load(path)
@@ -634,8 +665,9 @@ class Clip4ClipEncoder(Encoder):
         cfg = infer_clip_config(clip)
         mapped, unknown = openai_to_hf_state_dict(clip)
         if unknown:
-            raise CurateError(f"{path}: CLIP tensors with no Hugging Face counterpart {_short(['clip.' + k for k in unknown])}"
-                              ". Refusing to run with an incomplete mapping.")
+            names = _short(["clip." + k for k in unknown])
+            raise CurateError(f"{path}: CLIP tensors with no Hugging Face counterpart {names}. "
+                              "Refusing to run with an incomplete mapping.")
         self.vision, self.text = _load_towers(cfg, mapped, f"CLIP4Clip checkpoint {path}")
         prefixes = sorted({p for p in HEAD_PREFIXES for k in heads if k.startswith(p)})
         other = sorted(k for k in heads if not k.startswith(tuple(HEAD_PREFIXES)))
