@@ -1,43 +1,89 @@
-"""Filter: select clips by thresholds over stored scores -> ``subsets/<name>/selection.parquet``.
+"""Filter: select clips by rules over stored scores -> ``subsets/<name>/selection.parquet``.
 
 Nothing is recomputed: the scores table is scanned in Arrow record batches (only the columns the
-rules need), so memory stays bounded however many clips there are. A clip with a missing score
-(null) fails the rule on that score. ``filter.json`` records the rules and how many clips each
-one dropped, on its own and in order (the funnel the dataset card shows).
+rules need), so memory stays bounded however many clips there are. Rules, applied in this order:
+
+1. thresholds on score columns (``min_sim``, durations, ``min_aesthetic``, ``max_dup_sim``...) and
+   ``where`` expressions (see :mod:`curate.where`); a missing (null) score fails its rule;
+2. ``top_percent``: keep the best P% by one column among the clips that pass 1. Exactly
+   ``ceil(P/100 * n)`` clips are kept; ties at the cut are broken by clip id (ascending), so the
+   result is deterministic;
+3. ``max_per_source``: keep at most N clips per source, the best by ``per_source_by`` (Panda-70M keeps 3).
+
+``filter.json`` records the rules and how many clips each one dropped, on its own (``dropped_by_rule``,
+rules 1 only) and in order (``funnel``, every rule): the funnel the dataset card and report show.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.store import Root, write_bytes_atomic
+from curate.where import Where
+
+#: threshold options: name -> (column, op). "{sim}" is the alignment column of the chosen encoder.
+THRESHOLDS = {
+    "min_sim": ("{sim}", ">="), "min_duration": ("duration_s", ">="), "max_duration": ("duration_s", "<="),
+    "min_aesthetic": ("aesthetic", ">="), "min_motion": ("motion", ">="), "max_motion": ("motion", "<="),
+    "max_dup_sim": ("dup_sim", "<"), "min_width": ("width", ">="), "min_height": ("height", ">="),
+    "min_aspect": ("aspect", ">="), "max_aspect": ("aspect", "<="), "min_fps": ("fps", ">="),
+}
+FILTER_OPTIONS = {*THRESHOLDS, "encoder", "where", "top_percent", "top_by", "max_per_source", "per_source_by",
+                  "preset"}
 
 
 @dataclass
 class Rule:
     name: str
     column: str
-    op: str  # ">=" or "<="
-    value: float
+    op: str
+    value: Any
+    kind: str = "threshold"  # threshold | where | top_percent | per_source
+    extra: dict = field(default_factory=dict)
 
-    def mask(self, batch: pa.RecordBatch) -> np.ndarray:
-        col = batch.column(batch.schema.get_field_index(self.column))
-        x = col.to_numpy(zero_copy_only=False).astype(np.float64)
+    def columns(self) -> list[str]:
+        if self.kind == "where":
+            return list(self.extra["columns"])
+        return [self.column, *(["clip_id"] if self.kind == "top_percent" else [])]
+
+    def mask(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        if self.kind == "where":
+            return self.extra["compiled"].mask(cols)
+        x = _float(cols[self.column])
         with np.errstate(invalid="ignore"):
-            m = x >= self.value if self.op == ">=" else x <= self.value
+            if self.kind == "top_percent":
+                t, cid = self.value, self.extra["tie_clip_id"]
+                above = x > t
+                if cid is not None:
+                    ids = cols["clip_id"]
+                    above |= (x == t) & np.array([c <= cid for c in ids], dtype=bool)
+                return above & ~np.isnan(x)
+            m = {">=": x >= self.value, "<=": x <= self.value, "<": x < self.value, ">": x > self.value}[self.op]
         return m & ~np.isnan(x)
 
+    def public(self) -> dict:
+        d = asdict(self)
+        d["extra"] = {k: v for k, v in d["extra"].items() if k != "compiled"}
+        return d
 
-def sim_column(root: Root, encoder: str | None, columns: list[str]) -> str:
-    sims = [c[: -len("_sim")] for c in columns if c.endswith("_sim")]
+
+def _float(a: np.ndarray) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in a], dtype=np.float64) if a.dtype == object else a.astype(np.float64)
+
+
+def sim_column(encoder: str | None, columns: list[str]) -> str:
+    sims = [c[: -len("_sim")] for c in columns if c.endswith("_sim") and c != "dup_sim"]
     if encoder:
         if encoder not in sims:
             raise CurateError(f"No scores for encoder {encoder!r} (scored: {', '.join(sims) or 'none'}). "
@@ -50,57 +96,187 @@ def sim_column(root: Root, encoder: str | None, columns: list[str]) -> str:
     raise CurateError(f"Several encoders were scored ({', '.join(sims)}): pass --encoder NAME.")
 
 
-def build_rules(root: Root, columns: list[str], *, encoder: str | None = None, min_sim: float | None = None,
-                min_duration: float | None = None, max_duration: float | None = None) -> list[Rule]:
-    rules = []
-    if min_sim is not None:
-        rules.append(Rule("min_sim", sim_column(root, encoder, columns), ">=", float(min_sim)))
-    if min_duration is not None:
-        rules.append(Rule("min_duration", "duration_s", ">=", float(min_duration)))
-    if max_duration is not None:
-        rules.append(Rule("max_duration", "duration_s", "<=", float(max_duration)))
+def load_preset(preset: str) -> dict[str, Any]:
+    """A preset's ``filter`` section: a YAML path, or a name under ``configs/presets`` (curate/presets)."""
+    import yaml
+
+    p = Path(preset)
+    if not p.exists():
+        p = Path(__file__).parent / "presets" / f"{preset}.yaml"
+    if not p.exists():
+        names = sorted(x.stem for x in (Path(__file__).parent / "presets").glob("*.yaml"))
+        raise CurateError(f"No preset {preset!r}: give a YAML path or one of {', '.join(names)}")
+    data = yaml.safe_load(p.read_text()) or {}
+    section = data.get("filter", data)
+    unknown = set(section) - FILTER_OPTIONS - {"subset"}
+    if unknown:
+        raise CurateError(f"preset {p}: unknown filter keys {sorted(unknown)}")
+    section.pop("subset", None)
+    return section
+
+
+def build_rules(columns: list[str], options: dict[str, Any]) -> list[Rule]:
+    rules: list[Rule] = []
+    sim = None
+    for name, (col, op) in THRESHOLDS.items():
+        v = options.get(name)
+        if v is None:
+            continue
+        if col == "{sim}":
+            sim = sim or sim_column(options.get("encoder"), columns)
+            col = sim
+        rules.append(Rule(name, col, op, float(v)))
+    wheres = options.get("where") or []
+    for i, w in enumerate([wheres] if isinstance(wheres, str) else wheres):
+        compiled = Where(w, columns)
+        rules.append(Rule(f"where[{i}]" if len(wheres) > 1 or not isinstance(wheres, str) else "where", "", "",
+                          w, "where", {"columns": compiled.columns, "compiled": compiled}))
     for r in rules:
-        if r.column not in columns:
-            raise CurateError(f"Rule {r.name} needs score column {r.column!r}, which the scores table lacks: "
-                              "run `curate score` first.")
+        missing = [c for c in r.columns() if c not in columns]
+        if missing:
+            raise CurateError(f"Rule {r.name} needs score column(s) {missing}, which the scores table lacks: "
+                              f"run `curate score` with the scorer that writes them (`curate plugins`).")
     return rules
+
+
+def _cols(batch: pa.RecordBatch, names: Iterable[str]) -> dict[str, np.ndarray]:
+    return {n: batch.column(batch.schema.get_field_index(n)).to_numpy(zero_copy_only=False) for n in names}
 
 
 def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, min_sim: float | None = None,
                  min_duration: float | None = None, max_duration: float | None = None,
-                 batch_size: int = 262144) -> dict[str, Any]:
-    """Write the selection of ``subset`` and return its summary (total, kept, dropped per rule)."""
+                 where: str | list[str] | None = None, top_percent: float | None = None, top_by: str | None = None,
+                 max_per_source: int | None = None, per_source_by: str | None = None, preset: str | None = None,
+                 batch_size: int = 262144, **thresholds: float | None) -> dict[str, Any]:
+    """Write the selection of ``subset`` and return its summary (total, kept, dropped per rule).
+
+    ``thresholds`` takes the other keys of :data:`THRESHOLDS` (``min_aesthetic=4``, ``max_dup_sim=0.98``...).
+    A ``preset`` (name or YAML path) supplies defaults that explicit arguments override.
+    """
     root = Root(root) if not isinstance(root, Root) else root
+    unknown = set(thresholds) - set(THRESHOLDS)
+    if unknown:
+        raise CurateError(f"Unknown filter option(s) {sorted(unknown)} (known: {sorted(FILTER_OPTIONS)})")
+    options: dict[str, Any] = load_preset(preset) if preset else {}
+    given = dict(encoder=encoder, min_sim=min_sim, min_duration=min_duration, max_duration=max_duration, where=where,
+                 top_percent=top_percent, top_by=top_by, max_per_source=max_per_source, per_source_by=per_source_by,
+                 **thresholds)
+    options.update({k: v for k, v in given.items() if v is not None and v != []})
     dataset = root.scores.dataset()
     if dataset is None:
         raise CurateError(f"{root.path} has no scores yet: run `curate score --root {root.path}` first.")
     columns = dataset.schema.names
-    rules = build_rules(root, columns, encoder=encoder, min_sim=min_sim, min_duration=min_duration,
-                        max_duration=max_duration)
+    rules = build_rules(columns, options)
+    top = _top_rule(dataset, rules, options, columns, batch_size)
+    cap = _cap_rule(options, columns)
     keep_cols = ["clip_id", *dict.fromkeys(c for c in columns if c != "clip_id" and not c.endswith("_error"))]
     out_dir = root.subset_dir(subset)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".tmp-selection-{time.time_ns()}.parquet"
     total = kept = 0
+    all_rules = rules + ([top] if top else [])
     alone = {r.name: 0 for r in rules}
-    funnel = {r.name: 0 for r in rules}
+    funnel = {r.name: 0 for r in all_rules + ([cap] if cap else [])}
     schema = pa.schema([dataset.schema.field(c) for c in keep_cols])
+    need = sorted({c for r in all_rules for c in r.columns()})
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for batch in dataset.to_batches(columns=keep_cols, batch_size=batch_size):
             n = batch.num_rows
             total += n
+            cols = _cols(batch, need)
             alive = np.ones(n, dtype=bool)
-            for r in rules:
-                m = r.mask(batch)
-                alone[r.name] += int((~m).sum())
+            for r in all_rules:
+                m = r.mask(cols)
+                if r.kind != "top_percent":
+                    alone[r.name] += int((~m).sum())
                 funnel[r.name] += int((alive & ~m).sum())
                 alive &= m
             if alive.any():
                 writer.write_batch(batch.filter(pa.array(alive)))
                 kept += int(alive.sum())
+    if cap:
+        dropped = _apply_cap(tmp, cap)
+        funnel[cap.name] = dropped
+        kept -= dropped
     tmp.replace(out_dir / "selection.parquet")
     summary = {"subset": subset, "total": total, "kept": kept, "dropped": total - kept,
-               "rules": [asdict(r) for r in rules],
-               "dropped_by_rule": alone, "funnel": funnel}
-    write_bytes_atomic(json.dumps(summary, indent=2), out_dir / "filter.json")
+               "rules": [r.public() for r in all_rules + ([cap] if cap else [])],
+               "dropped_by_rule": alone, "funnel": funnel, "options": {k: v for k, v in options.items()}}
+    write_bytes_atomic(json.dumps(summary, indent=2, default=str), out_dir / "filter.json")
     return summary
+
+
+def _top_rule(dataset, rules: list[Rule], options: dict, columns: list[str], batch_size: int) -> Rule | None:
+    """The percentile cut as a threshold + tie-break clip id, from two streaming passes."""
+    p = options.get("top_percent")
+    if p is None:
+        return None
+    p = float(p)
+    if not 0 < p <= 100:
+        raise CurateError("--top-percent must be in (0, 100]")
+    col = options.get("top_by") or sim_column(options.get("encoder"), columns)
+    if col not in columns:
+        raise CurateError(f"--top-by {col!r} is not a score column ({', '.join(c for c in columns if c != 'clip_id')})")
+    need = sorted({c for r in rules for c in r.columns()} | {col})
+    values = []
+    for batch in dataset.to_batches(columns=need, batch_size=batch_size):
+        cols = _cols(batch, need)
+        alive = np.ones(batch.num_rows, dtype=bool)
+        for r in rules:
+            alive &= r.mask(cols)
+        x = _float(cols[col])[alive]
+        values.append(x[~np.isnan(x)])
+    x = np.concatenate(values) if values else np.zeros(0)
+    survivors = len(x)  # nulls in the ranked column cannot be ranked: they fail the cut
+    k = math.ceil(p / 100.0 * survivors)
+    name = f"top_{p:g}%"
+    if k == 0:
+        return Rule(name, col, ">", float("inf"), "top_percent", {"percent": p, "k": 0, "tie_clip_id": None})
+    t = float(np.partition(x, survivors - k)[survivors - k])  # the k-th largest value
+    above = int((x > t).sum())
+    ties_needed = k - above
+    tie_ids: list[str] = []
+    for batch in dataset.to_batches(columns=sorted(set(need) | {"clip_id"}), batch_size=batch_size):
+        cols = _cols(batch, sorted(set(need) | {"clip_id"}))
+        alive = np.ones(batch.num_rows, dtype=bool)
+        for r in rules:
+            alive &= r.mask(cols)
+        v = _float(cols[col])
+        tie_ids.extend(cols["clip_id"][alive & (v == t)].tolist())
+    tie_ids.sort()
+    return Rule(name, col, ">=", t, "top_percent",
+                {"percent": p, "k": k, "eligible": survivors, "tie_clip_id": tie_ids[ties_needed - 1]})
+
+
+def _cap_rule(options: dict, columns: list[str]) -> Rule | None:
+    n = options.get("max_per_source")
+    if n is None:
+        return None
+    if "source_id" not in columns:
+        raise CurateError("--max-per-source needs source_id in the scores table: run `curate score` (technical)")
+    by = options.get("per_source_by") or (sim_column(options.get("encoder"), columns)
+                                          if any(c.endswith("_sim") and c != "dup_sim" for c in columns)
+                                          else "duration_s")
+    if by not in columns:
+        raise CurateError(f"--per-source-by {by!r} is not a score column")
+    return Rule("max_per_source", by, "<=", int(n), "per_source")
+
+
+def _apply_cap(path: Path, rule: Rule) -> int:
+    """Keep the best ``rule.value`` clips of each source in the selection file; returns how many were dropped."""
+    t = pq.read_table(path)
+    if t.num_rows == 0:
+        return 0
+    v = pc.fill_null(t[rule.column].cast(pa.float64()), -math.inf)
+    order = pa.table({"i": pa.array(range(t.num_rows)), "s": t["source_id"], "v": v, "c": t["clip_id"]}).sort_by(
+        [("s", "ascending"), ("v", "descending"), ("c", "ascending")])
+    src = order["s"].to_pylist()
+    keep, run, prev = [], 0, object()
+    for i, s in zip(order["i"].to_pylist(), src):
+        run = run + 1 if s == prev else 1
+        prev = s
+        if run <= rule.value:
+            keep.append(i)
+    kept = t.take(pa.array(sorted(keep)))
+    pq.write_table(kept, path, compression="zstd")
+    return t.num_rows - kept.num_rows

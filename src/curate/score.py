@@ -38,8 +38,12 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
             if sname == "alignment" and encoder:
                 opts.setdefault("encoder", encoder)
             scorer = get_scorer(sname).create(**opts)
-            new = scorer.compute(root, ids)
+            todo = ids
+            if scorer.incremental and merged.num_rows:
+                todo = pending_ids(merged, ids, scorer.columns(root))
+            new = scorer.compute(root, todo)
             merged = merge_columns(merged, new)
+            _save(root, merged)  # after each scorer: later scorers (dedup by=...) read it, a crash keeps it
             progress.advance()
         err_cols = [c for c in merged.column_names if c.endswith("_error")]
         if err_cols and merged.num_rows:
@@ -53,11 +57,27 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
                 msg = "; ".join(f"{c}: {row[c]}" for c in err_cols if row[c])
                 result.errors.append(f"{row['clip_id']}: {msg}")
         result.ok = result.total - result.error
-        merged = merged.sort_by("clip_id")
-        if not (root.scores.exists() and root.scores.read_arrow().sort_by("clip_id").equals(merged)):
-            root.scores.rewrite(merged)  # a rerun that changes nothing writes nothing
         result.extra["columns"] = [c for c in merged.column_names if c != "clip_id"]
     return result.done()
+
+
+def _save(root: Root, merged: pa.Table) -> None:
+    merged = merged.sort_by("clip_id")
+    if not (root.scores.exists() and root.scores.read_arrow().sort_by("clip_id").equals(merged)):
+        root.scores.rewrite(merged)  # a rerun that changes nothing writes nothing
+
+
+def pending_ids(merged: pa.Table, ids: pa.Array, columns: list[str]) -> pa.Array:
+    """Clip ids in ``ids`` without a value (nor an error) in the scorer's first column."""
+    col = columns[0]
+    if col not in merged.column_names:
+        return ids
+    done = pc.is_valid(merged[col])
+    err = f"{col}_error"
+    if err in merged.column_names:
+        done = pc.or_(done, pc.is_valid(merged[err]))
+    done_ids = merged.filter(done)["clip_id"]
+    return ids.filter(pc.invert(pc.is_in(ids, value_set=done_ids)))
 
 
 def merge_columns(base: pa.Table, new: pa.Table) -> pa.Table:

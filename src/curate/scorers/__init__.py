@@ -3,7 +3,9 @@
 A scorer gets the root and the clip ids that lack its columns, and returns an Arrow table with
 ``clip_id`` and its columns (null where it could not score, with the reason in an ``<column>_error``
 column). Built-ins: ``alignment`` (``<encoder>_sim`` for every embedding set) and ``technical``
-(duration, resolution, aspect ratio, fps).
+(duration, resolution, aspect ratio, fps); in their own modules ``aesthetic`` (LAION predictor over
+CLIP ViT-L/14 frames), ``motion`` (optical-flow magnitude) and ``dedup`` (near-duplicates by
+embedding cosine across the whole root).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from curate.store import Root
 
 class Scorer:
     name: ClassVar[str] = "scorer"
+    #: True for scorers that look at pixels: the score stage passes them only clips they have not scored yet
+    incremental: ClassVar[bool] = False
 
     def columns(self, root: Root) -> list[str]:
         """The columns this scorer writes on this root."""
