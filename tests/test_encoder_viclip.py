@@ -101,6 +101,9 @@ def test_parity_embeddings(parity):
     with torch.inference_mode():
         raw = enc.model.encode_text(torch.from_numpy(enc.tokenize(captions))).numpy()
     np.testing.assert_allclose(raw, np.load(d / "text_emb_raw.npy"), atol=5e-5)
+    with torch.inference_mode():
+        raw_v = enc.model.encode_vision(torch.from_numpy(pixel_values)).numpy()
+    np.testing.assert_allclose(raw_v, np.load(d / "video_emb_raw.npy"), atol=5e-5)
 
 
 def test_parity_is_sensitive_to_time(parity):
