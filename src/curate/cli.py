@@ -181,13 +181,27 @@ def score(
     root: Path = ROOT_OPT,
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Only this embedding set (default: all)."),
     scorer: list[str] = typer.Option(["technical", "alignment"], "--scorer", "-s",
-                                     help="Scorer plugins to run (repeatable)."),
+                                     help="Scorer plugins to run (repeatable): technical, alignment, aesthetic, "
+                                          "motion, dedup, or third-party ones."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Scorer option scorer.key=value (e.g. "
+                                                                 "aesthetic.recipe=opensora, dedup.by=aesthetic); "
+                                                                 "plain key=value when one scorer is given."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Compute score columns (alignment <encoder>_sim = cosine(clip, caption), technical) into ROOT/scores."""
+    """Compute score columns into ROOT/scores: alignment (<encoder>_sim), technical, aesthetic, motion, dedup."""
+    from curate.embed import parse_options
     from curate.score import score as run
 
-    r = run(root, scorers=scorer, encoder=encoder, progress=RichProgress())
+    opts: dict[str, dict[str, str]] = {}
+    for k, v in parse_options(option).items():
+        if "." in k:
+            name, key = k.split(".", 1)
+        elif len(scorer) == 1:
+            name, key = scorer[0], k
+        else:
+            raise CurateError(f"Option {k!r}: with several scorers, prefix it with the scorer (e.g. aesthetic.{k}).")
+        opts.setdefault(name, {})[key] = v
+    r = run(root, scorers=scorer, encoder=encoder, options=opts, progress=RichProgress())
     _finish(r, json_out)
 
 
@@ -196,24 +210,49 @@ def score(
 def filter_cmd(
     root: Path = ROOT_OPT,
     subset: str = typer.Option(..., "--subset", help="Name of the subset to create (ROOT/subsets/<name>)."),
+    preset: Optional[str] = typer.Option(None, help="Preset name (internvid-flt, internvid-aes, panda, opensora) or a "
+                                                    "YAML path; explicit options override it."),
     min_sim: Optional[float] = typer.Option(None, help="Keep clips with <encoder>_sim >= this."),
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Which <encoder>_sim, when several were scored."),
     min_duration: Optional[float] = typer.Option(None, help="Keep clips at least this long (seconds)."),
     max_duration: Optional[float] = typer.Option(None, help="Keep clips at most this long (seconds)."),
+    min_aesthetic: Optional[float] = typer.Option(None, help="Keep aesthetic >= this (1-10; InternVid-Aes: 4)."),
+    min_motion: Optional[float] = typer.Option(None, help="Keep motion >= this (px/frame at 160 px; still clips ~0)."),
+    max_motion: Optional[float] = typer.Option(None, help="Keep motion <= this."),
+    max_dup_sim: Optional[float] = typer.Option(None, help="Drop a clip when a better clip is at least this similar "
+                                                           "(needs the dedup scorer; Open-Sora: 0.98)."),
+    min_width: Optional[int] = typer.Option(None, help="Keep sources at least this wide (px)."),
+    min_height: Optional[int] = typer.Option(None, help="Keep sources at least this tall (px)."),
+    min_aspect: Optional[float] = typer.Option(None, help="Keep width/height >= this."),
+    max_aspect: Optional[float] = typer.Option(None, help="Keep width/height <= this."),
+    min_fps: Optional[float] = typer.Option(None, help="Keep sources with fps >= this."),
+    where: list[str] = typer.Option([], "--where", help="Expression over score columns, repeatable, e.g. "
+                                                         "\"clip_sim >= 0.3 and (aesthetic > 4.5 or motion < 2)\"."),
+    top_percent: Optional[float] = typer.Option(None, help="Keep the best P%% by --top-by among clips passing the other "
+                                                           "thresholds (exactly ceil(P/100*n); ties by clip id)."),
+    top_by: Optional[str] = typer.Option(None, help="Column for --top-percent (default: the alignment score)."),
+    max_per_source: Optional[int] = typer.Option(None, help="Keep at most N clips per source (Panda-70M: 3)."),
+    per_source_by: Optional[str] = typer.Option(None, help="Column ranking clips within a source (default: alignment)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Select clips by thresholds over stored scores (nothing is recomputed) -> ROOT/subsets/<name>/selection.parquet."""
+    """Select clips by rules over stored scores (nothing is recomputed) -> ROOT/subsets/<name>/selection.parquet."""
     from curate.filter import filter_clips
 
     s = filter_clips(root, subset, encoder=encoder, min_sim=min_sim, min_duration=min_duration,
-                     max_duration=max_duration)
+                     max_duration=max_duration, where=where or None, top_percent=top_percent, top_by=top_by,
+                     max_per_source=max_per_source, per_source_by=per_source_by, preset=preset,
+                     min_aesthetic=min_aesthetic, min_motion=min_motion, max_motion=max_motion,
+                     max_dup_sim=max_dup_sim, min_width=min_width, min_height=min_height, min_aspect=min_aspect,
+                     max_aspect=max_aspect, min_fps=min_fps)
     if json_out:
-        out.print_json(json.dumps(s))
+        out.print_json(json.dumps(s, default=str))
         return
-    console.print(f"[bold green]filter[/] subset={subset} kept {s['kept']} of {s['total']} clips")
+    console.print(f"[bold green]filter[/] subset={escape(subset)} kept {s['kept']} of {s['total']} clips")
     for r in s["rules"]:
-        console.print(f"  {r['name']}: {r['column']} {r['op']} {r['value']} dropped {s['dropped_by_rule'][r['name']]}"
-                      f" (in order: {s['funnel'][r['name']]})")
+        cond = r["value"] if r["kind"] == "where" else f"{r['column']} {r['op']} {r['value']}"
+        alone = s["dropped_by_rule"].get(r["name"])
+        console.print(f"  {escape(r['name'])}: {escape(str(cond))} dropped {s['funnel'][r['name']]} in order"
+                      + (f", {alone} on its own" if alone is not None else ""))
 
 
 @app.command()

@@ -21,7 +21,9 @@ SECTIONS = {
     "split": {"detector", "options", "min_clip_s", "max_clip_s"},
     "embed": {"encoder", "name", "options", "device", "batch_size", "workers"},
     "score": {"scorers", "encoder", "options"},
-    "filter": {"subset", "encoder", "min_sim", "min_duration", "max_duration"},
+    "filter": {"subset", "encoder", "min_sim", "min_duration", "max_duration", "min_aesthetic", "min_motion",
+               "max_motion", "max_dup_sim", "min_width", "min_height", "min_aspect", "max_aspect", "min_fps",
+               "where", "top_percent", "top_by", "max_per_source", "per_source_by", "preset"},
     "publish": {"subset", "shard_size", "workers", "cut"},
 }
 TOP = {"root", "sources", *SECTIONS}

@@ -35,7 +35,7 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
         merged = root.scores.read_arrow() if root.scores.exists() else pa.table({"clip_id": pa.array([], pa.string())})
         for sname in names:
             opts = dict((options or {}).get(sname, {}))
-            if sname == "alignment" and encoder:
+            if sname in ("alignment", "dedup") and encoder:
                 opts.setdefault("encoder", encoder)
             scorer = get_scorer(sname).create(**opts)
             todo = ids
