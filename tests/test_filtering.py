@@ -194,3 +194,26 @@ def test_presets_are_found_by_name_and_explicit_options_override(synthetic):
     assert [r["value"] for r in s["rules"]] == [5.5]
     with pytest.raises(CurateError, match="No preset"):
         filter_clips(synthetic, "o", preset="nope")
+
+
+def test_report_writes_valid_images_and_embeds_in_the_card(root):
+    from PIL import Image
+
+    from curate.publish import publish
+    from curate.report import make_report
+
+    filter_clips(root, "rep", min_duration=0.5, max_dup_sim=0.98)
+    publish(root, "rep", shard_size=10)
+    r = make_report(root, "rep", top_k=3)
+    names = {Path(p).name for p in r["images"]}
+    assert {"funnel.png", "hist_clip_sim.png", "hist_motion.png", "contact_clip_sim.png", "hist_dup_sim.png"} <= names
+    for p in r["images"]:
+        with Image.open(p) as im:
+            im.verify()
+            assert im.format == "PNG"
+    card = (root / "subsets" / "rep" / "README.md").read_text()
+    assert "![Filter funnel](report/funnel.png)" in card and card.count("<!-- curate-report -->") == 1
+    make_report(root, "rep", top_k=3)  # again: the section is replaced, not appended
+    assert (root / "subsets" / "rep" / "README.md").read_text().count("<!-- curate-report -->") == 1
+    page = Path(r["page"]).read_text()
+    assert "<img src='hist_dup_sim.png'" in page

@@ -275,6 +275,21 @@ def publish(
 
 @app.command()
 @_guard
+def report(
+    root: Path = ROOT_OPT,
+    subset: Optional[str] = typer.Option(None, "--subset", help="Report on this subset: thresholds marked, funnel, "
+                                                                "and the report embedded in its dataset card."),
+    top_k: int = typer.Option(6, help="Clips per row of the contact sheets (best and worst by each score)."),
+) -> None:
+    """Score histograms (thresholds marked), the filter funnel and contact sheets, as PNGs + HTML/Markdown."""
+    from curate.report import make_report
+
+    r = make_report(root, subset, top_k=top_k)
+    console.print(f"[bold green]report[/] {len(r['images'])} images in {escape(r['dir'])}; open {escape(r['page'])}")
+
+
+@app.command()
+@_guard
 def run(config: Path = typer.Argument(..., help="YAML file (see configs/); relative paths are relative to it.")) -> None:
     """Run every stage configured in a YAML file, in order."""
     from curate.pipeline import load_config, run_config

@@ -108,6 +108,10 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
                             path=str(out))
         card = dataset_card(root, subset, summary, annotations, enc, len(groups), cut)
         write_bytes_atomic(card, out / "README.md")
+        if (out / "report" / "report.md").exists():  # keep an earlier `curate report` in the new card
+            from curate.report import embed_in_card
+
+            embed_in_card(out / "README.md", (out / "report" / "report.md").read_text(), prefix="report/")
     return result.done()
 
 
