@@ -275,6 +275,47 @@ def publish(
 
 @app.command()
 @_guard
+def features(
+    root: Path = ROOT_OPT,
+    encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder with per-frame image features (clip)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (model=ViT-B/32 ...)."),
+    name: Optional[str] = typer.Option(None, help="Name of this feature set (default: the encoder name)."),
+    fps: Optional[float] = typer.Option(None, help="Frames per second to extract (video_features extraction_fps)."),
+    frames: Optional[int] = typer.Option(None, help="Extract N frames uniformly over the video (extraction_total)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+    batch_size: int = typer.Option(64, help="Frames per forward pass."),
+    save_numpy: bool = typer.Option(False, "--save-numpy", help="Also write <source_id>_<name>.npy, "
+                                                               "_timestamps_ms.npy and _fps.npy (video_features layout) under ROOT/features_npy/<name>/."),
+    show_pred: Optional[list[str]] = typer.Option(None, "--show-pred", help="Texts to classify each frame against: "
+                                                                           "prints per-frame softmax probabilities."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary (and predictions) as JSON."),
+) -> None:
+    """Per-source frame features (num_frames, D) with timestamps_ms and fps, as video_features writes them."""
+    from curate.embed import parse_options
+    from curate.features import features as run
+    from curate.features import show_predictions
+
+    opts = parse_options(option)
+    r = run(root, encoder, options=opts, name=name, fps=fps, frames=frames, device=device, batch_size=batch_size,
+            save_numpy=save_numpy, progress=RichProgress())
+    if not show_pred:
+        _finish(r, json_out)
+        return
+    preds = show_predictions(root, show_pred, name=name or encoder, encoder=encoder, options=opts, device=device)
+    if json_out:
+        out.print_json(json.dumps([{"source_id": s, "timestamps_ms": ts, "probs": p.round(5).tolist(),
+                                    "texts": show_pred} for s, ts, p in preds]))
+        return
+    for sid, ts, p in preds:
+        t = RichTable("ms", *[escape(x) for x in show_pred], title=f"source {sid}")
+        for ms, row in zip(ts, p):
+            best = int(row.argmax())
+            t.add_row(f"{ms:.0f}", *[(f"[bold]{v:.3f}[/]" if i == best else f"{v:.3f}") for i, v in enumerate(row)])
+        out.print(t)
+
+
+@app.command()
+@_guard
 def report(
     root: Path = ROOT_OPT,
     subset: Optional[str] = typer.Option(None, "--subset", help="Report on this subset: thresholds marked, funnel, "
