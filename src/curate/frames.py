@@ -76,7 +76,8 @@ def decode_clips(root: Root, sampler: Sampler, groups: list[tuple[dict, list[dic
     chunks = [(src, clips[i:i + step]) for src, clips in groups for i in range(0, len(clips), step)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         it = iter(chunks)
-        futures = [pool.submit(decode_source, root, sampler, *c) for c, _ in zip(it, range(max(2, 2 * workers)))]
+        # range first: zip stops on it without pulling (and losing) one more chunk from `it`
+        futures = [pool.submit(decode_source, root, sampler, *c) for _, c in zip(range(max(2, 2 * workers)), it)]
         while futures:
             fut = futures.pop(0)
             nxt = next(it, None)

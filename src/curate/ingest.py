@@ -303,6 +303,7 @@ def ingest_one(root: Root, row: dict, *, allow_local: bool = True, local_dirs=No
     out["updated_at"] = time.time()
     sid, url = row["source_id"], row.get("url") or ""
     stem = root.media_dir / sid
+    media = None
     try:
         media, info_json = _fetch(root, url, stem, allow_local=allow_local, local_dirs=local_dirs,
                                   max_height=max_height, max_filesize=max_filesize, socket_timeout=socket_timeout,
@@ -328,6 +329,8 @@ def ingest_one(root: Root, row: dict, *, allow_local: bool = True, local_dirs=No
         out.update(status="error", error=str(e), error_kind=e.kind)
     except Exception as e:  # never let one source sink the batch
         out.update(status="error", error=_short(f"{type(e).__name__}: {e}"), error_kind="download_failed")
+    if out["status"] == "error" and media is not None:
+        media.unlink(missing_ok=True)  # an unusable file is not kept (the error row says why)
     return out
 
 

@@ -59,7 +59,7 @@ def probe(path: Path, timeout: float = PROBE_TIMEOUT_S) -> Probe:
     except subprocess.TimeoutExpired:
         raise MediaError(f"ffprobe timed out after {timeout:.0f} s") from None
     if out.returncode != 0:
-        msg = (out.stderr.strip().splitlines() or ["unknown error"])[-1]
+        msg = (out.stderr.strip().splitlines() or ["unknown error"])[-1].replace(_abs(path) + ": ", "")
         raise MediaError(f"not a readable media file ({msg[:300]})")
     info = json.loads(out.stdout or "{}")
     video = [s for s in info.get("streams", []) if s.get("codec_type") == "video"
