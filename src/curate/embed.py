@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from curate.errors import CurateError
+from curate.faults import crashpoint
 from curate.frames import batches, clip_groups, decode_clips
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, embedding_schema, rows_to_table, write_bytes_atomic
@@ -71,6 +72,7 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
     with root.ensure().lock(f"embed-{name}"):
         check_meta(root, name, encoder, options)
         table = root.embeddings(name)
+        table.repair()
         done = table.keys()
         clips = root.clips.read(columns=["clip_id", "source_id", "start_frame", "end_frame", "caption", "status"])
         clips = clips[clips["status"] == "ok"]
@@ -97,6 +99,7 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
                 table.append(rows_to_table(rows, embedding_schema()))
                 written += len(rows)
                 rows.clear()
+                crashpoint("embed-flush")
 
         decoded = decode_clips(root, enc, groups, workers=workers, frames_per_clip=enc.info.num_frames)
         for batch in batches(decoded, batch_size):

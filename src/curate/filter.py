@@ -171,9 +171,17 @@ def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, m
     rules = build_rules(columns, options)
     top = _top_rule(dataset, rules, options, columns, batch_size)
     cap = _cap_rule(options, columns)
-    keep_cols = ["clip_id", *dict.fromkeys(c for c in columns if c != "clip_id" and not c.endswith("_error"))]
     out_dir = root.subset_dir(subset)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with root.lock(f"filter-{subset}"):
+        return _write_selection(subset, out_dir, dataset, rules, top, cap, columns, options, batch_size)
+
+
+def _write_selection(subset, out_dir, dataset, rules, top, cap, columns, options, batch_size) -> dict[str, Any]:
+    """One streaming pass: apply the rules batch by batch, write the kept rows, count drops per rule."""
+    keep_cols = ["clip_id", *dict.fromkeys(c for c in columns if c != "clip_id" and not c.endswith("_error"))]
+    for stale in out_dir.glob(".tmp-selection-*"):
+        stale.unlink(missing_ok=True)
     tmp = out_dir / f".tmp-selection-{time.time_ns()}.parquet"
     total = kept = 0
     all_rules = rules + ([top] if top else [])

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 
 from curate.errors import CurateError
+from curate.faults import crashpoint
 from curate.media import MediaError, probe
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import SCHEMAS, Root, rows_to_table, stable_id
@@ -271,6 +272,8 @@ def copy_local(src: Path, dest_stem: Path, max_filesize: int | None) -> Path:
         raise IngestError("too_large", f"file is {size} bytes, over max_filesize={max_filesize}")
     suffix = src.suffix.lower() if VIDEO_SUFFIX.fullmatch(src.suffix or "") else ".bin"
     dst = dest_stem.with_name(dest_stem.name + suffix)
+    if dst.exists() and os.path.samefile(src, dst):  # linked by a run that crashed before saving its row
+        return dst
     tmp = dst.with_name(".tmp-" + dst.name)
     tmp.unlink(missing_ok=True)
     try:
@@ -278,6 +281,7 @@ def copy_local(src: Path, dest_stem: Path, max_filesize: int | None) -> Path:
     except OSError:
         shutil.copyfile(src, tmp)
     tmp.replace(dst)
+    tmp.unlink(missing_ok=True)  # rename() is a no-op when both names are links to one file
     return dst
 
 
@@ -303,7 +307,6 @@ def ingest_one(root: Root, row: dict, *, allow_local: bool = True, local_dirs=No
     out["updated_at"] = time.time()
     sid, url = row["source_id"], row.get("url") or ""
     stem = root.media_dir / sid
-    media = None
     try:
         media, info_json = _fetch(root, url, stem, allow_local=allow_local, local_dirs=local_dirs,
                                   max_height=max_height, max_filesize=max_filesize, socket_timeout=socket_timeout,
@@ -329,8 +332,9 @@ def ingest_one(root: Root, row: dict, *, allow_local: bool = True, local_dirs=No
         out.update(status="error", error=str(e), error_kind=e.kind)
     except Exception as e:  # never let one source sink the batch
         out.update(status="error", error=_short(f"{type(e).__name__}: {e}"), error_kind="download_failed")
-    if out["status"] == "error" and media is not None:
-        media.unlink(missing_ok=True)  # an unusable file is not kept (the error row says why)
+    if out["status"] == "error":  # nothing unusable is kept: media, info JSON, yt-dlp .part/.ytdl leftovers
+        for leftover in root.media_dir.glob(f"{sid}.*"):
+            leftover.unlink(missing_ok=True)
     return out
 
 
@@ -379,6 +383,10 @@ def ingest(root: Root | str, sources: str | os.PathLike | Sequence[str] | None =
     progress = progress or NullProgress()
     result = StageResult("ingest")
     with root.ensure().lock("ingest"):
+        root.sources.repair()
+        if root.media_dir.is_dir():
+            for tmp in root.media_dir.glob(".tmp-*"):
+                tmp.unlink(missing_ok=True)
         if sources is not None:
             ids = register_sources(root, sources)
             if source_ids is None:
@@ -403,6 +411,7 @@ def ingest(root: Root | str, sources: str | os.PathLike | Sequence[str] | None =
             if pending:
                 root.sources.upsert(rows_to_table(pending, SCHEMAS["sources"]))
                 pending.clear()
+                crashpoint("ingest-flush")
 
         kwargs = dict(allow_local=allow_local, local_dirs=local_dirs, max_height=max_height,
                       max_filesize=max_filesize, max_duration=max_duration, socket_timeout=socket_timeout,

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError
+from curate.faults import crashpoint
 from curate.media import MediaError, cut_clip
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, write_bytes_atomic, write_table_atomic
@@ -78,6 +79,8 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
         result.total = len(rows)
         shards_dir = out / "shards"
         shards_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in shards_dir.glob(".tmp-*"):  # left by a crash: never visible as a shard
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         groups = [rows[i:i + shard_size] for i in range(0, len(rows), shard_size)]
         progress.start(len(rows), f"publish ({subset})")
         annotations: list[dict] = []
@@ -158,6 +161,7 @@ def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, em
                             "duration_s": r["duration_s"], **scores})
                 progress.advance()
         tmp_tar.replace(path)
+        crashpoint("publish-shard")
         return ann
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -27,6 +27,7 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
     progress = progress or NullProgress()
     result = StageResult("score")
     with root.ensure().lock("score"):
+        root.scores.repair()
         clips = root.clips.read_arrow(columns=["clip_id", "status"])
         ids = clips.filter(pc.equal(clips["status"], "ok"))["clip_id"].combine_chunks()
         result.total = len(ids)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from curate.errors import CurateError
+from curate.faults import crashpoint
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import SCHEMAS, Root, rows_to_table
 
@@ -104,6 +105,7 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
     result = StageResult("split")
     splitter = get_splitter(detector).create(**(options or {}))
     with root.ensure().lock("split"):
+        root.clips.repair()
         sources = root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames", "caption"])
         done = set(root.clips.read_arrow(columns=["source_id"])["source_id"].to_pylist())
         wanted = set(source_ids) if source_ids is not None else None
@@ -121,6 +123,7 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
         for row in todo:
             rows = split_one(root, row, splitter, detector, min_clip_s=min_clip_s, max_clip_s=max_clip_s)
             root.clips.append(rows_to_table(rows, SCHEMAS["clips"]))
+            crashpoint("split-source")
             if rows and rows[0]["status"] == "error":
                 result.add_error(row["source_id"], rows[0]["error"])
             else:

@@ -25,6 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError, StageBusy
+from curate.faults import crashpoint
 
 __all__ = ["Root", "Table", "stable_id", "SCHEMAS"]
 
@@ -173,6 +174,7 @@ class Table:
         table = _keep_last(table, self.key) if len(pa.compute.unique(table[self.key])) != table.num_rows else table
         old_parts = self.parts()
         new_part = self.append(table)
+        crashpoint("upsert")  # a crash here leaves a key twice: repair() (or read()) keeps the newest
         keys = pa.array(table[self.key].to_pylist(), type=STR)
         for part in old_parts:
             if part == new_part:
@@ -193,8 +195,20 @@ class Table:
         old_parts = self.parts()
         new_part = self.path / _part_name()
         write_table_atomic(self._conform(table), new_part)
+        crashpoint("rewrite")
         for p in old_parts:
             p.unlink(missing_ok=True)
+
+    def repair(self) -> None:
+        """After a crash: drop temporary files and resolve keys left in two parts. Call under the stage lock."""
+        if self.path.is_dir():
+            for tmp in self.path.glob(".tmp-*"):
+                tmp.unlink(missing_ok=True)
+        d = self.dataset()
+        if d is not None:
+            keys = d.to_table(columns=[self.key])[self.key]
+            if len(pa.compute.unique(keys)) != len(keys):
+                self.compact()
 
     def compact(self) -> None:
         """Merge small parts into one (and resolve duplicate keys left by a crash)."""
