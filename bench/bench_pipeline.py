@@ -1,0 +1,134 @@
+"""Split + embed speed against the physical floor, and against a naive per-clip pipeline.
+
+    .venv/bin/python bench/bench_pipeline.py [--seconds 120] [--height 720] [--model ViT-B-32] [--device auto]
+
+Makes a source of ``--seconds`` at ``--height``p with a hard cut every 2-5 s (ffmpeg lavfi, cached in
+/tmp/curate-bench), then reports:
+
+- decode: one ``ffmpeg -v error -i SRC -f null -`` pass (the floor on CPU);
+- split: `curate split` (ContentDetector) as a multiple of that decode;
+- embed: `curate embed` with the ``clip`` encoder (random weights, full-size model, 8 frames/clip),
+  end-to-end clips/s next to the encoder's pure forward clips/s on the same number of frames;
+- naive: what per-clip tools do: ffmpeg cuts every clip (re-encode), then each clip file is
+  decoded to sample its 8 frames and embedded; reported as a ratio to curate's split + embed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHOTS = ["testsrc2", "mandelbrot", "smptebars", "rgbtestsrc", "gradient", "red", "blue"]
+
+
+def make_source(seconds: int, height: int, fps: int = 25) -> tuple[Path, int]:
+    from curate.samples import make_video
+
+    width = height * 16 // 9
+    path = Path(tempfile.gettempdir()) / "curate-bench" / f"src_{seconds}s_{height}p.mp4"
+    rng = np.random.default_rng(0)
+    shots, total, i = [], 0, 0
+    while total < seconds * fps:
+        n = int(rng.integers(2 * fps, 5 * fps))
+        shots.append((SHOTS[i % len(SHOTS)], n))
+        total += n
+        i += 1
+    if not path.exists():
+        make_video(path, shots, fps=fps, size=(width, height))
+    return path, len(shots)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=120)
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--skip-naive", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    from curate.embed import embed, load_encoder
+    from curate.ingest import ingest
+    from curate.media import get_frames, open_video
+    from curate.split import split
+
+    src, n_shots = make_source(args.seconds, args.height)
+    work = Path(tempfile.mkdtemp(prefix="curate-bench-"))
+    root = work / "ds"
+    t_decode, _ = timed(lambda: subprocess.run(["ffmpeg", "-v", "error", "-i", str(src), "-f", "null", "-"], check=True))
+    ingest(root, [str(src)])
+    t_split, r = timed(lambda: split(root, min_clip_s=0.5, max_clip_s=60))
+    n_clips = r.extra["clips"]
+    opts = {"model": args.model, "weights": "random"}
+    enc = load_encoder("clip", opts, args.device)
+    device = enc.device
+    t_embed, r = timed(lambda: embed(root, "clip", options=opts, device=args.device, batch_size=args.batch_size,
+                                     encoder_obj=enc))
+    assert r.ok == n_clips, r.as_dict()
+    x = torch.randn(args.batch_size * 8, 3, enc.image_size, enc.image_size)
+    enc._encode_frames(x[:8])  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    n_batches = max(1, n_clips // args.batch_size)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        enc._encode_frames(x)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    forward_cps = n_batches * args.batch_size / (time.perf_counter() - t0)
+
+    result = {
+        "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores, device {device}"
+                   + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
+        "source": f"{args.seconds} s {args.height}p 25 fps, {n_shots} shots", "clips": n_clips,
+        "decode_s": round(t_decode, 2), "split_s": round(t_split, 2), "split_x_decode": round(t_split / t_decode, 2),
+        "embed_s": round(t_embed, 2), "embed_clips_per_s": round(n_clips / t_embed, 2),
+        "forward_clips_per_s": round(forward_cps, 2), "embed_vs_forward": round(n_clips / t_embed / forward_cps, 2),
+        "split_plus_embed_s": round(t_split + t_embed, 2),
+    }
+    if not args.skip_naive:
+        import pandas as pd
+
+        clips = pd.read_parquet(root / "clips").sort_values("start_frame")
+        cut_dir = work / "naive"
+        cut_dir.mkdir()
+
+        def naive():
+            for c in clips.itertuples():  # cut every clip first, one ffmpeg process each (peers' split stage)
+                subprocess.run(["ffmpeg", "-v", "error", "-y", "-ss", f"{c.start_s:.3f}", "-i", str(src), "-t",
+                                f"{c.duration_s:.3f}", "-c:v", "libx264", "-preset", "veryfast", "-an",
+                                str(cut_dir / f"{c.clip_id}.mp4")], check=True)
+            inputs = []
+            for c in clips.itertuples():  # then decode each clip file to sample its frames
+                vr = open_video(cut_dir / f"{c.clip_id}.mp4")
+                inputs.append(enc.preprocess(get_frames(vr, enc.frame_indices(len(vr), 25.0))))
+            for i in range(0, len(inputs), args.batch_size):
+                enc.embed_video_batch(inputs[i:i + args.batch_size])
+
+        t_naive, _ = timed(naive)
+        result.update(naive_s=round(t_naive, 2), naive_over_curate=round(t_naive / (t_split + t_embed), 2))
+    shutil.rmtree(work, ignore_errors=True)
+    for k, v in result.items():
+        print(f"{k:22s} {v}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
