@@ -122,3 +122,27 @@ def test_list_without_url_column_is_an_invocation_error(tmp_path):
 def test_download_errors_are_classified(message, kind):
     assert classify_download_error(message) == kind
     assert (kind in RETRYABLE_KINDS) == (kind in {"rate_limited", "bot_check", "timeout", "network"})
+
+
+def test_segment_rows_download_only_their_range_and_publish_absolute_times(tmp_path, http_server, tiny_clip):
+    """start_s/end_s on a source row: yt-dlp fetches just that range; clips keep their time in the URL."""
+    from curate.filter import filter_clips
+    from curate.publish import publish
+    from curate.score import score
+    from curate.split import split
+
+    lst = tmp_path / "l.csv"  # three_shots: cuts at frames 50 and 90 (2.0 s and 3.6 s)
+    lst.write_text(f"url,caption,start_s,end_s\n{http_server}/three_shots.mp4,x,1.0,4.0\n")
+    root = tmp_path / "ds"
+    r = ingest(root, lst, retries=0)
+    assert r.ok == 1, r.errors
+    src = pd.read_parquet(root / "sources").iloc[0]
+    assert src.duration_s == pytest.approx(3.0, abs=0.1) and (src.start_s, src.end_s) == (1.0, 4.0)
+    split(root, min_clip_s=0.2)
+    clips = pd.read_parquet(root / "clips").sort_values("start_frame")
+    assert [round(s, 1) for s in clips.start_s] == [0.0, 1.0, 2.6]  # the cuts, relative to the segment
+    score(root, scorers=["technical"])
+    filter_clips(root, "all")
+    publish(root, "all")
+    ann = pd.read_parquet(root / "subsets" / "all" / "annotations.parquet").sort_values("start_s")
+    assert [round(s, 1) for s in ann.url_start_s] == [1.0, 2.0, 3.6]  # re-fetchable: url + time range

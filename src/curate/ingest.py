@@ -230,7 +230,7 @@ def fetch_url(url: str, dest_stem: Path, *, max_height: int | None, max_filesize
         start = segment[0] or 0.0
         end = segment[1] if segment[1] is not None else float("inf")
         opts["download_ranges"] = download_range_func(None, [(start, end)])
-        opts["force_keyframes_at_cuts"] = False
+        opts["force_keyframes_at_cuts"] = True  # re-encode at the cuts: the media starts exactly at start_s
     try:
         with yt_dlp.YoutubeDL(opts) as ydl:
             info = ydl.extract_info(url, download=True)

@@ -64,7 +64,8 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
         clips = root.clips.read_arrow(columns=["clip_id", "source_id", "start_s", "end_s", "start_frame", "end_frame",
                                                "duration_s", "caption"])
         clips = clips.filter(pc.is_in(clips["clip_id"], value_set=sel["clip_id"]))
-        srcs = root.sources.read_arrow(columns=["source_id", "url", "title", "meta", "media_path", "fps"])
+        srcs = root.sources.read_arrow(columns=["source_id", "url", "title", "meta", "media_path", "fps", "start_s"])
+        srcs = srcs.rename_columns([c if c != "start_s" else "segment_start_s" for c in srcs.column_names])
         t = clips.join(srcs, "source_id", join_type="left outer").join(
             sel.select(["clip_id", *score_cols]), "clip_id", join_type="left outer").sort_by("clip_id")
         enc = _primary_encoder(root, summary, sel.column_names)
@@ -142,9 +143,11 @@ def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, em
                 key = r["clip_id"]
                 scores = {c: r.get(c) for c in score_cols if c in r and not c.endswith("_error")}
                 meta = json.loads(r["meta"]) if r.get("meta") else {}
+                offset = r.get("segment_start_s") or 0.0
                 record = {"key": key, "clip_id": key, "caption": r.get("caption"), "source_id": r["source_id"],
                           "url": r.get("url"), "title": r.get("title"), "start_s": r["start_s"], "end_s": r["end_s"],
-                          "duration_s": r["duration_s"], "scores": scores, "meta": meta}
+                          "duration_s": r["duration_s"], "url_start_s": offset + r["start_s"],
+                          "url_end_s": offset + r["end_s"], "scores": scores, "meta": meta}
                 if err is None:
                     _add(tar, f"{key}.mp4", mp4.read_bytes())
                     _add(tar, f"{key}.json", json.dumps(record, ensure_ascii=False, default=str).encode())
@@ -158,7 +161,8 @@ def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, em
                 ann.append({"clip_id": key, "shard": path.name, "status": "ok" if err is None else "error",
                             "error": err, "caption": r.get("caption"), "source_id": r["source_id"],
                             "url": r.get("url"), "start_s": r["start_s"], "end_s": r["end_s"],
-                            "duration_s": r["duration_s"], **scores})
+                            "duration_s": r["duration_s"], "url_start_s": offset + r["start_s"],
+                            "url_end_s": offset + r["end_s"], **scores})
                 progress.advance()
         tmp_tar.replace(path)
         crashpoint("publish-shard")
