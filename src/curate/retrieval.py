@@ -27,14 +27,25 @@ the maximum over the Q queries (BLIP-2 ITC), as in ``curate score``.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from curate.errors import CurateError
 
-__all__ = ["TIE_EPS", "similarity", "t2v_ranks", "v2t_ranks", "metrics", "group_captions", "evaluate",
-           "load_pairs", "markdown_table", "METRIC_KEYS"]
+__all__ = [
+    "METRIC_KEYS",
+    "TIE_EPS",
+    "evaluate",
+    "group_captions",
+    "load_pairs",
+    "markdown_table",
+    "metrics",
+    "similarity",
+    "t2v_ranks",
+    "v2t_ranks",
+]
 
 TIE_EPS = 1e-6
 METRIC_KEYS = ("R1", "R5", "R10", "MedianR", "MeanR")
@@ -134,7 +145,7 @@ def evaluate_arrays(text_per_clip: np.ndarray, video: np.ndarray, captions: Sequ
     for i in range(len(of) - 1, -1, -1):
         first[of[i]] = i
     text = np.asarray(text_per_clip, np.float32)[first] if len(unique) else np.zeros((0, video.shape[-1]), np.float32)
-    return {"clips": int(len(video)), "captions": len(unique),
+    return {"clips": len(video), "captions": len(unique),
             "t2v": metrics(t2v_ranks(text, video, of)), "v2t": metrics(v2t_ranks(text, video, of))}
 
 
@@ -219,7 +230,7 @@ def evaluate(root, names: Sequence[str] | None = None, *, subset: str | None = N
 
 
 def _fmt(key: str, v: float) -> str:
-    if v != v:  # nan
+    if np.isnan(v):
         return "-"
     if key in ("R1", "R5", "R10"):
         return f"{v:.2f}"
