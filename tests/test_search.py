@@ -301,7 +301,7 @@ def test_cli_search_subset_table_and_contact_sheet(real_root, tiny_clip, tmp_pat
     p = curate("search", query, "--root", real_root.path, "-e", "clip", "--subset", "short", "-k", 2)
     assert "rank" in p.stdout and "score" in p.stdout and got[0] in p.stdout
     p = curate("search", query, "--root", real_root.path, "-e", "clip", "--index", "--exact", check=False)
-    assert p.returncode == 2 and "exclude each other" in p.stderr
+    assert p.returncode == 2 and "--exact excludes --index" in p.stderr
     p = curate("search", query, "--root", real_root.path, "-e", "nope", check=False)
     assert p.returncode == 2 and "No embedding set named 'nope'" in p.stderr and "Traceback" not in p.stderr
 

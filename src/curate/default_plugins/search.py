@@ -44,8 +44,8 @@ def register_commands(cli):
         from curate.search import contact_sheet as make_sheet
         from curate.search import search
 
-        if use_index and exact:
-            raise CurateError("--index and --exact exclude each other.")
+        if exact and (use_index or rebuild_index):
+            raise CurateError("--exact excludes --index and --rebuild-index.")
         if not Path(root).is_dir():
             raise CurateError(f"{root} does not exist.")
         method = "index" if (use_index or rebuild_index) and not exact else ("exact" if exact else "auto")
