@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = (
     "curate.default_plugins.askvideos",
     "curate.default_plugins.splitters",
     "curate.default_plugins.scorers",
+    "curate.default_plugins.search",
 )
 
 pm = pluggy.PluginManager("curate")

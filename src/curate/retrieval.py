@@ -1,0 +1,252 @@
+"""Text<->video retrieval metrics over stored embeddings: R@1, R@5, R@10, MedianR, MeanR.
+
+The numbers are those of CLIP4Clip's ``compute_metrics`` (and the CLIP4Clip model cards): every
+query ranks the whole gallery by similarity, ranks are 1-based, R@K is the percentage of queries
+whose correct item is ranked K or better, MedianR and MeanR are the median and mean rank.
+
+Ground truth and duplicates. The correct item of a clip is its own caption. Clips split from one
+source usually share the source's caption, so one caption may belong to several clips. Captions are
+grouped by their exact text (leading/trailing whitespace stripped) and each distinct caption is one
+item on the text side:
+
+* text -> video: one query per *distinct* caption, ranked against every clip; it is answered by the
+  best-ranked of the clips that carry it (the multi-positive rule CLIP4Clip/X-CLIP use for MSVD and
+  VATEX, where a video has many captions; here a caption has many clips).
+* video -> text: one query per clip, ranked against the distinct captions; exactly one is correct.
+
+Without duplicates both reduce to the usual one-to-one MSR-VTT evaluation (the diagonal of the
+similarity matrix). Score ties: a wrong item whose score is within ``TIE_EPS`` of the best correct
+item's score counts as ranked ahead of it (ties go against the query), so an encoder that gives
+every clip the same embedding scores at chance level or worse, never R@1 = 100. CLIP4Clip's code
+counts only strictly higher scores and is undefined for exact ties; with distinct scores the two
+agree exactly.
+
+Similarity is the cosine of L2-normalised vectors; for encoders with ``[Q, D]`` query stacks it is
+the maximum over the Q queries (BLIP-2 ITC), as in ``curate score``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from curate.errors import CurateError
+
+__all__ = [
+    "METRIC_KEYS",
+    "TIE_EPS",
+    "evaluate",
+    "group_captions",
+    "load_pairs",
+    "markdown_table",
+    "metrics",
+    "similarity",
+    "t2v_ranks",
+    "v2t_ranks",
+]
+
+TIE_EPS = 1e-6
+METRIC_KEYS = ("R1", "R5", "R10", "MedianR", "MeanR")
+
+
+def similarity(text: np.ndarray, video: np.ndarray) -> np.ndarray:
+    """``[M, D]`` captions x ``[N, D]`` (or ``[N, Q, D]``) clips -> ``[M, N]`` (max over queries for stacks)."""
+    text = np.asarray(text, dtype=np.float32)
+    video = np.asarray(video, dtype=np.float32)
+    if video.ndim == 3:
+        n, q, d = video.shape
+        return (text @ video.reshape(n * q, d).T).reshape(len(text), n, q).max(axis=2)
+    return text @ video.T
+
+
+def _block_rows(n_cols: int, q: int, budget: int = 1 << 24) -> int:
+    """Rows per block so that one ``[rows, n_cols * q]`` float32 block stays near ``budget`` floats."""
+    return max(1, budget // max(1, n_cols * q))
+
+
+def t2v_ranks(text: np.ndarray, video: np.ndarray, caption_of_video: Sequence[int], *, eps: float = TIE_EPS,
+              block: int | None = None) -> np.ndarray:
+    """1-based rank of each caption's best-ranked clip among all clips (see the module docstring)."""
+    text = np.asarray(text, np.float32)
+    video = np.asarray(video, np.float32)
+    cap = np.asarray(caption_of_video, dtype=np.int64)
+    m, n = len(text), len(video)
+    if cap.shape != (n,):
+        raise ValueError("caption_of_video needs one caption index per clip")
+    if m and np.bincount(cap, minlength=m)[:m].min() == 0:
+        raise ValueError("every caption needs at least one clip")
+    q = video.shape[1] if video.ndim == 3 else 1
+    block = block or _block_rows(n, q)
+    out = np.empty(m, dtype=np.int64)
+    for a in range(0, m, block):
+        b = min(m, a + block)
+        s = similarity(text[a:b], video)  # [b-a, N]
+        gt = cap[None, :] == np.arange(a, b)[:, None]
+        best = np.where(gt, s, -np.inf).max(axis=1)
+        ahead = ((s >= best[:, None] - eps) & ~gt).sum(axis=1)
+        out[a:b] = 1 + ahead
+    return out
+
+
+def v2t_ranks(text: np.ndarray, video: np.ndarray, caption_of_video: Sequence[int], *, eps: float = TIE_EPS,
+              block: int | None = None) -> np.ndarray:
+    """1-based rank of each clip's own caption among all distinct captions."""
+    text = np.asarray(text, np.float32)
+    video = np.asarray(video, np.float32)
+    cap = np.asarray(caption_of_video, dtype=np.int64)
+    m, n = len(text), len(video)
+    if cap.shape != (n,):
+        raise ValueError("caption_of_video needs one caption index per clip")
+    q = video.shape[1] if video.ndim == 3 else 1
+    block = block or _block_rows(m, q)
+    out = np.empty(n, dtype=np.int64)
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        s = similarity(text, video[a:b]).T  # [b-a, M]
+        own = cap[a:b]
+        gt_score = s[np.arange(b - a), own]
+        ahead = (s >= gt_score[:, None] - eps).sum(axis=1) - 1  # minus the correct caption itself
+        out[a:b] = 1 + ahead
+    return out
+
+
+def metrics(ranks: Iterable[int]) -> dict[str, float]:
+    """R@1/5/10 in percent, MedianR and MeanR of 1-based ranks (CLIP4Clip's definitions)."""
+    r = np.asarray(list(ranks) if not isinstance(ranks, np.ndarray) else ranks, dtype=np.float64)
+    if r.size == 0:
+        return {"R1": float("nan"), "R5": float("nan"), "R10": float("nan"), "MedianR": float("nan"),
+                "MeanR": float("nan"), "queries": 0}
+    if r.min() < 1:
+        raise ValueError("ranks are 1-based")
+    return {"R1": float(100.0 * np.mean(r <= 1)), "R5": float(100.0 * np.mean(r <= 5)),
+            "R10": float(100.0 * np.mean(r <= 10)), "MedianR": float(np.median(r)), "MeanR": float(np.mean(r)),
+            "queries": int(r.size)}
+
+
+def group_captions(captions: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct captions (stripped, in order of first appearance) and each clip's index into them."""
+    index: dict[str, int] = {}
+    of = np.empty(len(captions), dtype=np.int64)
+    for i, c in enumerate(captions):
+        key = c.strip()
+        of[i] = index.setdefault(key, len(index))
+    return list(index), of
+
+
+def evaluate_arrays(text_per_clip: np.ndarray, video: np.ndarray, captions: Sequence[str]) -> dict[str, Any]:
+    """Metrics of one encoder from per-clip caption embeddings, clip embeddings and caption strings.
+
+    The text embedding of a distinct caption is that of its first clip.
+    """
+    unique, of = group_captions(captions)
+    first = np.full(len(unique), -1, dtype=np.int64)
+    for i in range(len(of) - 1, -1, -1):
+        first[of[i]] = i
+    text = np.asarray(text_per_clip, np.float32)[first] if len(unique) else np.zeros((0, video.shape[-1]), np.float32)
+    return {"clips": len(video), "captions": len(unique),
+            "t2v": metrics(t2v_ranks(text, video, of)), "v2t": metrics(v2t_ranks(text, video, of))}
+
+
+def load_pairs(root, name: str, clip_ids: Iterable[str] | None = None):
+    """``(clip_ids, video [N,...], text [N,D])`` of clips with an ok clip embedding and a caption embedding."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from curate.store import Root
+
+    root = Root(root) if not isinstance(root, Root) else root
+    meta = root.embedding_meta(name)
+    if not meta:
+        known = ", ".join(root.embedding_names()) or "none"
+        raise CurateError(f"No embedding set named {name!r} under {root.path}/embeddings (found: {known}). "
+                          "Run `curate embed` first.")
+    shape = [int(x) for x in meta.get("video_emb_shape") or [-1]]
+    t = root.embeddings(name).read_arrow(columns=["clip_id", "video_emb", "text_emb", "status"])
+    keep = pc.and_(pc.equal(t["status"], "ok"), pc.and_(pc.is_valid(t["video_emb"]), pc.is_valid(t["text_emb"])))
+    t = t.filter(pc.fill_null(keep, False))
+    if clip_ids is not None:
+        t = t.filter(pc.is_in(t["clip_id"], value_set=pa.array(list(clip_ids), pa.string())))
+    t = t.sort_by("clip_id")
+    n = t.num_rows
+    video = np.asarray(t["video_emb"].combine_chunks().flatten(), np.float32)
+    text = np.asarray(t["text_emb"].combine_chunks().flatten(), np.float32)
+    d = shape[-1] if shape[-1] > 0 else (video.size // n if n else 1)
+    try:
+        video = video.reshape(n, *shape) if len(shape) == 2 else video.reshape(n, d)
+        text = text.reshape(n, d)
+    except ValueError:
+        raise CurateError(f"embeddings/{name}: vectors do not match video_emb_shape {shape} of _meta.json") from None
+    return t["clip_id"].to_pylist(), video, text
+
+
+def evaluate(root, names: Sequence[str] | None = None, *, subset: str | None = None, max_clips: int | None = None,
+             seed: int = 0) -> dict[str, Any]:
+    """Text->video and video->text metrics of each embedding set over the same clips.
+
+    Clips count when they carry a caption (clips table) and have an ok clip embedding and a caption
+    embedding in *every* named set (so rows compare like with like); ``subset`` restricts them to a
+    published subset; ``max_clips`` draws that many of them at random (seeded) before grouping.
+    """
+    import pyarrow.compute as pc
+
+    from curate.search import published_clip_ids
+    from curate.store import Root
+
+    root = Root(root) if not isinstance(root, Root) else root
+    names = list(names or root.embedding_names())
+    if not names:
+        raise CurateError(f"No embedding sets under {root.path}/embeddings: run `curate embed` first.")
+    clips = root.clips.read_arrow(columns=["clip_id", "caption", "status"])
+    ok = pc.fill_null(pc.and_(pc.equal(clips["status"], "ok"), pc.is_valid(clips["caption"])), False)
+    clips = clips.filter(ok)
+    caption_of = {c: s for c, s in zip(clips["clip_id"].to_pylist(), clips["caption"].to_pylist()) if s and s.strip()}
+    allowed = set(caption_of)
+    if subset is not None:
+        allowed &= set(published_clip_ids(root, subset).to_pylist())
+    loaded = {}
+    for name in names:
+        ids, video, text = load_pairs(root, name)
+        loaded[name] = (ids, video, text)
+        allowed &= set(ids)
+    common = sorted(allowed)
+    if max_clips is not None and 0 < max_clips < len(common):
+        rng = np.random.default_rng(seed)
+        common = sorted(np.asarray(common, dtype=object)[rng.choice(len(common), max_clips, replace=False)].tolist())
+    results = []
+    for name in names:
+        ids, video, text = loaded[name]
+        pos = {c: i for i, c in enumerate(ids)}
+        sel = np.asarray([pos[c] for c in common], dtype=np.int64)
+        meta = root.embedding_meta(name)
+        r = evaluate_arrays(text[sel], video[sel], [caption_of[c] for c in common]) if len(sel) else \
+            {"clips": 0, "captions": 0, "t2v": metrics([]), "v2t": metrics([])}
+        results.append({"encoder": name, "model": meta.get("model"), "weights": meta.get("weights"),
+                        "similarity": meta.get("similarity"), **r})
+    return {"root": str(root.path), "subset": subset, "clips": len(common), "results": results,
+            "ties": f"against the query (eps={TIE_EPS})",
+            "duplicates": "one text query per distinct caption, answered by its best-ranked clip"}
+
+
+def _fmt(key: str, v: float) -> str:
+    if np.isnan(v):
+        return "-"
+    if key in ("R1", "R5", "R10"):
+        return f"{v:.2f}"
+    return f"{v:.1f}" if key == "MedianR" else f"{v:.4f}"
+
+
+def markdown_table(evaluation: dict[str, Any]) -> str:
+    """The CLIP4Clip model-card table (Model | R1 | R5 | R10 | MedianR | MeanR), text->video and video->text side by side."""
+    head = ["Model", "clips", "captions", *[f"t2v {k}" for k in METRIC_KEYS], *[f"v2t {k}" for k in METRIC_KEYS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for r in evaluation["results"]:
+        cells = [r["encoder"], str(r["clips"]), str(r["captions"]),
+                 *[_fmt(k, r["t2v"][k]) for k in METRIC_KEYS], *[_fmt(k, r["v2t"][k]) for k in METRIC_KEYS]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_cell(key: str, v: float) -> str:
+    return _fmt(key, v)

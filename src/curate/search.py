@@ -1,0 +1,622 @@
+"""Text-to-clip search over stored embeddings: exact (streaming) or through a faiss IVF index.
+
+A query is embedded with the encoder configuration recorded in ``embeddings/<name>/_meta.json``
+(same encoder, same options), so the query and the clips share one space. Clips are ranked by the
+cosine of unit vectors; for encoders that store ``[Q, D]`` query stacks a clip's score is the maximum
+over its Q queries. Ties are broken by clip id, so every path returns the same order.
+
+Two ways to find the top k:
+
+* exact: streams ``embeddings/<name>`` part by part in Arrow batches and keeps a running top-k, so
+  memory stays at one batch (about 64 MB) whatever the size of the table;
+* index: a faiss ``IndexIVFFlat`` (inner product, full float32 vectors, so scores are exact cosines
+  of the candidates it visits) built once and stored under ``ROOT/index/<name>/`` with the clip-id
+  order and a fingerprint of the embeddings table (part names, sizes, mtimes and ``_meta.json``); an
+  index whose fingerprint no longer matches is rebuilt. ``nprobe`` lists out of ``nlist`` are
+  visited; visiting all of them makes the index search exhaustive.
+
+``search`` picks the index above ``index_threshold`` candidate clips (when faiss is installed) and
+exact search below it. ``search_subset`` is the entry point for the Airflow plugin page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.errors import CurateError
+from curate.store import Root, _safe_name, write_bytes_atomic, write_table_atomic
+
+__all__ = [
+    "DEFAULT_INDEX_THRESHOLD",
+    "DEFAULT_NPROBE",
+    "FAISS_HINT",
+    "build_index",
+    "contact_sheet",
+    "embed_query",
+    "exact_topk",
+    "fingerprint",
+    "index_status",
+    "index_topk",
+    "iter_vectors",
+    "load_index",
+    "published_clip_ids",
+    "search",
+    "search_subset",
+]
+
+#: above this many candidate clips ``method="auto"`` uses the index (when faiss is installed)
+DEFAULT_INDEX_THRESHOLD = 100_000
+#: inverted lists visited per query (out of nlist ~ sqrt(vectors))
+DEFAULT_NPROBE = 32
+#: floats per streamed batch (64 MB of float32)
+BATCH_FLOATS = 1 << 24
+MAX_K = 1000
+MAX_QUERY_CHARS = 1000
+FAISS_HINT = "pip install faiss-cpu"
+
+Log = Callable[[str], None]
+
+
+def _root(root: Root | str | os.PathLike) -> Root:
+    return root if isinstance(root, Root) else Root(root)
+
+
+# ----------------------------------------------------------------------------- the embedding set
+@dataclass(frozen=True)
+class EmbeddingSet:
+    name: str
+    meta: dict
+    q: int  # queries per clip (1 for one vector per clip)
+    d: int
+
+    @property
+    def stacked(self) -> bool:
+        return len(self.meta.get("video_emb_shape") or []) == 2
+
+
+def embedding_set(root: Root, name: str) -> EmbeddingSet:
+    meta = root.embedding_meta(name)
+    if not meta:
+        known = ", ".join(root.embedding_names()) or "none"
+        raise CurateError(f"No embedding set named {name!r} under {root.path}/embeddings (found: {known}). "
+                          f"Run `curate embed --root {root.path} --encoder ...` first; --encoder names the set.")
+    shape = [int(x) for x in meta.get("video_emb_shape") or []]
+    if len(shape) not in (1, 2) or min(shape) <= 0:
+        raise CurateError(f"embeddings/{name}/_meta.json has no usable video_emb_shape ({shape}).")
+    return EmbeddingSet(name, meta, shape[0] if len(shape) == 2 else 1, shape[-1])
+
+
+def fingerprint(root: Root | str, name: str) -> str:
+    """Changes whenever a part of ``embeddings/<name>`` is added, rewritten or removed, or ``_meta.json`` changes."""
+    root = _root(root)
+    table = root.embeddings(name)
+    h = hashlib.sha256()
+    for p in table.parts():
+        st = p.stat()
+        h.update(f"{p.name}\x1f{st.st_size}\x1f{st.st_mtime_ns}\n".encode())
+    meta = table.path / "_meta.json"
+    h.update(meta.read_bytes() if meta.exists() else b"")
+    return h.hexdigest()[:32]
+
+
+def count_rows(root: Root, name: str) -> int:
+    """Rows in the embeddings table (from Parquet footers; error rows included)."""
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in root.embeddings(name).parts())
+
+
+def published_clip_ids(root: Root | str, subset: str) -> pa.Array:
+    """Clip ids published in ``subsets/<subset>/annotations.parquet`` (rows whose status is ok)."""
+    root = _root(root)
+    path = root.subset_dir(subset) / "annotations.parquet"
+    if not path.exists():
+        known = ", ".join(n for n in root.subset_names() if (root.subset_dir(n) / "annotations.parquet").exists())
+        raise CurateError(f"Subset {subset!r} is not published (no {path}). Published subsets: {known or 'none'}. "
+                          f"Run `curate publish --root {root.path} --subset {subset}` first.")
+    names = pq.read_schema(path).names
+    t = pq.read_table(path, columns=[c for c in ("clip_id", "status") if c in names])
+    if "status" in names:
+        t = t.filter(pc.fill_null(pc.equal(t["status"], "ok"), False))
+    return pc.unique(t["clip_id"].combine_chunks().cast(pa.string()))
+
+
+def _superseded(parts: list[Path]) -> dict[int, np.ndarray]:
+    """Rows to skip because a newer part holds the same clip id (left by a crash mid-upsert)."""
+    if len(parts) < 2:
+        return {}
+    ids = [pq.read_table(p, columns=["clip_id"])["clip_id"].combine_chunks() for p in parts]
+    allids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+    if len(pc.unique(allids)) == len(allids):
+        return {}
+    import pandas as pd
+
+    df = pd.DataFrame({"clip_id": allids.to_numpy(zero_copy_only=False),
+                       "part": np.repeat(np.arange(len(ids)), [len(a) for a in ids])})
+    dup = df.duplicated("clip_id", keep="last").to_numpy()
+    out = {}
+    start = 0
+    for i, a in enumerate(ids):
+        m = dup[start:start + len(a)]
+        if m.any():
+            out[i] = m
+        start += len(a)
+    return out
+
+
+def iter_vectors(root: Root | str, name: str, *, allowed: pa.Array | None = None,
+                 batch_rows: int | None = None) -> Iterator[tuple[pa.Array, np.ndarray]]:
+    """Stream ``(clip_ids, vectors)`` of the ok rows of ``embeddings/<name>``, in table order.
+
+    ``vectors`` is ``[n, D]`` (or ``[n, Q, D]`` for query stacks) float32. ``allowed`` restricts the
+    rows to those clip ids. A clip id present in two parts (a crash mid-upsert) yields only its
+    newest row, as :meth:`Table.read` does.
+    """
+    root = _root(root)
+    es = embedding_set(root, name)
+    parts = root.embeddings(name).parts()
+    skip = _superseded(parts)
+    rows = batch_rows or max(64, BATCH_FLOATS // (es.q * es.d))
+    width = es.q * es.d
+    for pi, part in enumerate(parts):
+        offset = 0
+        for b in pq.ParquetFile(part).iter_batches(batch_size=rows, columns=["clip_id", "video_emb", "status"]):
+            n = b.num_rows
+            keep = pc.fill_null(pc.and_(pc.equal(b.column("status"), "ok"), pc.is_valid(b.column("video_emb"))), False)
+            if pi in skip:
+                keep = pc.and_(keep, pa.array(~skip[pi][offset:offset + n]))
+            if allowed is not None:
+                keep = pc.and_(keep, pc.is_in(b.column("clip_id"), value_set=allowed))
+            offset += n
+            if not pc.any(keep).as_py():
+                continue
+            b = b.filter(keep)
+            vals = b.column("video_emb").flatten().to_numpy(zero_copy_only=False)
+            if vals.size != b.num_rows * width:
+                raise CurateError(f"embeddings/{name} ({part.name}): clip vectors do not have the "
+                                  f"{es.q * es.d} values of video_emb_shape {es.meta.get('video_emb_shape')}.")
+            vals = vals.astype(np.float32, copy=False)
+            yield b.column("clip_id"), (vals.reshape(b.num_rows, es.q, es.d) if es.stacked else
+                                        vals.reshape(b.num_rows, es.d))
+
+
+def _scores(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
+    if vectors.ndim == 3:
+        n, k, d = vectors.shape
+        return (vectors.reshape(n * k, d) @ q).reshape(n, k).max(axis=1)
+    return vectors @ q
+
+
+def _order(ids: Sequence[str], scores: np.ndarray) -> np.ndarray:
+    """Indices sorting by score descending, then clip id ascending."""
+    return np.lexsort((np.asarray(ids, dtype=object).astype(str), -np.asarray(scores, dtype=np.float64)))
+
+
+def exact_topk(root: Root | str, name: str, query_vector: np.ndarray, k: int = 10, *,
+               allowed: pa.Array | None = None, batch_rows: int | None = None) -> tuple[list[str], np.ndarray]:
+    """The k best clips by exact similarity (score desc, clip id asc), streaming with a running top-k."""
+    q = np.asarray(query_vector, np.float32).ravel()
+    best_ids: list[str] = []
+    best = np.zeros(0, np.float32)
+    for ids, vecs in iter_vectors(root, name, allowed=allowed, batch_rows=batch_rows):
+        if vecs.shape[-1] != q.size:
+            raise CurateError(f"query vector has {q.size} dims, embeddings/{name} have {vecs.shape[-1]}.")
+        s = _scores(vecs, q)
+        if s.size > k:
+            kth = np.partition(s, s.size - k)[s.size - k]
+            idx = np.nonzero(s >= kth)[0]  # ties at the boundary all stay: the clip-id tie-break decides below
+        else:
+            idx = np.arange(s.size)
+        cand_ids = best_ids + ids.take(pa.array(idx)).to_pylist()
+        cand = np.concatenate([best, s[idx]])
+        o = _order(cand_ids, cand)[:k]
+        best_ids = [cand_ids[i] for i in o]
+        best = cand[o]
+    return best_ids, best
+
+
+# ----------------------------------------------------------------------------- the faiss index
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise CurateError(f"The search index needs faiss, which is not installed ({FAISS_HINT}); "
+                          "use exact search (--exact) instead.") from None
+    return faiss
+
+
+def index_dir(root: Root, name: str) -> Path:
+    return root.inside("index", _safe_name(name))
+
+
+@dataclass
+class LoadedIndex:
+    name: str
+    meta: dict
+    index: Any  # faiss.IndexIVFFlat
+    clip_ids: pa.Array  # row -> clip id; vector id = row * q + query
+    q: int
+
+    @property
+    def rows(self) -> int:
+        return len(self.clip_ids)
+
+
+_INDEX_CACHE: OrderedDict[tuple[str, str], LoadedIndex] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+
+
+def index_status(root: Root | str, name: str) -> dict[str, Any]:
+    """``{"exists", "fresh", "meta"}`` of ``ROOT/index/<name>``."""
+    root = _root(root)
+    p = index_dir(root, name) / "meta.json"
+    if not p.exists():
+        return {"exists": False, "fresh": False, "meta": {}}
+    meta = json.loads(p.read_text())
+    return {"exists": True, "fresh": meta.get("fingerprint") == fingerprint(root, name), "meta": meta}
+
+
+def build_index(root: Root | str, name: str, *, nlist: int | None = None, train_size: int | None = None,
+                seed: int = 0, log: Log | None = None) -> dict[str, Any]:
+    """Build ``ROOT/index/<name>/`` from ``embeddings/<name>`` (two streaming passes); returns its meta.
+
+    ``nlist`` defaults to sqrt(vectors) (at least 39 training vectors per list); ``train_size`` to
+    64 vectors per list, sampled uniformly (seeded) over the table.
+    """
+    faiss = _faiss()
+    root = _root(root)
+    es = embedding_set(root, name)
+    log = log or (lambda m: None)
+    t0 = time.perf_counter()
+    with root.lock(f"index-{name}"):
+        fp = fingerprint(root, name)
+        upper = max(1, count_rows(root, name))
+        rows_guess = upper * es.q
+        nl = nlist or max(1, min(round(math.sqrt(rows_guess)), rows_guess // 39))
+        n_train = train_size or min(rows_guess, 64 * nl)
+        rng = np.random.default_rng(seed)
+        p_keep = min(1.0, n_train / rows_guess)
+        ids_parts: list[pa.Array] = []
+        sample: list[np.ndarray] = []
+        for ids, vecs in iter_vectors(root, name):  # pass 1: clip-id order and a training sample
+            ids_parts.append(ids)
+            flat = vecs.reshape(-1, es.d)
+            pick = rng.random(len(flat)) < p_keep
+            if pick.any():
+                sample.append(flat[pick].copy())
+        n = sum(len(a) for a in ids_parts)
+        if n == 0:
+            raise CurateError(f"embeddings/{name} has no ok clip embeddings to index.")
+        train = np.concatenate(sample) if sample else np.zeros((0, es.d), np.float32)
+        nv = n * es.q
+        nl = min(nl, max(1, nv // 39)) if nlist is None else max(1, min(nlist, nv))
+        if len(train) < nl:  # tiny tables: train on everything
+            train = np.concatenate([v.reshape(-1, es.d) for _, v in iter_vectors(root, name)])
+        log(f"index {name}: training IVF{nl} on {len(train)} of {nv} vectors (dim {es.d})")
+        quantizer = faiss.IndexFlatIP(es.d)
+        index = faiss.IndexIVFFlat(quantizer, es.d, nl, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(np.ascontiguousarray(train, dtype=np.float32))
+        t_train = time.perf_counter() - t0
+        added = 0
+        for ids, vecs in iter_vectors(root, name):  # pass 2: vector id = row * Q + query
+            index.add(np.ascontiguousarray(vecs.reshape(-1, es.d)))
+            added += len(ids)
+        if added != n or fingerprint(root, name) != fp:
+            raise CurateError(f"embeddings/{name} changed while the index was being built; run the search again.")
+        d = index_dir(root, name)
+        d.mkdir(parents=True, exist_ok=True)
+        build = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}"
+        files = {"index": f"index-{build}.faiss", "clip_ids": f"clip_ids-{build}.parquet"}
+        tmp = d / f".tmp-{files['index']}"
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, d / files["index"])
+        write_table_atomic(pa.table({"clip_id": pa.concat_arrays([a.combine_chunks() if isinstance(a, pa.ChunkedArray)
+                                                                   else a for a in ids_parts])}),
+                           d / files["clip_ids"])
+        meta = {"embeddings": name, "fingerprint": fp, "kind": "faiss.IndexIVFFlat", "metric": "inner_product",
+                "rows": n, "queries_per_clip": es.q, "dim": es.d, "vectors": int(index.ntotal), "nlist": nl,
+                "train_vectors": len(train), "files": files, "faiss": getattr(faiss, "__version__", "?"),
+                "built_at": time.time(), "build_seconds": round(time.perf_counter() - t0, 3),
+                "train_seconds": round(t_train, 3)}
+        write_bytes_atomic(json.dumps(meta, indent=2), d / "meta.json")  # readers follow meta.json: atomic switch
+        for p in d.iterdir():
+            if p.is_file() and p.name not in (*files.values(), "meta.json") and not p.name.startswith(".tmp-"):
+                p.unlink(missing_ok=True)
+        log(f"index {name}: {n} clips ({nv} vectors) in {meta['build_seconds']:.1f} s -> {d}")
+        return meta
+
+
+def load_index(root: Root | str, name: str, *, mmap: bool = True) -> LoadedIndex | None:
+    """The stored index of ``name`` when it matches the embeddings table, else None (missing or stale).
+
+    Loaded indexes are cached per process (the Airflow webserver calls :func:`search_subset` often).
+    """
+    root = _root(root)
+    faiss = _faiss()
+    key = (str(root.path), name)
+    st = index_status(root, name)
+    if not st["fresh"]:
+        with _CACHE_LOCK:
+            _INDEX_CACHE.pop(key, None)
+        return None
+    meta = st["meta"]
+    with _CACHE_LOCK:
+        hit = _INDEX_CACHE.get(key)
+        if hit is not None and hit.meta.get("files") == meta.get("files"):
+            _INDEX_CACHE.move_to_end(key)
+            return hit
+    d = index_dir(root, name)
+    try:
+        path = str(d / meta["files"]["index"])
+        index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else faiss.read_index(path)
+        ids = pq.read_table(d / meta["files"]["clip_ids"])["clip_id"].combine_chunks()
+    except (OSError, RuntimeError, KeyError):  # replaced by a concurrent rebuild, or damaged: rebuild
+        return None
+    if len(ids) * int(meta["queries_per_clip"]) != index.ntotal:
+        return None
+    loaded = LoadedIndex(name, meta, index, ids, int(meta["queries_per_clip"]))
+    with _CACHE_LOCK:
+        _INDEX_CACHE[key] = loaded
+        while len(_INDEX_CACHE) > 4:
+            _INDEX_CACHE.popitem(last=False)
+    return loaded
+
+
+def index_topk(loaded: LoadedIndex, query_vector: np.ndarray, k: int = 10, *, allowed: pa.Array | None = None,
+               nprobe: int = DEFAULT_NPROBE) -> tuple[list[str], np.ndarray]:
+    """The k best clips from the index (score desc, clip id asc); doubles nprobe until k clips are found."""
+    faiss = _faiss()
+    q = np.ascontiguousarray(np.asarray(query_vector, np.float32).reshape(1, -1))
+    if q.shape[1] != loaded.meta["dim"]:
+        raise CurateError(f"query vector has {q.shape[1]} dims, the index of {loaded.name} has {loaded.meta['dim']}.")
+    nlist = int(loaded.meta["nlist"])
+    sel = bitmap = None
+    n_allowed = loaded.rows
+    if allowed is not None:
+        rows = np.nonzero(pc.is_in(loaded.clip_ids, value_set=allowed).to_numpy(zero_copy_only=False))[0]
+        n_allowed = len(rows)
+        if n_allowed == 0:
+            return [], np.zeros(0, np.float32)
+        mask = np.zeros(loaded.index.ntotal, dtype=bool)
+        mask[(rows[:, None] * loaded.q + np.arange(loaded.q)[None, :]).ravel()] = True
+        bitmap = np.packbits(mask, bitorder="little")
+        sel = faiss.IDSelectorBitmap(loaded.index.ntotal, faiss.swig_ptr(bitmap))
+    want = min(k, n_allowed)
+    m = min(k * loaded.q, n_allowed * loaded.q)
+    probe = max(1, min(nprobe, nlist))
+    while True:
+        params = faiss.SearchParametersIVF(nprobe=probe, sel=sel) if sel is not None else \
+            faiss.SearchParametersIVF(nprobe=probe)
+        dist, labels = loaded.index.search(q, m, params=params)
+        seen: dict[int, float] = {}
+        for lab, s in zip(labels[0].tolist(), dist[0].tolist()):
+            if lab < 0:
+                break
+            row = lab // loaded.q
+            if row not in seen:  # results come best first: the first hit of a clip is its max over queries
+                seen[row] = s
+        if len(seen) >= want or probe >= nlist:
+            break
+        probe = min(nlist, probe * 2)
+    del bitmap  # the selector reads it until here
+    rows = np.fromiter(seen.keys(), dtype=np.int64, count=len(seen))
+    scores = np.fromiter(seen.values(), dtype=np.float32, count=len(seen))
+    ids = loaded.clip_ids.take(pa.array(rows, pa.int64())).to_pylist() if len(rows) else []
+    o = _order(ids, scores)[:k]
+    return [ids[i] for i in o], scores[o]
+
+
+# ----------------------------------------------------------------------------- the query
+_ENCODERS: OrderedDict[tuple, Any] = OrderedDict()
+_ENCODER_LOCK = threading.Lock()
+
+
+def embed_query(root: Root | str, name: str, text: str, *, device: str = "auto") -> np.ndarray:
+    """Embed ``text`` with the encoder and options recorded in ``embeddings/<name>/_meta.json`` -> ``[D]``."""
+    from curate.embed import load_encoder
+
+    root = _root(root)
+    es = embedding_set(root, name)
+    encoder = es.meta.get("encoder")
+    options = {k: str(v) for k, v in (es.meta.get("options") or {}).items()}
+    key = (encoder, json.dumps(options, sort_keys=True), device)
+    with _ENCODER_LOCK:
+        enc = _ENCODERS.get(key)
+        if enc is None:
+            enc = load_encoder(encoder, options, device)
+            _ENCODERS[key] = enc
+            while len(_ENCODERS) > 2:
+                _ENCODERS.popitem(last=False)
+        else:
+            _ENCODERS.move_to_end(key)
+        v = np.asarray(enc.embed_texts([text]), np.float32)[0]
+    if v.size != es.d:
+        raise CurateError(f"encoder {encoder!r} embeds text into {v.size} dims but embeddings/{name} have {es.d}; "
+                          "the options recorded in _meta.json no longer build the same model.")
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def describe_clips(root: Root, clip_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """clip id -> source id, url, title, start/end seconds and frames, caption, media path, fps."""
+    import pyarrow.dataset as pads
+
+    if not clip_ids:
+        return {}
+    c = root.clips.read_arrow(columns=["clip_id", "source_id", "start_s", "end_s", "start_frame", "end_frame",
+                                       "caption"], filter=pads.field("clip_id").isin(list(clip_ids)))
+    srcs = pc.unique(c["source_id"]).to_pylist() if c.num_rows else []
+    s = root.sources.read_arrow(columns=["source_id", "url", "title", "media_path", "fps"],
+                                filter=pads.field("source_id").isin(srcs)) if srcs else None
+    by_src = {r["source_id"]: r for r in s.to_pylist()} if s is not None else {}
+    out = {}
+    for r in c.to_pylist():
+        src = by_src.get(r["source_id"], {})
+        out[r["clip_id"]] = {**r, "url": src.get("url"), "title": src.get("title"),
+                             "media_path": src.get("media_path"), "fps": src.get("fps")}
+    return out
+
+
+PUBLIC_FIELDS = ("rank", "clip_id", "score", "source_id", "url", "start_s", "end_s", "caption")
+
+
+def search(root: Root | str, query: str | None, name: str, *, k: int = 10, subset: str | None = None,
+           method: str = "auto", device: str = "auto", nprobe: int = DEFAULT_NPROBE,
+           index_threshold: int = DEFAULT_INDEX_THRESHOLD, rebuild_index: bool = False,
+           query_vector: np.ndarray | None = None, log: Log | None = None) -> dict[str, Any]:
+    """Rank the clips of ``embeddings/<name>`` (restricted to a published ``subset``) against ``query``.
+
+    ``method``: ``auto`` (index above ``index_threshold`` candidate clips when faiss is installed,
+    exact below), ``exact`` or ``index`` (built first when missing or stale; exact with a warning
+    when faiss is not installed). ``query_vector`` skips the text encoder (benchmarks, tests).
+    Returns a JSON-ready dict: query, embeddings, encoder, subset, k, method, candidates, seconds,
+    warnings, results (rank, clip_id, score, source_id, url, start_s, end_s, caption).
+    """
+    root = _root(root)
+    log = log or (lambda m: None)
+    t0 = time.perf_counter()
+    if method not in ("auto", "exact", "index"):
+        raise CurateError(f"method must be auto, exact or index (got {method!r}).")
+    if not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise CurateError(f"k must be an integer from 1 to {MAX_K} (got {k!r}).")
+    if query_vector is None and (not isinstance(query, str) or not query.strip()):
+        raise CurateError("The query is empty: pass the text to search for.")
+    if query is not None and len(query) > MAX_QUERY_CHARS:
+        raise CurateError(f"The query is longer than {MAX_QUERY_CHARS} characters.")
+    es = embedding_set(root, name)
+    warnings: list[str] = []
+    if es.meta.get("weights") == "random" and query_vector is None:
+        warnings.append(f"embeddings/{name} were made with random weights: the query is embedded by a newly "
+                        "initialised model, so scores mean nothing (pipeline test only).")
+    allowed = published_clip_ids(root, subset) if subset is not None else None
+    candidates = len(allowed) if allowed is not None else count_rows(root, name)
+    use_index = method == "index" or (method == "auto" and candidates > index_threshold)
+    if use_index and not faiss_available():
+        warnings.append(f"faiss is not installed ({FAISS_HINT}): exact search over {candidates} clips instead "
+                        "of the index.")
+        use_index = False
+    qv = np.asarray(query_vector, np.float32).ravel() if query_vector is not None else \
+        embed_query(root, name, query, device=device)
+    t_embed = time.perf_counter() - t0
+    used = "exact"
+    if use_index:
+        loaded = None if rebuild_index else load_index(root, name)
+        if loaded is None:
+            st = index_status(root, name)
+            log(f"{'rebuilding' if st['exists'] else 'building'} the index of embeddings/{name}"
+                f"{' (embeddings changed since it was built)' if st['exists'] and not st['fresh'] else ''} ...")
+            try:
+                build_index(root, name, log=log)
+                loaded = load_index(root, name)
+            except CurateError as e:  # another process is building it, or the table changed meanwhile
+                if method == "index":
+                    raise
+                warnings.append(f"index unavailable ({e}); exact search instead.")
+        if loaded is not None:
+            ids, scores = index_topk(loaded, qv, k, allowed=allowed, nprobe=nprobe)
+            used = "index"
+    if used == "exact":
+        ids, scores = exact_topk(root, name, qv, k, allowed=allowed)
+    info = describe_clips(root, ids)
+    results = []
+    for rank, (cid, s) in enumerate(zip(ids, scores.tolist()), start=1):
+        c = info.get(cid, {})
+        results.append({"rank": rank, "clip_id": cid, "score": float(s), "source_id": c.get("source_id"),
+                        "url": c.get("url"), "start_s": c.get("start_s"), "end_s": c.get("end_s"),
+                        "caption": c.get("caption")})
+    return {"query": query, "embeddings": name, "encoder": es.meta.get("encoder"), "subset": subset, "k": k,
+            "method": used, "candidates": candidates, "seconds": round(time.perf_counter() - t0, 4),
+            "embed_seconds": round(t_embed, 4), "warnings": warnings, "results": results}
+
+
+def search_subset(root: Root | str, subset: str, query: str, encoder: str, k: int = 10, *,
+                  device: str = "auto") -> list[dict]:
+    """Search the published clips of ``subset`` for ``query`` with the embedding set ``encoder``.
+
+    For the Airflow plugin page: returns JSON-ready dicts ``{rank, clip_id, score, source_id, url,
+    start_s, end_s, caption}``, best first. Raises :class:`curate.errors.CurateError` (a message for
+    the user; answer HTTP 400) for an unknown subset or embedding set, an empty or too long query,
+    or ``k`` outside 1..1000. The encoder and a loaded index are cached in the process, so only the
+    first call pays for loading them.
+    """
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise CurateError(f"k must be an integer from 1 to {MAX_K} (got {k!r}).") from None
+    return search(root, query, encoder, k=k, subset=subset, device=device)["results"]
+
+
+# ----------------------------------------------------------------------------- the contact sheet
+def contact_sheet(root: Root | str, results: Sequence[dict], path: str | os.PathLike, *, columns: int = 5,
+                  thumb_width: int = 256) -> Path:
+    """A PNG grid of the middle frame of each hit, labelled with rank, score, clip id and time range."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from curate.media import MediaError, get_frames, open_video
+
+    root = _root(root)
+    info = describe_clips(root, [r["clip_id"] for r in results])
+    cols = max(1, min(columns, len(results) or 1))
+    rows = max(1, math.ceil(len(results) / cols))
+    th = thumb_width * 9 // 16
+    label_h = 40
+    sheet = Image.new("RGB", (cols * thumb_width, rows * (th + label_h)), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    readers: dict[str, Any] = {}
+    for i, r in enumerate(results):
+        x, y = (i % cols) * thumb_width, (i // cols) * (th + label_h)
+        c = info.get(r["clip_id"], {})
+        frame = None
+        try:
+            mp = c.get("media_path")
+            if not mp:
+                raise MediaError("media missing")
+            if mp not in readers:
+                readers[mp] = open_video(root.inside(mp))
+            mid = (int(c["start_frame"]) + int(c["end_frame"]) - 1) // 2
+            frame = Image.fromarray(get_frames(readers[mp], [mid])[0])
+        except (MediaError, CurateError, KeyError, TypeError, ValueError):
+            frame = None
+        if frame is not None:
+            frame.thumbnail((thumb_width, th))
+            sheet.paste(frame, (x + (thumb_width - frame.width) // 2, y + (th - frame.height) // 2))
+        else:
+            draw.rectangle([x + 2, y + 2, x + thumb_width - 3, y + th - 3], outline=(120, 120, 120))
+            draw.text((x + 8, y + th // 2 - 7), "frame unavailable", fill=(200, 200, 200), font=font)
+        t = ""
+        if r.get("start_s") is not None and r.get("end_s") is not None:
+            t = f"  {float(r['start_s']):.1f}-{float(r['end_s']):.1f}s"
+        draw.text((x + 6, y + th + 3), f"#{r['rank']}  {float(r['score']):.3f}{t}", fill=(255, 255, 255), font=font)
+        draw.text((x + 6, y + th + 21), str(r["clip_id"])[:40], fill=(170, 170, 170), font=font)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{out.name}")
+    sheet.save(tmp, format="PNG")
+    os.replace(tmp, out)
+    return out
