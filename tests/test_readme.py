@@ -13,6 +13,9 @@ README = (Path(__file__).parents[1] / "README.md").read_text()
 
 
 def test_readme_documents_every_command_and_option():
+    from curate.cli import _register_plugin_commands
+
+    _register_plugin_commands()  # built-in commands added through the register_commands hook (search...)
     group = typer.main.get_command(app)
     missing = []
     for name, cmd in group.commands.items():
