@@ -121,7 +121,7 @@ def http_server(tmp_path_factory, videos):
     import shutil
 
     d = tmp_path_factory.mktemp("www")
-    for name, p in videos.items():
+    for p in videos.values():
         shutil.copy(p, d / p.name)
     (d / "notavideo.mp4").write_text("this is text, not a video")
     handler = functools.partial(_QuietHandler, directory=str(d))

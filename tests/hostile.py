@@ -62,7 +62,7 @@ class MisbehavingHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def do_GET(self):  # noqa: N802 - http.server API
+    def do_GET(self):
         if self.path.startswith("/stall"):
             self.send_response(200)
             self.send_header("Content-Type", "video/mp4")

@@ -8,8 +8,8 @@ import tarfile
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import FPS, VIDEOS, cuts, snapshot
+
 from curate.embed import embed
 from curate.errors import CurateError
 from curate.filter import filter_clips

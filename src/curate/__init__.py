@@ -7,4 +7,4 @@ __version__ = "0.1.0"
 #: Mark plugin hook implementations with ``@curate.hookimpl`` (see :mod:`curate.hookspecs`).
 hookimpl = pluggy.HookimplMarker("curate")
 
-__all__ = ["hookimpl", "__version__"]
+__all__ = ["__version__", "hookimpl"]

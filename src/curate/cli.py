@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -34,7 +34,14 @@ class RichProgress:
     """Stage progress on a rich bar (stderr); silent when stderr is not a terminal and total is 0."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
@@ -87,7 +94,7 @@ def _guard(fn):
     return wrapper
 
 
-def _size(v: Optional[str]) -> Optional[int]:
+def _size(v: str | None) -> int | None:
     if not v:
         return None
     v = v.strip().upper()
@@ -108,9 +115,9 @@ def ingest(
                                                    "video path works too."),
     root: Path = ROOT_OPT,
     workers: int = typer.Option(4, help="Parallel downloads."),
-    max_height: Optional[int] = typer.Option(None, help="Download the best format no taller than this (e.g. 720)."),
-    max_filesize: Optional[str] = typer.Option(None, help="Skip files larger than this (bytes, or 500M / 2G)."),
-    max_duration: Optional[float] = typer.Option(None, help="Mark sources longer than this many seconds as errors."),
+    max_height: int | None = typer.Option(None, help="Download the best format no taller than this (e.g. 720)."),
+    max_filesize: str | None = typer.Option(None, help="Skip files larger than this (bytes, or 500M / 2G)."),
+    max_duration: float | None = typer.Option(None, help="Mark sources longer than this many seconds as errors."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Re-queue error rows whose kind is retryable "
                                                                      "(network, timeout, rate_limited, bot_check)."),
     no_local: bool = typer.Option(False, "--no-local", help="Refuse local paths and file:// URLs."),
@@ -134,7 +141,7 @@ def split(
     root: Path = ROOT_OPT,
     detector: str = typer.Option("content", help="Splitter plugin: content (ContentDetector), adaptive, threshold, "
                                                  "none (whole source), or a third-party one (`curate plugins`)."),
-    threshold: Optional[float] = typer.Option(None, help="Detector threshold (content 27, adaptive 3, threshold 12)."),
+    threshold: float | None = typer.Option(None, help="Detector threshold (content 27, adaptive 3, threshold 12)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Detector option key=value (e.g. min_scene_len=10)."),
     min_clip_s: float = typer.Option(1.0, help="Drop scenes shorter than this (seconds)."),
     max_clip_s: float = typer.Option(60.0, help="Cut scenes longer than this into equal pieces (seconds; 0 = no limit)."),
@@ -159,7 +166,7 @@ def embed(
     encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder plugin name (`curate plugins`)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value, repeatable "
                                                                  "(clip: model=ViT-B-32 weights=openai frames=8)."),
-    name: Optional[str] = typer.Option(None, help="Name of this embedding set (default: the encoder name); scores "
+    name: str | None = typer.Option(None, help="Name of this embedding set (default: the encoder name); scores "
                                                   "become <name>_sim. Use it to compare two configurations."),
     device: str = typer.Option("auto", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
     batch_size: int = typer.Option(32, help="Clips per forward pass."),
@@ -179,7 +186,7 @@ def embed(
 @_guard
 def score(
     root: Path = ROOT_OPT,
-    encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Only this embedding set (default: all)."),
+    encoder: str | None = typer.Option(None, "--encoder", "-e", help="Only this embedding set (default: all)."),
     scorer: list[str] = typer.Option(["technical", "alignment"], "--scorer", "-s",
                                      help="Scorer plugins to run (repeatable): technical, alignment, aesthetic, "
                                           "motion, dedup, or third-party ones."),
@@ -210,29 +217,29 @@ def score(
 def filter_cmd(
     root: Path = ROOT_OPT,
     subset: str = typer.Option(..., "--subset", help="Name of the subset to create (ROOT/subsets/<name>)."),
-    preset: Optional[str] = typer.Option(None, help="Preset name (internvid-flt, internvid-aes, panda, opensora) or a "
+    preset: str | None = typer.Option(None, help="Preset name (internvid-flt, internvid-aes, panda, opensora) or a "
                                                     "YAML path; explicit options override it."),
-    min_sim: Optional[float] = typer.Option(None, help="Keep clips with <encoder>_sim >= this."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Which <encoder>_sim, when several were scored."),
-    min_duration: Optional[float] = typer.Option(None, help="Keep clips at least this long (seconds)."),
-    max_duration: Optional[float] = typer.Option(None, help="Keep clips at most this long (seconds)."),
-    min_aesthetic: Optional[float] = typer.Option(None, help="Keep aesthetic >= this (1-10; InternVid-Aes: 4)."),
-    min_motion: Optional[float] = typer.Option(None, help="Keep motion >= this (px/frame at 160 px; still clips ~0)."),
-    max_motion: Optional[float] = typer.Option(None, help="Keep motion <= this."),
-    max_dup_sim: Optional[float] = typer.Option(None, help="Drop a clip when a better clip is at least this similar "
+    min_sim: float | None = typer.Option(None, help="Keep clips with <encoder>_sim >= this."),
+    encoder: str | None = typer.Option(None, "--encoder", "-e", help="Which <encoder>_sim, when several were scored."),
+    min_duration: float | None = typer.Option(None, help="Keep clips at least this long (seconds)."),
+    max_duration: float | None = typer.Option(None, help="Keep clips at most this long (seconds)."),
+    min_aesthetic: float | None = typer.Option(None, help="Keep aesthetic >= this (1-10; InternVid-Aes: 4)."),
+    min_motion: float | None = typer.Option(None, help="Keep motion >= this (px/frame at 160 px; still clips ~0)."),
+    max_motion: float | None = typer.Option(None, help="Keep motion <= this."),
+    max_dup_sim: float | None = typer.Option(None, help="Drop a clip when a better clip is at least this similar "
                                                            "(needs the dedup scorer; Open-Sora: 0.98)."),
-    min_width: Optional[int] = typer.Option(None, help="Keep sources at least this wide (px)."),
-    min_height: Optional[int] = typer.Option(None, help="Keep sources at least this tall (px)."),
-    min_aspect: Optional[float] = typer.Option(None, help="Keep width/height >= this."),
-    max_aspect: Optional[float] = typer.Option(None, help="Keep width/height <= this."),
-    min_fps: Optional[float] = typer.Option(None, help="Keep sources with fps >= this."),
+    min_width: int | None = typer.Option(None, help="Keep sources at least this wide (px)."),
+    min_height: int | None = typer.Option(None, help="Keep sources at least this tall (px)."),
+    min_aspect: float | None = typer.Option(None, help="Keep width/height >= this."),
+    max_aspect: float | None = typer.Option(None, help="Keep width/height <= this."),
+    min_fps: float | None = typer.Option(None, help="Keep sources with fps >= this."),
     where: list[str] = typer.Option([], "--where", help="Expression over score columns, repeatable, e.g. "
                                                          "\"clip_sim >= 0.3 and (aesthetic > 4.5 or motion < 2)\"."),
-    top_percent: Optional[float] = typer.Option(None, help="Keep the best P%% by --top-by among clips passing the other "
+    top_percent: float | None = typer.Option(None, help="Keep the best P%% by --top-by among clips passing the other "
                                                            "thresholds (exactly ceil(P/100*n); ties by clip id)."),
-    top_by: Optional[str] = typer.Option(None, help="Column for --top-percent (default: the alignment score)."),
-    max_per_source: Optional[int] = typer.Option(None, help="Keep at most N clips per source (Panda-70M: 3)."),
-    per_source_by: Optional[str] = typer.Option(None, help="Column ranking clips within a source (default: alignment)."),
+    top_by: str | None = typer.Option(None, help="Column for --top-percent (default: the alignment score)."),
+    max_per_source: int | None = typer.Option(None, help="Keep at most N clips per source (Panda-70M: 3)."),
+    per_source_by: str | None = typer.Option(None, help="Column ranking clips within a source (default: alignment)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Select clips by rules over stored scores (nothing is recomputed) -> ROOT/subsets/<name>/selection.parquet."""
@@ -279,14 +286,15 @@ def features(
     root: Path = ROOT_OPT,
     encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder with per-frame image features (clip)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (model=ViT-B/32 ...)."),
-    name: Optional[str] = typer.Option(None, help="Name of this feature set (default: the encoder name)."),
-    fps: Optional[float] = typer.Option(None, help="Frames per second to extract (video_features extraction_fps)."),
-    frames: Optional[int] = typer.Option(None, help="Extract N frames uniformly over the video (extraction_total)."),
+    name: str | None = typer.Option(None, help="Name of this feature set (default: the encoder name)."),
+    fps: float | None = typer.Option(None, help="Frames per second to extract (video_features extraction_fps)."),
+    frames: int | None = typer.Option(None, help="Extract N frames uniformly over the video (extraction_total)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     batch_size: int = typer.Option(64, help="Frames per forward pass."),
-    save_numpy: bool = typer.Option(False, "--save-numpy", help="Also write <source_id>_<name>.npy, "
-                                                               "_timestamps_ms.npy and _fps.npy (video_features layout) under ROOT/features_npy/<name>/."),
-    show_pred: Optional[list[str]] = typer.Option(None, "--show-pred", help="Texts to classify each frame against: "
+    save_numpy: bool = typer.Option(False, "--save-numpy", help="Also write <source_id>_<name>.npy, _timestamps_ms.npy "
+                                                               "and _fps.npy (video_features layout) under "
+                                                               "ROOT/features_npy/<name>/."),
+    show_pred: list[str] | None = typer.Option(None, "--show-pred", help="Texts to classify each frame against: "
                                                                            "prints per-frame softmax probabilities."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary (and predictions) as JSON."),
 ) -> None:
@@ -318,7 +326,7 @@ def features(
 @_guard
 def report(
     root: Path = ROOT_OPT,
-    subset: Optional[str] = typer.Option(None, "--subset", help="Report on this subset: thresholds marked, funnel, "
+    subset: str | None = typer.Option(None, "--subset", help="Report on this subset: thresholds marked, funnel, "
                                                                 "and the report embedded in its dataset card."),
     top_k: int = typer.Option(6, help="Clips per row of the contact sheets (best and worst by each score)."),
 ) -> None:

@@ -7,8 +7,9 @@ A *sampler* is any object with ``frame_indices(num_frames_in_clip, fps) -> [int]
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -17,12 +17,11 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 from urllib.parse import unquote, urlparse
-
-import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.faults import crashpoint
@@ -60,7 +59,7 @@ class IngestError(Exception):
 
 
 # ----------------------------------------------------------------------------- source lists
-def read_source_list(path: str | os.PathLike) -> "Any":
+def read_source_list(path: str | os.PathLike) -> Any:
     """Read a CSV/TSV/JSONL/JSON/Parquet/TXT list with a ``url`` column into a DataFrame of strings."""
     import pandas as pd
 

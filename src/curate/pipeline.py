@@ -7,8 +7,9 @@ whose section is absent is skipped; relative paths are relative to the config fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 

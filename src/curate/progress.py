@@ -39,7 +39,7 @@ class StageResult:
         if len(self.errors) < 20:
             self.errors.append(f"{item}: {message}")
 
-    def done(self) -> "StageResult":
+    def done(self) -> StageResult:
         self.seconds = time.perf_counter() - self._t0
         return self
 

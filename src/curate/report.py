@@ -147,9 +147,10 @@ def make_report(root: Root | str, subset: str | None = None, *, top_k: int = 6) 
         order = np.argsort(np.where(np.isnan(v), -np.inf, v))
         valid = [i for i in order if not np.isnan(v[i])]
         ids = table["clip_id"].to_pylist()
-        pick = lambda idx: [{**clips[ids[i]], col: v[i]} for i in idx if ids[i] in clips]  # noqa: E731
+        rows = [(label, [{**clips[ids[i]], col: v[i]} for i in idx if ids[i] in clips])
+                for label, idx in (("top", valid[::-1][:top_k]), ("bottom", valid[:top_k]))]
         sheet = f"contact_{col}.png"
-        contact_sheet_png(root, [("top", pick(valid[::-1][:top_k])), ("bottom", pick(valid[:top_k]))], col, out / sheet)
+        contact_sheet_png(root, rows, col, out / sheet)
         images.append((f"Top and bottom clips by {col}", sheet))
     if summary:
         funnel_png(summary, out / "funnel.png")

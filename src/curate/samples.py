@@ -7,8 +7,8 @@ scene detection and cutting can be checked to the frame.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 #: lavfi sources that differ strongly from each other (each makes a visually distinct shot). Each is calm
 #: within itself (ContentDetector score < 5 between its frames; `life`/`cellauto` are not: ~27, a cut per frame)
@@ -38,8 +38,8 @@ def make_video(path: Path, shots: Sequence[tuple[str, int]], *, fps: int = 25, s
     """Write a video of ``shots`` = [(source name, frames), ...] joined by hard cuts; returns the frame ranges."""
     w, h = size
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
-    for name, n in shots:
-        cmd += ["-f", "lavfi", "-i", SHOTS[name].format(w=w, h=h, fps=fps)]  # trimmed to n frames below
+    for name, _ in shots:
+        cmd += ["-f", "lavfi", "-i", SHOTS[name].format(w=w, h=h, fps=fps)]  # trimmed to its frames below
     total = sum(n for _, n in shots)
     if audio:
         cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:duration={total / fps:.6f}"]

@@ -17,8 +17,8 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from curate.errors import CurateError, StageBusy
 from curate.faults import crashpoint
 
-__all__ = ["Root", "Table", "stable_id", "SCHEMAS"]
+__all__ = ["SCHEMAS", "Root", "Table", "stable_id"]
 
 
 def stable_id(*parts: str, length: int = 16) -> str:
@@ -239,7 +239,7 @@ class Root:
     def __repr__(self) -> str:
         return f"Root({str(self.path)!r})"
 
-    def ensure(self) -> "Root":
+    def ensure(self) -> Root:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from curate.errors import WeightsUnavailable
 
-__all__ = ["resolve_weights", "is_offline", "cache_dir", "weights_help"]
+__all__ = ["cache_dir", "is_offline", "resolve_weights", "weights_help"]
 
 
 def is_offline() -> bool:
@@ -56,8 +56,7 @@ def resolve_weights(spec: str, *, filename: str | None = None, what: str = "this
         raise WeightsUnavailable(f"Weights file {spec!r} does not exist. " + weights_help(what))
     if spec.startswith(("http://", "https://")):
         return _download_url(spec, what)
-    if spec.startswith("hf-hub:"):
-        spec = spec[len("hf-hub:") :]
+    spec = spec.removeprefix("hf-hub:")
     parts = spec.split("/")
     if len(parts) >= 2 and all(parts):
         repo_id = "/".join(parts[:2])

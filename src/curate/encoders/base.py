@@ -8,14 +8,15 @@ bookkeeping around them live in the embed stage.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from curate.errors import CurateError
 
-__all__ = ["Encoder", "EncoderInfo", "uniform_indices", "resolve_device", "parse_bool"]
+__all__ = ["Encoder", "EncoderInfo", "autocast", "autocast_dtype", "parse_bool", "resolve_device", "uniform_indices"]
 
 
 def uniform_indices(num_frames_in_clip: int, n: int) -> list[int]:
@@ -37,6 +38,37 @@ def resolve_device(device: str | None) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+PRECISIONS = ("auto", "fp32", "float32", "fp16", "float16", "bf16", "bfloat16")
+
+
+def autocast_dtype(precision: str, device: str, encoder: str = "encoder"):
+    """The autocast dtype for a ``precision=`` option: None (fp32) on CPU or for fp32; on CUDA ``auto``
+    picks bf16 where supported, else fp16."""
+    import torch
+
+    precision = str(precision).lower()
+    if precision not in PRECISIONS:
+        raise CurateError(f"{encoder} precision must be auto, fp32, fp16 or bf16, not {precision!r}")
+    if precision in ("fp32", "float32") or not str(device).startswith("cuda"):
+        return None
+    if precision in ("fp16", "float16"):
+        return torch.float16
+    if precision in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(dtype):
+    """A CUDA autocast context for ``dtype``, or a no-op for None."""
+    import contextlib
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def parse_bool(value: Any) -> bool:

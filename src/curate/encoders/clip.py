@@ -14,12 +14,13 @@ offline demos only, recorded as ``weights: random`` in the dataset card).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from curate.encoders.base import Encoder, EncoderInfo, l2_normalize, parse_bool
+from curate.encoders.base import Encoder, EncoderInfo, autocast, autocast_dtype, l2_normalize, parse_bool
 from curate.errors import CurateError, WeightsUnavailable
 from curate.weights import is_offline, resolve_weights, weights_help
 
@@ -44,7 +45,6 @@ def register_model_config(path: str | Path) -> str:
 def load_open_clip(model: str, weights: str, device: str, model_config: str | None = None):
     """Build an open_clip model and its tokenizer; weights resolved as described in the module docstring."""
     import open_clip
-    import torch
 
     if model_config:
         model = register_model_config(model_config)
@@ -142,7 +142,7 @@ class ClipEncoder(Encoder):
         self.std = torch.tensor(getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
         with torch.inference_mode():
             self.embed_dim = int(self.model.encode_text(self.tokenizer(["a"]).to(self.device)).shape[-1])
-        self.autocast = _autocast_dtype(precision, self.device)
+        self.autocast = autocast_dtype(precision, self.device, "clip")
 
     @property
     def info(self) -> EncoderInfo:
@@ -158,7 +158,7 @@ class ClipEncoder(Encoder):
     def _encode_frames(self, x):
         import torch
 
-        with torch.inference_mode(), _maybe_autocast(self.device, self.autocast):
+        with torch.inference_mode(), autocast(self.autocast):
             f = self.model.encode_image(x.to(self.device, non_blocking=True))
         return l2_normalize(f.float())
 
@@ -180,7 +180,7 @@ class ClipEncoder(Encoder):
         x = self.preprocess(frames)
         out = []
         for i in range(0, len(x), batch_size):
-            with torch.inference_mode(), _maybe_autocast(self.device, self.autocast):
+            with torch.inference_mode(), autocast(self.autocast):
                 out.append(self.model.encode_image(x[i:i + batch_size].to(self.device)).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.embed_dim), np.float32)
 
@@ -188,7 +188,7 @@ class ClipEncoder(Encoder):
         import torch
 
         tokens = self.tokenizer(list(texts)).to(self.device)
-        with torch.inference_mode(), _maybe_autocast(self.device, self.autocast):
+        with torch.inference_mode(), autocast(self.autocast):
             t = self.model.encode_text(tokens)
         return l2_normalize(t.float()).cpu().numpy().astype(np.float32)
 
@@ -207,26 +207,6 @@ def preprocess_clip_frames(frames: np.ndarray, size: int, mean, std):
     x = TF.center_crop(x, [size, size])
     x = x.float().div_(255.0)
     return (x - mean) / std
-
-
-def _autocast_dtype(precision: str, device: str):
-    import torch
-
-    if precision in ("fp32", "float32") or not device.startswith("cuda"):
-        return None
-    if precision in ("fp16", "float16"):
-        return torch.float16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _maybe_autocast(device: str, dtype):
-    import contextlib
-
-    import torch
-
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 _ = parse_bool  # re-exported for plugins

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.encoders.base import Encoder, EncoderInfo, l2_normalize
+from curate.encoders.base import Encoder, EncoderInfo, autocast, autocast_dtype, l2_normalize
 from curate.errors import CurateError, WeightsUnavailable
 from curate.weights import resolve_weights, weights_help
 
@@ -516,23 +516,6 @@ def load_tokenizer(spec: str):
 
 
 # -- the encoder ---------------------------------------------------------------------------------
-def _autocast_dtype(precision: str, device: str):
-    import torch
-
-    precision = str(precision).lower()
-    if precision not in ("auto", "fp32", "float32", "fp16", "float16", "bf16", "bfloat16"):
-        raise CurateError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
-    if precision in ("fp32", "float32") or not device.startswith("cuda"):
-        if precision not in ("auto", "fp32", "float32"):
-            log.info("clip4clip: precision=%s ignored on %s; running fp32", precision, device)
-        return None
-    if precision in ("fp16", "float16"):
-        return torch.float16
-    if precision in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 class Clip4ClipEncoder(Encoder):
     name = "clip4clip"
     score_range = ("cosine of unit vectors (meanP video vs caption); for CLIP-B/32-style weights such as "
@@ -568,7 +551,7 @@ class Clip4ClipEncoder(Encoder):
             raise CurateError(f"clip4clip fps must be positive, got {fps!r}")
         if self.max_frames < 0 or self.frames < 1:
             raise CurateError("clip4clip max_frames must be >= 0 (0 = no cap) and frames >= 1")
-        self.autocast = _autocast_dtype(precision, self.device)
+        self.autocast = autocast_dtype(precision, self.device, "clip4clip")
         self.precision = str(precision)
         self.extra: dict[str, Any] = {}
         self._load(str(weights).strip(), tokenizer, config)
@@ -713,11 +696,7 @@ class Clip4ClipEncoder(Encoder):
         return self.pre(frames)
 
     def _autocast(self):
-        import torch
-
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.autocast)
+        return autocast(self.autocast)
 
     def embed_frames(self, pixel_values) -> Any:
         """Per-frame ``image_embeds`` [N, D] (float32, not normalised) for preprocessed frames."""

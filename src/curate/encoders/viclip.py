@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.encoders.base import Encoder, EncoderInfo, l2_normalize
+from curate.encoders.base import Encoder, EncoderInfo, autocast, autocast_dtype, l2_normalize
 from curate.errors import CurateError, WeightsUnavailable
 from curate.weights import resolve_weights
 
@@ -504,21 +504,6 @@ def preprocess_viclip_frames(frames: np.ndarray, size: int) -> np.ndarray:
 # the encoder
 # --------------------------------------------------------------------------------------------------
 
-def _autocast_dtype(precision: str, device: str):
-    import torch
-
-    precision = str(precision).lower()
-    if precision not in {"auto", "fp32", "float32", "fp16", "float16", "bf16", "bfloat16"}:
-        raise CurateError(f"viclip precision must be auto, fp32, fp16 or bf16, not {precision!r}")
-    if precision in ("fp32", "float32") or not device.startswith("cuda"):
-        return None
-    if precision in ("fp16", "float16"):
-        return torch.float16
-    if precision in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 class ViCLIPEncoder(Encoder):
     name = "viclip"
     score_range = ("cosine of unit vectors; with the InternVid-10M-FLT ViCLIP-L weights, matching video-caption "
@@ -579,7 +564,7 @@ class ViCLIPEncoder(Encoder):
         self.model = model.to(self.device).eval()
         self.num_frames = int(frames) if frames not in (None, "") else cfg.num_frames
         self.tokenizer = ViCLIPTokenizer(cfg.context_length)
-        self.autocast = _autocast_dtype(precision, self.device)
+        self.autocast = autocast_dtype(precision, self.device, "viclip")
         self.precision = "fp32" if self.autocast is None else str(self.autocast).replace("torch.", "")
 
     @staticmethod
@@ -632,13 +617,7 @@ class ViCLIPEncoder(Encoder):
         return x.float()
 
     def _autocast(self):
-        import contextlib
-
-        import torch
-
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.autocast)
+        return autocast(self.autocast)
 
     def embed_video_batch(self, inputs: Sequence[Any]) -> np.ndarray:
         import torch

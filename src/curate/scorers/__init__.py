@@ -72,7 +72,8 @@ class AlignmentScorer(Scorer):
             errs: dict[str, str] = {}
             ok = emb.filter(pc.and_(pc.equal(emb["status"], "ok"), pc.is_valid(emb["text_emb"])))
             if ok.num_rows:
-                v = np.asarray(ok["video_emb"].combine_chunks().flatten(), np.float32).reshape(ok.num_rows, *([-1] if len(shape) < 2 else shape))
+                per_clip = [-1] if len(shape) < 2 else shape  # [Q, D] query stacks keep their shape
+                v = np.asarray(ok["video_emb"].combine_chunks().flatten(), np.float32).reshape(ok.num_rows, *per_clip)
                 t = np.asarray(ok["text_emb"].combine_chunks().flatten(), np.float32).reshape(ok.num_rows, -1)
                 s = np.einsum("bqd,bd->bq", v, t).max(1) if v.ndim == 3 else np.einsum("bd,bd->b", v, t)
                 sims = dict(zip(ok["clip_id"].to_pylist(), s.astype(float).tolist()))

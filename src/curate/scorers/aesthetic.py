@@ -28,7 +28,7 @@ RECIPES = {"internvid": (4, "max"), "opensora": (3, "mean")}
 
 
 def build_mlp(in_dim: int):
-    import torch.nn as nn
+    from torch import nn
 
     return nn.Sequential(nn.Linear(in_dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
                          nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
