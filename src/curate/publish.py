@@ -68,24 +68,17 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
         t = clips.join(srcs, "source_id", join_type="left outer").join(
             sel.select(["clip_id", *score_cols]), "clip_id", join_type="left outer").sort_by("clip_id")
         enc = _primary_encoder(root, summary, sel.column_names)
-        emb = {}
-        if enc:
-            e = root.embeddings(enc).read_arrow(columns=["clip_id", "video_emb"])
-            e = e.filter(pc.is_in(e["clip_id"], value_set=t["clip_id"]))
-            shape = root.embedding_meta(enc).get("video_emb_shape") or [-1]
-            emb = {cid: np.asarray(v, np.float32).reshape(shape) for cid, v in
-                   zip(e["clip_id"].to_pylist(), e["video_emb"].to_pylist()) if v is not None}
-        rows = t.to_pylist()
-        result.total = len(rows)
+        emb = _Embeddings(root, enc, t["clip_id"]) if enc else None
+        result.total = t.num_rows
         shards_dir = out / "shards"
         shards_dir.mkdir(parents=True, exist_ok=True)
         for tmp in shards_dir.glob(".tmp-*"):  # left by a crash: never visible as a shard
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        groups = [rows[i:i + shard_size] for i in range(0, len(rows), shard_size)]
-        progress.start(len(rows), f"publish ({subset})")
+        progress.start(t.num_rows, f"publish ({subset})")
         annotations: list[dict] = []
         expected = set()
-        for si, group in enumerate(groups):
+        for si, start in enumerate(range(0, t.num_rows, shard_size)):
+            group = t.slice(start, shard_size).to_pylist()  # Python rows of one shard at a time
             name = f"shard-{si:05d}.tar"
             expected.update({name, name.replace(".tar", ".json")})
             manifest_path = shards_dir / name.replace(".tar", ".json")
@@ -107,15 +100,33 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
                 p.unlink()
         ann_table = pa.Table.from_pylist(annotations) if annotations else pa.table({"clip_id": pa.array([], pa.string())})
         write_table_atomic(ann_table, out / "annotations.parquet")
-        result.extra.update(shards=len(groups), published=sum(1 for a in annotations if a["status"] == "ok"),
+        n_shards = len(expected) // 2
+        result.extra.update(shards=n_shards, published=sum(1 for a in annotations if a["status"] == "ok"),
                             path=str(out))
-        card = dataset_card(root, subset, summary, annotations, enc, len(groups), cut)
+        card = dataset_card(root, subset, summary, annotations, enc, n_shards, cut)
         write_bytes_atomic(card, out / "README.md")
         if (out / "report" / "report.md").exists():  # keep an earlier `curate report` in the new card
             from curate.report import embed_in_card
 
             embed_in_card(out / "README.md", (out / "report" / "report.md").read_text(), prefix="report/")
     return result.done()
+
+
+class _Embeddings:
+    """The selected clips' embeddings, kept as one compact Arrow column; numpy arrays made per clip on demand."""
+
+    def __init__(self, root: Root, name: str, clip_ids: pa.ChunkedArray) -> None:
+        e = root.embeddings(name).read_arrow(columns=["clip_id", "video_emb"])
+        e = e.filter(pc.is_in(e["clip_id"], value_set=clip_ids))
+        self.vectors = e["video_emb"].combine_chunks()
+        self.index = {cid: i for i, cid in enumerate(e["clip_id"].to_pylist())}
+        self.shape = root.embedding_meta(name).get("video_emb_shape") or [-1]
+
+    def get(self, clip_id: str) -> np.ndarray | None:
+        i = self.index.get(clip_id)
+        if i is None or not self.vectors[i].is_valid:
+            return None
+        return self.vectors[i].values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(self.shape)
 
 
 def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, emb: dict, score_cols: list[str],
@@ -150,9 +161,10 @@ def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, em
                 if err is None:
                     _add(tar, f"{key}.mp4", mp4.read_bytes())
                     _add(tar, f"{key}.json", json.dumps(record, ensure_ascii=False, default=str).encode())
-                    if key in emb:
+                    vec = emb.get(key) if emb is not None else None
+                    if vec is not None:
                         buf = io.BytesIO()
-                        np.save(buf, emb[key])
+                        np.save(buf, vec)
                         _add(tar, f"{key}.npy", buf.getvalue())
                     result.ok += 1
                 else:
