@@ -1,0 +1,1 @@
+from curate.airflow.plugin import CuratePlugin  # noqa: F401  (re-export for $AIRFLOW_HOME/plugins)

@@ -1,0 +1,447 @@
+"""Glue shared by the curate DAGs: settings, param schemas, batching, path checks, result checks.
+
+No stage logic lives here (the stages are :mod:`curate.ingest` ... :mod:`curate.publish`); this module
+only decides *what* a task may touch and *whether* its outcome counts as a failure. It imports nothing
+heavy at module level (the DAG processor imports it on every parse): pyarrow and the stages are
+imported inside the functions that need them.
+
+Settings come from the environment first, then from an Airflow Variable of the same name in lower case
+(``CURATE_GPU_POOL`` -> Variable ``curate_gpu_pool``), then a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Asset, AssetAlias, ExceptionRetryPolicy, Param, RetryAction, RetryRule
+from airflow.sdk.exceptions import AirflowFailException
+
+#: same alphabet as curate.store._safe_name (subset and embedding-set names become directory names)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+#: every published subset is announced through this alias as the asset ``curate://<subset>``
+SUBSETS = AssetAlias("curate_subsets")
+INBOX_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+
+class NothingSucceeded(RuntimeError):
+    """A task had work and none of it succeeded, for reasons a retry may fix (network, rate limits)."""
+
+
+# ----------------------------------------------------------------------------- settings
+def setting(name: str, default: str | None = None) -> str | None:
+    """Environment variable ``name``, else Airflow Variable ``name.lower()``, else ``default``."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    try:
+        from airflow.sdk import Variable
+
+        value = Variable.get(name.lower(), default=None)
+    except Exception:  # noqa: BLE001  (no Variable backend reachable here: plain imports, tests)
+        value = None
+    return str(value) if value not in (None, "") else default
+
+
+def split_list(value: str | None) -> list[str]:
+    """``"a:b"`` / ``"a,b"`` (os.pathsep or comma separated) -> ``["a", "b"]``."""
+    out: list[str] = []
+    for chunk in str(value or "").split(os.pathsep):
+        out.extend(p.strip() for p in chunk.split(",") if p.strip())
+    return out
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    return Path(str(path).removeprefix("file://")).expanduser().resolve()
+
+
+def configured_roots() -> list[str]:
+    """Dataset roots from ``CURATE_ROOTS``: the roots DAG runs may write and the UI plugin shows."""
+    return [str(_resolve(p)) for p in split_list(setting("CURATE_ROOTS"))]
+
+
+def default_root() -> str:
+    roots = configured_roots()
+    return setting("CURATE_ROOT") or (roots[0] if roots else str(Path("~/curate-data").expanduser()))
+
+
+def gpu_task_kwargs() -> dict[str, Any]:
+    """``queue``/``pool``/``pool_slots`` of the GPU tasks (read when the DAG file is parsed)."""
+    return {"queue": setting("CURATE_GPU_QUEUE", "gpu"), "pool": setting("CURATE_GPU_POOL", "gpu"),
+            "pool_slots": int(setting("CURATE_GPU_POOL_SLOTS", "1") or 1)}
+
+
+def _within(path: Path, base: Path) -> bool:
+    return path == base or base in path.parents
+
+
+def check_root(root: str) -> str:
+    """The resolved root; when ``CURATE_ROOTS`` is set it must be one of those roots."""
+    if not root or "://" in root.removeprefix("file://"):
+        raise AirflowFailException(f"root {root!r}: give a local (or mounted) directory")
+    real = str(_resolve(root))
+    roots = configured_roots()
+    if roots and real not in roots:
+        raise AirflowFailException(f"root {root!r} is not one of the configured roots (CURATE_ROOTS={roots})")
+    return real
+
+
+def allowed_dirs(root: str) -> list[str]:
+    """Directories a run may read local files from: ``CURATE_ALLOWED_DIRS`` plus ``ROOT/inbox``."""
+    dirs = [str(_resolve(d)) for d in split_list(setting("CURATE_ALLOWED_DIRS"))]
+    return [*dirs, str(_resolve(root) / "inbox")]
+
+
+def check_local(path: str, dirs: Sequence[str], what: str) -> str:
+    real = _resolve(path)
+    if not any(_within(real, Path(d)) for d in dirs):
+        raise AirflowFailException(f"{what} {path!r} is outside the directories DAG runs may read "
+                                   f"({', '.join(dirs)}; set CURATE_ALLOWED_DIRS)")
+    return str(real)
+
+
+def check_encoder_options(options: dict[str, Any], dirs: Sequence[str]) -> dict[str, str]:
+    """Option values that name local files (weights=/..., model_config=...) must be inside ``dirs``."""
+    out = {}
+    for k, v in (options or {}).items():
+        s = str(v)
+        if s.startswith(("/", "~", "./", "../", "file://")):
+            check_local(s, dirs, f"encoder option {k}=")
+        out[str(k)] = s
+    return out
+
+
+# ----------------------------------------------------------------------------- params
+def _opt_number(default: float | None, description: str, minimum: float = 0) -> Param:
+    return Param(default, type=["null", "number"], minimum=minimum, description=description)
+
+
+def pipeline_params() -> dict[str, Param]:
+    """JSON-Schema params of ``curate_pipeline`` (validated when a run is triggered)."""
+    return {
+        "sources": Param(type="string", minLength=1,
+                         description="Path of a source list (CSV/TSV/JSONL/JSON/Parquet/TXT with a 'url' column, "
+                                     "optional caption/title/start_s/end_s) under CURATE_ALLOWED_DIRS or ROOT/inbox."),
+        "root": Param(default_root(), type="string", minLength=1,
+                      description="Dataset root (must be under CURATE_ROOTS when that is set)."),
+        "subset": Param("default", type="string", pattern=NAME_PATTERN, description="Name of the subset to publish."),
+        "encoder": Param("clip", type="string", pattern=NAME_PATTERN, description="Encoder plugin (clip, ...)."),
+        "encoder_options": Param({}, type="object",
+                                 additionalProperties={"type": ["string", "number", "boolean"]},
+                                 description="Encoder options, e.g. {\"model\": \"ViT-B-32\", \"weights\": \"openai\"}."),
+        "embedding_name": Param(None, type=["null", "string"], pattern=NAME_PATTERN,
+                                description="Name of the embedding set (default: the encoder name)."),
+        "device": Param("auto", type="string", description="Torch device for the encoder (auto, cpu, cuda, cuda:1)."),
+        "embed_batch_size": Param(32, type="integer", minimum=1, maximum=4096, description="Clips per forward pass."),
+        "min_sim": _opt_number(0.2, "Keep clips whose caption similarity is at least this (null: no rule).", -1),
+        "min_duration": _opt_number(None, "Keep clips at least this long, seconds (null: no rule)."),
+        "max_duration": _opt_number(None, "Keep clips at most this long, seconds (null: no rule)."),
+        "detector": Param("content", type="string", enum=["content", "adaptive", "threshold"],
+                          description="Scene detector."),
+        "min_clip_s": Param(1.0, type="number", minimum=0, description="Drop scenes shorter than this (s)."),
+        "max_clip_s": _opt_number(60.0, "Cut scenes longer than this into equal pieces (s; null: never)."),
+        "batch_size": Param(50, type="integer", minimum=1, maximum=1_000_000,
+                            description="Sources per mapped ingest/split task (raised automatically so that "
+                                        "the number of batches stays within [core] max_map_length)."),
+        "shard_size": Param(1000, type="integer", minimum=1, description="Clips per WebDataset shard."),
+    }
+
+
+def refilter_params() -> dict[str, Param]:
+    p = pipeline_params()
+    keep = ("root", "min_sim", "min_duration", "max_duration", "shard_size")
+    out = {k: p[k] for k in keep}
+    out["subset"] = Param("refiltered", type="string", pattern=NAME_PATTERN,
+                          description="Name of the new subset (must differ from the subset whose event "
+                                      "triggered the run).")
+    out["encoder"] = Param(None, type=["null", "string"], pattern=NAME_PATTERN,
+                           description="Embedding set whose similarity min_sim applies to (null: the only one).")
+    return out
+
+
+def inbox_params() -> dict[str, Param]:
+    return {
+        "root": Param(setting("CURATE_INBOX_ROOT") or default_root(), type="string", minLength=1,
+                      description="Dataset root whose inbox/ is scanned."),
+        "subset": Param(setting("CURATE_INBOX_SUBSET", "inbox"), type="string", pattern=NAME_PATTERN,
+                        description="Subset every inbox run publishes."),
+        "pipeline_conf": Param({}, type="object", description="Extra curate_pipeline params for every run."),
+        "settle_s": Param(float(setting("CURATE_INBOX_SETTLE_S", "30") or 30), type="number", minimum=0,
+                          description="Ignore lists modified less than this many seconds ago (still being written)."),
+    }
+
+
+# ----------------------------------------------------------------------------- task helpers
+def retry_policy() -> ExceptionRetryPolicy:
+    """Retry what a retry can fix; fail at once on bad input or configuration."""
+    return ExceptionRetryPolicy(rules=[
+        RetryRule(exception="curate.errors.StageBusy", action=RetryAction.RETRY,
+                  reason="another run holds this stage's lock on the root"),
+        RetryRule(exception="curate.errors.CurateError", action=RetryAction.FAIL,
+                  reason="bad input or configuration: a retry cannot fix it"),
+        RetryRule(exception="builtins.MemoryError", action=RetryAction.FAIL, reason="out of memory"),
+    ])
+
+
+def default_args(retries: int = 2) -> dict[str, Any]:
+    return {"retries": retries, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=30), "retry_policy": retry_policy()}
+
+
+def label(text: str) -> None:
+    """Set the ``{{ curate_label }}`` that ``map_index_template`` renders for this mapped task."""
+    from airflow.sdk import get_current_context
+
+    get_current_context()["curate_label"] = text
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def try_number() -> int:
+    from airflow.sdk import get_current_context
+
+    return int(getattr(get_current_context()["ti"], "try_number", 1) or 1)
+
+
+def locked(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a stage, waiting while another run holds the same stage's lock on the same root.
+
+    A stage takes a per-root, per-stage lock and fails at once when it is held; two mapped batches or
+    two DAG runs on one root therefore queue here (the lock is an flock: never stale).
+    """
+    from curate.errors import StageBusy
+
+    limit = float(setting("CURATE_LOCK_WAIT_S", str(6 * 3600)) or 0)
+    t0 = last_log = time.monotonic()
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except StageBusy as e:
+            now = time.monotonic()
+            if now - t0 > limit:
+                raise
+            if now - last_log > 60 or last_log == t0:
+                print(f"waiting for the stage lock: {e}", flush=True)
+                last_log = now
+            time.sleep(2.0)
+
+
+def max_map_length() -> int:
+    try:
+        from airflow.sdk.configuration import conf
+
+        return conf.getint("core", "max_map_length", fallback=1024)
+    except Exception:  # noqa: BLE001
+        return 1024
+
+
+def make_batches(ids: Iterable[str], batch_size: int, max_len: int | None = None) -> list[dict[str, Any]]:
+    """Split source ids into ``{"index", "source_ids"}`` batches, never more than ``max_len`` of them."""
+    ids = list(dict.fromkeys(ids))
+    if not ids:
+        return []
+    max_len = max(1, max_len or max_map_length())
+    size = max(1, int(batch_size), math.ceil(len(ids) / max_len))
+    return [{"index": i, "source_ids": ids[j:j + size]} for i, j in enumerate(range(0, len(ids), size))]
+
+
+def source_status(root: str, ids: Sequence[str]) -> dict[str, int]:
+    """ok / error / retryable-error counts of ``ids`` in the sources table."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from curate.ingest import RETRYABLE_KINDS
+    from curate.store import Root
+
+    t = Root(root).sources.read_arrow(columns=["status", "error_kind"], filter=ds.field("source_id").isin(list(ids)))
+    err = t.filter(pc.equal(t["status"], "error"))
+    retryable = 0
+    if err.num_rows:
+        hit = pc.is_in(err["error_kind"], value_set=pa.array(sorted(RETRYABLE_KINDS)))
+        retryable = int(pc.sum(hit).as_py() or 0)
+    return {"ok": int(pc.sum(pc.equal(t["status"], "ok")).as_py() or 0), "error": err.num_rows,
+            "retryable": retryable}
+
+
+def require_ingested(root: str, batch: dict, result: dict) -> dict:
+    """Fail the batch only when none of its sources is ingested (permanent errors fail fast)."""
+    st = source_status(root, batch["source_ids"])
+    out = {**result, "batch": batch["index"], "sources_ok": st["ok"], "sources_error": st["error"]}
+    if st["ok"] == 0 and st["error"]:
+        msg = (f"none of the {len(batch['source_ids'])} sources of batch {batch['index']} was ingested: "
+               + "; ".join(result.get("errors", [])[:5]))
+        if st["retryable"]:
+            raise NothingSucceeded(msg + " (retryable errors: retrying with exponential backoff)")
+        raise AirflowFailException(msg)
+    return out
+
+
+def require_some(result: dict, what: str) -> dict:
+    """Fail (without retry: the input will not change) when there was work and nothing succeeded."""
+    if result.get("total", 0) > 0 and result.get("ok", 0) == 0 and result.get("error", 0) > 0:
+        raise AirflowFailException(f"{what}: none of {result['total']} items succeeded: "
+                                   + "; ".join(result.get("errors", [])[:5]))
+    return result
+
+
+def run_clip_count(root: str, source_ids: Sequence[str]) -> int:
+    """How many ok clips the sources of this run have (0: nothing reached the embed stage)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from curate.store import Root
+
+    t = Root(root).clips.read_arrow(columns=["status"], filter=ds.field("source_id").isin(list(source_ids)))
+    return int(pc.sum(pc.equal(t["status"], "ok")).as_py() or 0) if t.num_rows else 0
+
+
+def subset_asset(subset: str) -> Asset:
+    """The asset of a published subset: ``curate://<subset>`` (schedule consumers on this)."""
+    return Asset(f"curate://{subset}")
+
+
+def asset_extra(root: str, summary: dict, published: dict) -> dict[str, Any]:
+    """Counts and thresholds recorded on the subset's asset event."""
+    rules = summary.get("rules", [])
+    return {
+        "root": root, "subset": summary.get("subset"), "path": published.get("path"),
+        "scored": summary.get("total"), "kept": summary.get("kept"), "dropped": summary.get("dropped"),
+        "published": published.get("published"), "failed": published.get("error"),
+        "shards": published.get("shards"),
+        "thresholds": {r["name"]: r["value"] for r in rules},
+        "rules": [{"name": r["name"], "column": r["column"], "op": r["op"], "value": r["value"]} for r in rules],
+        "dropped_by_rule": summary.get("dropped_by_rule", {}),
+    }
+
+
+def triggering_root(context: dict) -> tuple[str | None, str | None]:
+    """(root, subset) from the asset event that triggered this run, if any."""
+    events = context.get("triggering_asset_events") or {}
+    for evs in events.values():
+        for ev in evs:
+            extra = getattr(ev, "extra", None) or {}
+            if extra.get("root"):
+                return str(extra["root"]), extra.get("subset")
+    return None, None
+
+
+# ----------------------------------------------------------------------------- inbox
+def _marker(processed: Path, sha: str) -> Path:
+    return processed / f"{sha}.json"
+
+
+def inbox_run_id(root: str, sha: str) -> str:
+    return f"inbox__{hashlib.sha256(root.encode()).hexdigest()[:8]}__{sha[:20]}"
+
+
+def claim_inbox(root: str, subset: str, pipeline_conf: dict | None = None, settle_s: float = 30.0) -> list[dict]:
+    """Claim new lists in ``ROOT/inbox`` and return ``TriggerDagRunOperator`` kwargs, one per list.
+
+    A list is identified by its content hash. It is copied to ``inbox/.processed/<sha256><suffix>`` and
+    claimed by atomically creating ``.processed/<sha256>.json`` (hard link of a fully written file: it
+    exists completely or not at all, and only one claimer can create it). Claims whose trigger has not
+    been confirmed (``state: claimed``, e.g. after a crash) are returned again; the pipeline run id is
+    derived from the hash, so triggering twice never starts a second run.
+    """
+    inbox = Path(root) / "inbox"
+    processed = inbox / ".processed"
+    processed.mkdir(parents=True, exist_ok=True)
+    claims: list[dict] = []
+    for m in sorted(processed.glob("*.json")):
+        if m.name.startswith("."):  # a temporary file left by a crash
+            continue
+        try:
+            data = json.loads(m.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("state") == "claimed":
+            claims.append(_trigger_kwargs(root, subset, pipeline_conf, data))
+    now = time.time()
+    for f in sorted(inbox.iterdir()):
+        if (not f.is_file() or f.name.startswith(".") or f.suffix.lower() not in INBOX_SUFFIXES
+                or now - f.stat().st_mtime < settle_s):
+            continue
+        sha = _sha256(f)
+        if _marker(processed, sha).exists():
+            continue
+        tmp = processed / f".tmp-{os.getpid()}-{time.time_ns()}{f.suffix.lower()}"
+        if _sha256(f, copy_to=tmp) != sha:  # changed while we read it: still being written
+            tmp.unlink()
+            continue
+        copy = processed / f"{sha}{f.suffix.lower()}"
+        os.replace(tmp, copy)
+        data = {"sha256": sha, "file": f.name, "copy": str(copy), "run_id": inbox_run_id(root, sha),
+                "claimed_at": time.time(), "state": "claimed"}
+        if _create_exclusive(_marker(processed, sha), json.dumps(data, indent=2)):
+            claims.append(_trigger_kwargs(root, subset, pipeline_conf, data))
+    return claims
+
+
+def _create_exclusive(path: Path, text: str) -> bool:
+    """Create ``path`` with ``text`` unless it exists; False when another claimer created it first.
+
+    A hard link of a fully written temporary file is atomic and exclusive; filesystems without hard links
+    (some FUSE object-storage mounts) fall back to O_CREAT|O_EXCL, still exclusive.
+    """
+    tmp = path.with_name(f".tmp-{os.getpid()}-{time.time_ns()}-{path.name}")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sha256(path: Path, copy_to: Path | None = None) -> str:
+    """Content hash of ``path``; with ``copy_to``, also write (and fsync) a copy of exactly those bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as src, (open(copy_to, "wb") if copy_to else open(os.devnull, "wb")) as dst:
+        while chunk := src.read(1 << 20):
+            h.update(chunk)
+            if copy_to:
+                dst.write(chunk)
+        if copy_to:
+            dst.flush()
+            os.fsync(dst.fileno())
+    return h.hexdigest()
+
+
+def _trigger_kwargs(root: str, subset: str, pipeline_conf: dict | None, data: dict) -> dict:
+    conf = {**(pipeline_conf or {}), "sources": data["copy"], "root": root, "subset": subset}
+    return {"trigger_run_id": data["run_id"], "conf": conf}
+
+
+def mark_inbox_done(root: str, claims: Sequence[dict]) -> list[str]:
+    """Record that the pipeline runs of ``claims`` exist (state ``triggered``)."""
+    processed = Path(root) / "inbox" / ".processed"
+    done = []
+    for c in claims:
+        sha = Path(c["conf"]["sources"]).stem
+        marker = _marker(processed, sha)
+        data = json.loads(marker.read_text())
+        data.update(state="triggered", triggered_at=time.time(), dag_run_id=c["trigger_run_id"])
+        tmp = processed / f".tmp-{os.getpid()}-{time.time_ns()}.json"
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, marker)
+        done.append(data["file"])
+    return done

@@ -1,0 +1,254 @@
+"""The curate DAGs on a real (SQLite) Airflow 3 metadata DB, run with ``dag.test()``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+
+import airflow_helpers as h  # first: it configures Airflow before anything imports it
+import pytest
+
+DAG_IDS = {"curate_pipeline", "curate_inbox", "curate_refilter"}
+GPU_TASKS = {"embed", "score"}
+
+
+@pytest.fixture(scope="module")
+def bag():
+    h.migrate()
+    return h.dagbag()
+
+
+def test_dagbag_has_no_import_errors(bag):
+    assert bag.import_errors == {}
+    assert DAG_IDS <= set(bag.dag_ids)
+    for dag_id in DAG_IDS:
+        assert "curate" in bag.get_dag(dag_id).tags
+
+
+def test_dag_files_import_nothing_heavy():
+    """Parsing the DAG folder must not import torch/pandas/pyarrow or a stage (paid on every re-parse)."""
+    code = (
+        "import sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "bag = DagBag()\n"
+        "assert not bag.import_errors, bag.import_errors\n"
+        "heavy = sorted(m for m in ('torch', 'pandas', 'pyarrow', 'numpy', 'open_clip', 'curate.store',"
+        " 'curate.ingest', 'curate.embed') if m in sys.modules)\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    out = subprocess.run([h.PYTHON, "-c", code], check=False, capture_output=True, text=True, env=os.environ, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "HEAVY=\n" in out.stdout, out.stdout
+
+
+def _validate(dag, conf: dict) -> dict:
+    import copy
+
+    params = copy.deepcopy(dag.params)
+    params.update(conf)
+    return params.validate()
+
+
+def test_params_are_validated_at_trigger(bag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = bag.get_dag("curate_pipeline")
+    good = h.pipeline_conf(h.ROOTS / "other")
+    assert _validate(dag, good)["batch_size"] == 2
+    for bad in ({"subset": "../../etc"}, {"batch_size": 0}, {"detector": "magic"},
+                {"encoder_options": "model=x"}, {"min_sim": "high"}, {"sources": ""}):
+        with pytest.raises(ParamValidationError):
+            _validate(dag, {**good, **bad})
+    with pytest.raises(ParamValidationError):  # the real trigger path refuses it before any task runs
+        dag.test(run_conf={**good, "subset": "../../etc"})
+
+
+def _serialized(dag):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return DagSerialization.from_dict(json.loads(json.dumps(DagSerialization.to_dict(dag))))
+
+
+def test_gpu_queue_and_pool_only_on_gpu_tasks(bag):
+    from airflow.configuration import conf
+
+    sdag = _serialized(bag.get_dag("curate_pipeline"))
+    default_queue = conf.get("operators", "default_queue")
+    seen = set()
+    for t in sdag.tasks:
+        seen.add(t.task_id)
+        if t.task_id in GPU_TASKS:
+            assert (t.queue, t.pool, t.pool_slots) == ("gpu", "gpu", 1), t.task_id
+        else:
+            assert t.queue == default_queue and t.pool == "default_pool", t.task_id
+        assert getattr(t, "executor", None) is None, t.task_id
+    assert GPU_TASKS <= seen and {"register", "batch.ingest", "batch.split", "filter", "publish"} <= seen
+    for dag_id in ("curate_inbox", "curate_refilter"):
+        assert all(t.pool == "default_pool" for t in _serialized(bag.get_dag(dag_id)).tasks)
+
+
+def test_gpu_queue_and_pool_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CURATE_GPU_QUEUE", "a100")
+    monkeypatch.setenv("CURATE_GPU_POOL", "gpus")
+    monkeypatch.setenv("CURATE_GPU_POOL_SLOTS", "2")
+    dag = h.dagbag().get_dag("curate_pipeline")
+    got = {t.task_id: (t.queue, t.pool, t.pool_slots) for t in dag.tasks}
+    assert got["embed"] == got["score"] == ("a100", "gpus", 2)
+    assert got["filter"][1] == "default_pool"
+
+
+def test_batches_respect_max_map_length():
+    from curate.airflow.tasks import make_batches
+
+    ids = [f"s{i}" for i in range(1000)]
+    b = make_batches(ids, 7, max_len=50)
+    assert len(b) <= 50 and [s for x in b for s in x["source_ids"]] == ids
+    assert [x["index"] for x in b] == list(range(len(b)))
+    assert len(make_batches(ids, 300, max_len=1024)) == 4
+    assert make_batches([], 5) == []
+
+
+def test_pipeline_end_to_end():
+    import pyarrow.parquet as pq
+
+    from curate.store import Root
+
+    run = h.pipeline_run()
+    assert run["state"] == "success"
+    tis = {(t, m): (label, state) for t, m, label, state in h.task_instances("curate_pipeline", run["run_id"])}
+    # batches of 2 sources: batch 2 holds only a refused path, so it fails (fast) and the run goes on
+    assert tis[("batch.ingest", 0)] == ("batch 0 (2 sources)", "success")
+    assert tis[("batch.ingest", 1)] == ("batch 1 (2 sources)", "success")
+    assert tis[("batch.ingest", 2)] == ("batch 2 (1 source)", "failed")
+    assert tis[("batch.split", 0)] == ("batch 0 (1 source ingested)", "success")
+    assert tis[("batch.split", 2)][1] == "upstream_failed"
+    for task_id in ("register", "embed", "score", "filter", "publish"):
+        assert tis[(task_id, -1)][1] == "success", task_id
+
+    root = Root(run["root"])
+    src = root.sources.read()
+    kinds = sorted(src.loc[src["status"] == "error", "error_kind"])
+    assert kinds == ["not_allowed", "not_allowed", "not_found"]  # /etc/* refused, missing file recorded
+    assert (src["status"] == "ok").sum() == 2
+
+    sub = root.subset_dir("e2e")
+    shards = sorted((sub / "shards").glob("*.tar"))
+    assert shards and (sub / "README.md").is_file() and (sub / "annotations.parquet").is_file()
+    names = []
+    for s in shards:
+        with tarfile.open(s) as tar:
+            names += tar.getnames()
+    assert sum(n.endswith(".mp4") for n in names) == 4 and sum(n.endswith(".npy") for n in names) == 4
+    assert pq.read_table(sub / "annotations.parquet").num_rows == 4
+
+    events = h.asset_events("curate://e2e/")
+    assert len(events) == 1 and events[0]["source_run_id"] == run["run_id"]
+    extra = events[0]["extra"]
+    assert extra["published"] == 4 and extra["kept"] == 4 and extra["shards"] == 2
+    assert extra["thresholds"] == {"min_sim": -1.0, "min_duration": 0.5}
+    assert extra["root"] == str(run["root"]) and extra["subset"] == "e2e"
+
+
+def test_pipeline_refuses_paths_outside_the_allowed_dirs_and_roots():
+    from curate.store import Root
+
+    other = h.ROOTS / "other"
+    state, run_id = h.run_dag("curate_pipeline", h.pipeline_conf(other, sources="/etc/passwd"))
+    assert state == "failed"
+    tis = {t: s for t, _, _, s in h.task_instances("curate_pipeline", run_id)}
+    assert tis["register"] == "failed" and tis["publish"] == "upstream_failed"
+    assert not Root(other).sources.exists()
+
+    outside = h.BASE / "not-a-configured-root"
+    state, run_id = h.run_dag("curate_pipeline", h.pipeline_conf(outside))
+    assert state == "failed" and not outside.exists()
+
+
+def test_refilter_publishes_a_new_subset_without_recomputing():
+    import numpy as np
+
+    from curate.store import Root
+
+    run = h.pipeline_run()
+    root = Root(run["root"])
+    emb_before = {p.name: p.stat().st_mtime_ns for p in (root.path / "embeddings").rglob("*")}
+    scores_before = [p.name for p in root.scores.parts()]
+    sims = np.sort(root.scores.read()["clip_sim"].to_numpy())
+    threshold = float((sims[1] + sims[2]) / 2)  # keeps the best two of four
+
+    state, run_id = h.run_dag("curate_refilter", {"root": str(root.path), "subset": "strict", "min_sim": threshold,
+                                                  "min_duration": None, "max_duration": None})
+    assert state == "success"
+    assert {t for t, *_ in h.task_instances("curate_refilter", run_id)} == {"target", "filter", "publish"}
+    summary = json.loads((root.subset_dir("strict") / "filter.json").read_text())
+    assert (summary["total"], summary["kept"]) == (4, 2)
+    assert len(list((root.subset_dir("strict") / "shards").glob("*.tar"))) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in (root.path / "embeddings").rglob("*")} == emb_before
+    assert [p.name for p in root.scores.parts()] == scores_before
+    extra = h.asset_events("curate://strict/")[-1]["extra"]
+    assert extra["thresholds"] == {"min_sim": threshold} and extra["published"] == 2
+
+
+def _inbox_runs() -> list[tuple[str, dict]]:
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as s:
+        runs = s.query(DagRun).filter(DagRun.dag_id == "curate_pipeline", DagRun.run_id.like("inbox__%")).all()
+        return [(r.run_id, dict(r.conf or {})) for r in runs]
+
+
+def test_inbox_runs_each_list_once():
+    root = h.ROOTS / "inbox"
+    inbox = root / "inbox"
+    inbox.mkdir(parents=True)
+    a, _ = h.videos()
+    h.write_list(inbox / "first.csv", [{"url": str(a), "caption": "a test pattern"}])
+    (inbox / "same-content.csv").write_bytes((inbox / "first.csv").read_bytes())  # one list, two names
+    (inbox / "notes.txt").write_text("not a list")
+    conf = {"root": str(root), "subset": "daily", "pipeline_conf": {"min_sim": 0.1}, "settle_s": 0}
+
+    state, _ = h.run_dag("curate_inbox", conf)
+    assert state == "success"
+    runs = _inbox_runs()
+    assert len(runs) == 1
+    run_id, run_conf = runs[0]
+    processed = inbox / ".processed"
+    markers = [json.loads(p.read_text()) for p in processed.glob("*.json")]
+    assert len(markers) == 1 and markers[0]["state"] == "triggered" and markers[0]["run_id"] == run_id
+    assert run_conf["sources"] == markers[0]["copy"] and run_conf["root"] == str(root)
+    assert run_conf["subset"] == "daily" and run_conf["min_sim"] == 0.1
+    assert (processed / f"{markers[0]['sha256']}.csv").read_bytes() == (inbox / "first.csv").read_bytes()
+
+    state, _ = h.run_dag("curate_inbox", conf)  # nothing new
+    assert state == "success" and _inbox_runs() == runs
+
+    # a crash after the claim but before the trigger was confirmed: the claim is re-driven, no second run
+    marker = processed / f"{markers[0]['sha256']}.json"
+    marker.write_text(json.dumps({**markers[0], "state": "claimed"}))
+    state, _ = h.run_dag("curate_inbox", conf)
+    assert state == "success" and _inbox_runs() == runs
+    assert json.loads(marker.read_text())["state"] == "triggered"
+
+    h.write_list(inbox / "second.csv", [{"url": str(a), "caption": "another caption"}])
+    state, _ = h.run_dag("curate_inbox", conf)
+    assert state == "success" and len(_inbox_runs()) == 2
+
+
+def test_refilter_takes_the_root_from_the_triggering_asset_event(monkeypatch):
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from curate.airflow.tasks import triggering_root
+
+    main = str(h.ROOTS / "main")
+    ctx = {"triggering_asset_events": {"curate://daily": [SimpleNamespace(extra={"root": main, "subset": "daily"})]}}
+    assert triggering_root(ctx) == (main, "daily") and triggering_root({}) == (None, None)
+    target = h.dagbag().get_dag("curate_refilter").get_task("target").python_callable
+    monkeypatch.setitem(target.__globals__, "get_current_context", lambda: ctx)
+    assert target(params={"root": "/elsewhere", "subset": "strict"}) == main
+    with pytest.raises(AirflowFailException, match="re-trigger"):  # publishing "daily" would trigger itself
+        target(params={"root": "/elsewhere", "subset": "daily"})
