@@ -252,3 +252,27 @@ def test_refilter_takes_the_root_from_the_triggering_asset_event(monkeypatch):
     assert target(params={"root": "/elsewhere", "subset": "strict"}) == main
     with pytest.raises(AirflowFailException, match="re-trigger"):  # publishing "daily" would trigger itself
         target(params={"root": "/elsewhere", "subset": "daily"})
+
+
+def test_pipeline_runs_another_encoder_by_name():
+    """The same DAG with encoder=viclip (the parity fixture's tiny checkpoint, copied under the allowed dirs)."""
+    import shutil
+    from pathlib import Path
+
+    from curate.store import Root
+
+    fixture = Path(os.environ.get("CURATE_PARITY_DIR", h.REPO.parent / "shared" / "fixtures" / "parity")) / "viclip"
+    if not fixture.is_dir():
+        pytest.skip("ViCLIP parity fixture not available")
+    models = h.MODELS / "viclip"
+    models.mkdir(parents=True, exist_ok=True)
+    for f in ("viclip_tiny.pth", "config.json"):
+        shutil.copy(fixture / f, models / f)
+    root = h.ROOTS / "other"  # one of CURATE_ROOTS: a run may only write there
+    conf = h.pipeline_conf(root, subset="vic", encoder="viclip",
+                           encoder_options={"weights": str(models / "viclip_tiny.pth"),
+                                            "config": str(models / "config.json"), "image_size": "64"})
+    state, run_id = h.run_dag("curate_pipeline", conf)
+    assert state == "success"
+    assert "viclip_sim" in Root(root).scores.read().columns
+    assert (Root(root).subset_dir("vic") / "README.md").read_text().count("encoder: `viclip`") == 1
