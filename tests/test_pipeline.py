@@ -225,3 +225,17 @@ def test_decoding_yields_every_clip_of_many_sources_in_order(root):
     out = list(decode_clips(Root(root), Sampler(), many, workers=1, frames_per_clip=1))
     assert [c["clip_id"] for c, _, _ in out] == [c["clip_id"] for _, cl in many for c in cl]
     assert all(err is None and shape == (1, 24, 32, 3) for _, shape, err in out)
+
+
+def test_many_small_parts_are_compacted_without_changing_the_table(tmp_path):
+    import pyarrow as pa
+
+    from curate.store import Root
+
+    t = Root(tmp_path / "r").clips
+    for i in range(20):
+        t.append(pa.table({"clip_id": [f"c{i:02d}"], "source_id": ["s"], "start_s": [float(i)]}))
+    before = t.read().sort_values("clip_id").reset_index(drop=True)
+    t.maybe_compact(max_parts=16)
+    assert len(t.parts()) == 1
+    pd.testing.assert_frame_equal(t.read().sort_values("clip_id").reset_index(drop=True), before)

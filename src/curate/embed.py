@@ -114,6 +114,7 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
             if len(rows) >= flush_every:
                 flush()
         flush()
+        table.maybe_compact()
     return result.done()
 
 

@@ -429,4 +429,5 @@ def ingest(root: Root | str, sources: str | os.PathLike | Sequence[str] | None =
                         flush()
                 progress.advance()
         flush()
+        root.sources.maybe_compact()
     return result.done()

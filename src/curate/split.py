@@ -182,6 +182,7 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
                 clips_total += len(rows)
             progress.advance()
         result.extra["clips"] = clips_total
+        root.clips.maybe_compact()
     return result.done()
 
 

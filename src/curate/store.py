@@ -211,9 +211,33 @@ class Table:
                 self.compact()
 
     def compact(self) -> None:
-        """Merge small parts into one (and resolve duplicate keys left by a crash)."""
-        if len(self.parts()) > 1:
+        """Merge the parts into one (and resolve duplicate keys left by a crash).
+
+        Streams batch by batch into one new part when keys are unique, so memory stays bounded;
+        with duplicates (a crash mid-upsert) it reads the table to keep the newest row of each key.
+        """
+        parts = self.parts()
+        if len(parts) <= 1:
+            return
+        d = self.dataset()
+        keys = d.to_table(columns=[self.key])[self.key]
+        if len(pa.compute.unique(keys)) != len(keys):
             self.rewrite(self.read_arrow())
+            return
+        new_part = self.path / _part_name()
+        tmp = new_part.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{new_part.name}")
+        with pq.ParquetWriter(tmp, d.schema, compression="zstd") as writer:
+            for batch in d.to_batches(batch_size=65536, batch_readahead=2, fragment_readahead=1):
+                writer.write_batch(batch)
+        os.replace(tmp, new_part)
+        crashpoint("compact")
+        for p in parts:
+            p.unlink(missing_ok=True)
+
+    def maybe_compact(self, max_parts: int = 16) -> None:
+        """Compact when appends left many small parts (each open part costs memory and time on every read)."""
+        if len(self.parts()) > max_parts:
+            self.compact()
 
 
 def _keep_last(t: pa.Table, key: str) -> pa.Table:
