@@ -163,16 +163,45 @@ def test_pickled_code_in_a_checkpoint_never_runs(tmp_path, tiny_clip):
     assert not marker.exists()
 
 
-def test_a_second_run_of_a_stage_on_the_same_root_fails_clearly(tmp_path, videos):
+def test_a_second_run_of_an_exclusive_stage_fails_clearly(tmp_path, videos):
     root = Root(tmp_path / "ds")
     ingest(root, [str(videos["two_shots"])])
-    with root.lock("split"):
-        p = subprocess.run([sys.executable, "-m", "curate.cli", "split", "--root", str(root.path)],
+    split(root)
+    with root.lock("embed-clip"):
+        p = subprocess.run([sys.executable, "-m", "curate.cli", "embed", "--root", str(root.path), "-o", "weights=random"],
                            capture_output=True, text=True)
-    assert p.returncode == 2 and "Another `curate split` is running" in p.stderr
-    assert not (root.path / "clips").exists()
-    r = split(root)  # once the lock is released the stage runs normally
-    assert r.ok == 1
+    assert p.returncode == 2 and "Another `curate embed-clip` is running" in p.stderr
+    assert not (root.path / "embeddings" / "clip").exists()
+
+
+def test_concurrent_ingest_and_split_runs_share_the_work_without_duplicates(tmp_path, videos):
+    """Two processes at once on one root (as mapped Airflow batches or two shells do): each source once."""
+    import csv
+
+    lst = tmp_path / "l.csv"
+    with open(lst, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["url"])
+        for i in range(8):  # 8 distinct sources (hard links of the test videos under different names)
+            p = tmp_path / f"v{i}.mp4"
+            os.link(list(videos.values())[i % 3], p)
+            w.writerow([str(p)])
+    root = tmp_path / "ds"
+    cli = [sys.executable, "-m", "curate.cli"]
+    for stage in (["ingest", str(lst), "--workers", "1"], ["split", "--min-clip-s", "0.5"]):
+        procs = [subprocess.Popen([*cli, *stage, "--root", str(root), "--json"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+        assert all(p.returncode == 0 for p in procs)
+        assert sum(o["ok"] for o in outs) == 8, outs  # every source done exactly once between the two
+    src = pd.read_parquet(root / "sources")
+    clips = pd.read_parquet(root / "clips")
+    assert len(src) == 8 and src.source_id.is_unique and set(src.status) == {"ok"}
+    assert clips.clip_id.is_unique and clips.source_id.nunique() == 8
+    seq = tmp_path / "seq"
+    ingest(seq, lst)
+    split(seq, min_clip_s=0.5)
+    assert sorted(pd.read_parquet(seq / "clips").clip_id) == sorted(clips.clip_id)
 
 
 # ------------------------------------------------------------------------------------------ crash safety

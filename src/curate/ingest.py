@@ -381,13 +381,17 @@ def ingest(root: Root | str, sources: str | os.PathLike | Sequence[str] | None =
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     result = StageResult("ingest")
-    with root.ensure().lock("ingest"):
-        root.sources.repair()
-        if root.media_dir.is_dir():
-            for tmp in root.media_dir.glob(".tmp-*"):
-                tmp.unlink(missing_ok=True)
+    with root.ensure().shared_run("ingest") as run:
+        if run.first:  # no other ingest is running: safe to clean up after a crash
+            with root.write_lock("sources"):
+                root.sources.repair()
+            if root.media_dir.is_dir():
+                for tmp in root.media_dir.glob(".tmp-*"):
+                    tmp.unlink(missing_ok=True)
+        run.ready()
         if sources is not None:
-            ids = register_sources(root, sources)
+            with root.write_lock("sources"):
+                ids = register_sources(root, sources)
             if source_ids is None:
                 source_ids = ids
         table = root.sources.read()
@@ -408,26 +412,37 @@ def ingest(root: Root | str, sources: str | os.PathLike | Sequence[str] | None =
 
         def flush() -> None:
             if pending:
-                root.sources.upsert(rows_to_table(pending, SCHEMAS["sources"]))
+                with root.write_lock("sources"):
+                    root.sources.upsert(rows_to_table(pending, SCHEMAS["sources"]))
                 pending.clear()
                 crashpoint("ingest-flush")
 
         kwargs = dict(allow_local=allow_local, local_dirs=local_dirs, max_height=max_height,
                       max_filesize=max_filesize, max_duration=max_duration, socket_timeout=socket_timeout,
                       retries=retries, backoff_s=backoff_s)
+
+        def work(row: dict) -> dict | None:
+            # a concurrent ingest of this root may have claimed it: it is theirs to finish
+            return ingest_one(root, row, **kwargs) if run.claim(row["source_id"]) else None
+
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = [pool.submit(ingest_one, root, row, **kwargs) for row in todo]
+            futures = [pool.submit(work, row) for row in todo]
             for fut in as_completed(futures):
                 out = fut.result()
                 with lock:
-                    pending.append(out)
-                    if out["status"] == "ok":
-                        result.ok += 1
+                    if out is None:
+                        result.total -= 1
+                        result.skipped += 1
                     else:
-                        result.add_error(out["url"][:120] or out["source_id"], f"[{out['error_kind']}] {out['error']}")
-                    if len(pending) >= flush_every:
-                        flush()
+                        pending.append(out)
+                        if out["status"] == "ok":
+                            result.ok += 1
+                        else:
+                            result.add_error(out["url"][:120] or out["source_id"], f"[{out['error_kind']}] {out['error']}")
+                        if len(pending) >= flush_every:
+                            flush()
                 progress.advance()
         flush()
-        root.sources.maybe_compact()
+        with root.write_lock("sources"):
+            root.sources.maybe_compact()
     return result.done()

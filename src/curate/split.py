@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.progress import NullProgress, Progress, StageResult
@@ -155,9 +157,13 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
     progress = progress or NullProgress()
     result = StageResult("split")
     splitter = get_splitter(detector).create(**(options or {}))
-    with root.ensure().lock("split"):
-        root.clips.repair()
+    with root.ensure().shared_run("split") as run:
+        if run.first:
+            with root.write_lock("clips"):
+                root.clips.repair()
+        run.ready()
         sources = root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames", "caption"])
+        seen_parts = set(root.clips.parts())
         done = set(root.clips.read_arrow(columns=["source_id"])["source_id"].to_pylist())
         wanted = set(source_ids) if source_ids is not None else None
         todo = []
@@ -172,8 +178,24 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
         progress.start(len(todo), f"split ({detector})")
         clips_total = 0
         for row in todo:
+            if not run.claim(row["source_id"]):  # a concurrent split of this root is on it
+                result.total -= 1
+                result.skipped += 1
+                progress.advance()
+                continue
             rows = split_one(root, row, splitter, detector, min_clip_s=min_clip_s, max_clip_s=max_clip_s)
-            root.clips.append(rows_to_table(rows, SCHEMAS["clips"]))
+            with root.write_lock("clips"):
+                # parts written since our snapshot (a run that finished before we claimed) may hold this source
+                for part in set(root.clips.parts()) - seen_parts:
+                    done.update(pq.read_table(part, columns=["source_id"])["source_id"].to_pylist())
+                    seen_parts.add(part)
+                if row["source_id"] in done:
+                    result.total -= 1
+                    result.skipped += 1
+                    progress.advance()
+                    continue
+                new_part = root.clips.append(rows_to_table(rows, SCHEMAS["clips"]))
+                seen_parts.add(new_part)
             crashpoint("split-source")
             if rows and rows[0]["status"] == "error":
                 result.add_error(row["source_id"], rows[0]["error"])
@@ -182,7 +204,8 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
                 clips_total += len(rows)
             progress.advance()
         result.extra["clips"] = clips_total
-        root.clips.maybe_compact()
+        with root.write_lock("clips"):
+            root.clips.maybe_compact()
     return result.done()
 
 

@@ -309,6 +309,43 @@ class Root:
         return self.path / "media"
 
     @contextlib.contextmanager
+    def shared_run(self, stage: str) -> Iterator[SharedRun]:
+        """Join the runs of a stage that may run side by side (ingest, split): yields a :class:`SharedRun`.
+
+        The first process in (the only one able to lock the stage exclusively) gets ``first=True`` and
+        may repair the tables (remove temporary files, resolve keys a crash left twice) before it
+        downgrades to a shared lock; later processes wait for that and skip the repair. Table writes
+        go under :meth:`write_lock`; each item is claimed with :meth:`SharedRun.claim`.
+        """
+        d = self.path / ".locks"
+        d.mkdir(parents=True, exist_ok=True)
+        f = open(d / f"{stage}.run.lock", "a+")
+        claims = open(d / f"{stage}.items.lock", "a+")
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                first = True
+            except BlockingIOError:
+                fcntl.flock(f, fcntl.LOCK_SH)  # waits while the first run repairs
+                first = False
+            yield SharedRun(self, f, claims, first)
+        finally:
+            claims.close()  # releases every item claimed by this process
+            f.close()
+
+    @contextlib.contextmanager
+    def write_lock(self, table: str) -> Iterator[None]:
+        """Exclusive lock for mutating one table (short: held for one append/upsert/compaction)."""
+        d = self.path / ".locks"
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / f"{table}.write.lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
     def lock(self, stage: str) -> Iterator[None]:
         """Hold the lock of one stage on this root; a second run of the same stage fails clearly."""
         d = self.path / ".locks"
@@ -333,6 +370,34 @@ class Root:
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
+
+
+class SharedRun:
+    """A process's membership in the concurrent runs of one stage (see :meth:`Root.shared_run`)."""
+
+    def __init__(self, root: Root, run_file, claims_file, first: bool) -> None:
+        self.root, self._run, self._claims, self.first = root, run_file, claims_file, first
+        self._mutex = __import__("threading").Lock()
+
+    def ready(self) -> None:
+        """The first run calls this after its repair: the others may start."""
+        if self.first:
+            fcntl.flock(self._run, fcntl.LOCK_SH)  # downgrade: concurrent runs now join
+
+    def claim(self, item: str) -> bool:
+        """Claim ``item`` (a hex id) for this process until the run ends; False if another process has it.
+
+        A POSIX record lock on one byte of a shared file, at an offset taken from the id: no lock file
+        per item, released by the kernel when the process exits (a crash never leaves a stale claim).
+        """
+        offset = int(item[:12], 16) if all(c in "0123456789abcdef" for c in item[:12]) and len(item) >= 12 \
+            else int(stable_id(item)[:12], 16)
+        with self._mutex:
+            try:
+                fcntl.lockf(self._claims, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+                return True
+            except OSError:
+                return False
 
 
 def _safe_name(name: str) -> str:
