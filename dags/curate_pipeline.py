@@ -6,7 +6,7 @@ Every task is a thin shell over one curate stage (``curate.ingest.ingest`` ... `
 the stages are idempotent, so clearing and re-running any task only finishes what is missing. Bad sources
 end as error rows and the run goes on; a batch fails only when none of its sources got through.
 The published subset is the asset ``curate://<subset>`` (announced through the alias ``curate_subsets``)
-with counts and thresholds in the event's extra. See docs/airflow.md for params and settings.
+with counts and thresholds in the event's extra. See the README's Airflow section for params and settings.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from curate.airflow import tasks as ct
 
 GPU = ct.gpu_task_kwargs()
+#: mapped ingest/split batches of one run active at once (they share the work safely on one root)
+PARALLEL = int(ct.setting("CURATE_PARALLEL_BATCHES", "4") or 4)
 
 
 @dag(dag_id="curate_pipeline", schedule=None, catchup=False, params=ct.pipeline_params(), tags=["curate"],
@@ -45,7 +47,7 @@ def curate_pipeline():
 
     @task_group
     def batch(b: dict):
-        @task(map_index_template="{{ curate_label }}", max_active_tis_per_dagrun=1,
+        @task(map_index_template="{{ curate_label }}", max_active_tis_per_dagrun=PARALLEL,
               retries=3, retry_delay=timedelta(minutes=1))
         def ingest(b: dict, params=None) -> dict:
             """Fetch this batch's sources; on a retry, sources that failed for a retryable reason go again."""
@@ -57,7 +59,7 @@ def curate_pipeline():
                             retry_errors=ct.try_number() > 1).as_dict()
             return ct.require_ingested(root, b, res)
 
-        @task(map_index_template="{{ curate_label }}", max_active_tis_per_dagrun=1)
+        @task(map_index_template="{{ curate_label }}", max_active_tis_per_dagrun=PARALLEL)
         def split(b: dict, ingested: dict, params=None) -> dict:
             from curate.split import split as run
 
