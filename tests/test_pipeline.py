@@ -239,3 +239,24 @@ def test_many_small_parts_are_compacted_without_changing_the_table(tmp_path):
     t.maybe_compact(max_parts=16)
     assert len(t.parts()) == 1
     pd.testing.assert_frame_equal(t.read().sort_values("clip_id").reset_index(drop=True), before)
+
+
+@pytest.mark.parametrize("detector", ["content", "adaptive"])
+def test_detectors_find_hard_cuts_exactly(detector, videos):
+    from curate.split import SceneDetectSplitter
+
+    assert SceneDetectSplitter(detector)(videos["three_shots"], FPS, 150) == cuts(VIDEOS["three_shots"])
+
+
+def test_threshold_detector_cuts_a_fade_through_black(tmp_path):
+    import subprocess
+
+    from curate.split import SceneDetectSplitter
+
+    f = tmp_path / "fade.mp4"  # 3 s fading out to black at 2-3 s, then 3 s fading in from black
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=3",
+                    "-f", "lavfi", "-i", "smptebars=size=320x240:rate=25:duration=3", "-filter_complex",
+                    "[0:v]fade=t=out:st=2:d=1[a];[1:v]fade=t=in:st=0:d=1[b];[a][b]concat=n=2:v=1[o]", "-map", "[o]",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(f)], check=True)
+    (a0, a1), (b0, b1) = SceneDetectSplitter("threshold")(f, FPS, 150)
+    assert (a0, b1) == (0, 150) and abs(a1 - 75) <= 2 and a1 == b0
