@@ -62,6 +62,7 @@ class SceneDetectSplitter:
         import scenedetect as sd
 
         detector = self.make_detector()
+        fps = float(fps)  # FrameTimecode refuses an int rate
         cuts: list[int] = []
         n = 0
         last = None
