@@ -91,16 +91,16 @@ def curate_pipeline():
     def score(embedded: dict, params=None) -> dict:
         from curate.score import score as run
 
-        res = ct.locked(run, ct.check_root(params["root"]), encoder=embedded["name"]).as_dict()
+        root = ct.check_root(params["root"])
+        options = ct.check_scorer_options(params["scorer_options"], ct.allowed_dirs(root))
+        res = ct.locked(run, root, scorers=params["scorers"], encoder=embedded["name"], options=options).as_dict()
         return ct.require_some(res, "score")
 
     @task(task_id="filter")
     def filter_clips(scored: dict, embedded: dict, params=None) -> dict:
         from curate.filter import filter_clips as run
 
-        return run(ct.check_root(params["root"]), params["subset"], encoder=embedded["name"],
-                   min_sim=params["min_sim"], min_duration=params["min_duration"],
-                   max_duration=params["max_duration"])
+        return run(ct.check_root(params["root"]), params["subset"], encoder=embedded["name"], **ct.filter_kwargs(params))
 
     @task(outlets=[ct.SUBSETS])
     def publish(summary: dict, params=None):

@@ -34,8 +34,7 @@ def curate_refilter():
     def filter_clips(root: str, params=None) -> dict:
         from curate.filter import filter_clips as run
 
-        return run(root, params["subset"], encoder=params["encoder"], min_sim=params["min_sim"],
-                   min_duration=params["min_duration"], max_duration=params["max_duration"])
+        return run(root, params["subset"], encoder=params["encoder"], **ct.filter_kwargs(params))
 
     @task(outlets=[ct.SUBSETS])
     def publish(root: str, summary: dict, params=None):

@@ -191,6 +191,23 @@ def test_refilter_publishes_a_new_subset_without_recomputing():
     assert extra["thresholds"] == {"min_sim": threshold} and extra["published"] == 2
 
 
+def test_refilter_takes_percentile_where_and_per_source_rules():
+    from curate.store import Root
+
+    root = Root(h.pipeline_run()["root"])
+    state, _ = h.run_dag("curate_refilter", {"root": str(root.path), "subset": "pct", "min_sim": None,
+                                             "min_duration": None, "max_duration": None,
+                                             "filters": {"top_percent": 50, "where": ["duration_s > 0"],
+                                                         "max_per_source": 1}})
+    assert state == "success"
+    summary = json.loads((root.subset_dir("pct") / "filter.json").read_text())
+    assert [r["kind"] for r in summary["rules"]] == ["where", "top_percent", "per_source"]
+    sc = root.scores.read().sort_values(["clip_sim", "clip_id"], ascending=[False, True])
+    assert summary["kept"] == sc.head(2).source_id.nunique()  # the top 2 of 4, then at most one per source
+    with pytest.raises(Exception, match="filters"):  # unknown rule names are refused at trigger time
+        h.run_dag("curate_refilter", {"root": str(root.path), "subset": "bad", "filters": {"min_simm": 1}})
+
+
 def _inbox_runs() -> list[tuple[str, dict]]:
     from airflow.models import DagRun
     from airflow.utils.session import create_session

@@ -31,3 +31,15 @@ def test_readme_documents_every_command_and_option():
 def test_readme_starts_with_the_two_commands():
     quick = README.split("## Quick start", 1)[1][:400]
     assert "make demo" in quick and "make test" in quick
+
+
+def test_readme_documents_every_dag_param():
+    from curate.airflow import tasks as ct
+
+    airflow = README.split("## Airflow", 1)[1].split("\n## ", 1)[0]
+    missing = [f"{dag} {name}" for dag, params in (("curate_pipeline", ct.pipeline_params()),
+                                                   ("curate_refilter", ct.refilter_params()),
+                                                   ("curate_inbox", ct.inbox_params()))
+               for name in params if f"`{name}`" not in airflow]
+    missing += [f"filters.{k}" for k in ct.FILTER_SCHEMA if f"`{k}`" not in airflow]
+    assert not missing, f"README's Airflow section does not document: {missing}"

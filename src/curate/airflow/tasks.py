@@ -151,12 +151,49 @@ def pipeline_params() -> dict[str, Param]:
                             description="Sources per mapped ingest/split task (raised automatically so that "
                                         "the number of batches stays within [core] max_map_length)."),
         "shard_size": Param(1000, type="integer", minimum=1, description="Clips per WebDataset shard."),
+        "scorers": Param(["technical", "alignment"], type="array", items={"type": "string", "pattern": NAME_PATTERN},
+                         description="Scorer plugins run by the score task: technical, alignment, aesthetic, "
+                                     "motion, dedup, or third-party ones."),
+        "scorer_options": Param({}, type="object", additionalProperties={"type": "object"},
+                                description="Options per scorer, e.g. {\"aesthetic\": {\"recipe\": \"opensora\"}}; "
+                                            "local paths must be under CURATE_ALLOWED_DIRS."),
+        "filters": filters_param(),
     }
+
+
+#: the filter rules beyond min_sim/min_duration/max_duration, as JSON Schema (see `curate filter --help`)
+FILTER_SCHEMA: dict[str, Any] = {
+    **{k: {"type": "number"} for k in ("min_aesthetic", "min_motion", "max_motion", "max_dup_sim", "min_width",
+                                       "min_height", "min_aspect", "max_aspect", "min_fps")},
+    "where": {"type": "array", "items": {"type": "string", "maxLength": 2000}},
+    "top_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+    "top_by": {"type": "string", "pattern": NAME_PATTERN},
+    "max_per_source": {"type": "integer", "minimum": 1},
+    "per_source_by": {"type": "string", "pattern": NAME_PATTERN},
+    "preset": {"type": "string", "enum": ["internvid-flt", "internvid-aes", "panda", "opensora"]},
+}
+
+
+def filters_param() -> Param:
+    return Param({}, type="object", properties=FILTER_SCHEMA, additionalProperties=False,
+                 description="More filter rules: where (expressions), top_percent/top_by, max_per_source/"
+                             "per_source_by, preset, min_aesthetic, min_motion, max_motion, max_dup_sim, min_width, "
+                             "min_height, min_aspect, max_aspect, min_fps (as `curate filter`).")
+
+
+def filter_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of curate.filter.filter_clips from a run's params."""
+    return {"min_sim": params.get("min_sim"), "min_duration": params.get("min_duration"),
+            "max_duration": params.get("max_duration"), **dict(params.get("filters") or {})}
+
+
+def check_scorer_options(options: dict[str, Any], dirs: Sequence[str]) -> dict[str, dict[str, str]]:
+    return {str(k): check_encoder_options(v or {}, dirs) for k, v in (options or {}).items()}
 
 
 def refilter_params() -> dict[str, Param]:
     p = pipeline_params()
-    keep = ("root", "min_sim", "min_duration", "max_duration", "shard_size")
+    keep = ("root", "min_sim", "min_duration", "max_duration", "shard_size", "filters")
     out = {k: p[k] for k in keep}
     out["subset"] = Param("refiltered", type="string", pattern=NAME_PATTERN,
                           description="Name of the new subset (must differ from the subset whose event "
