@@ -7,6 +7,8 @@ Makes a source of ``--seconds`` at ``--height``p with a hard cut every 2-5 s (ff
 
 - decode: one ``ffmpeg -v error -i SRC -f null -`` pass (the floor on CPU);
 - split: `curate split` (ContentDetector) as a multiple of that decode;
+- one pass: `curate process` (split + frame sampling + preprocessing in one decode) with a tiny
+  encoder, as a multiple of the decode;
 - embed: `curate embed` with the ``clip`` encoder (random weights, full-size model, 8 frames/clip),
   end-to-end clips/s next to the encoder's pure forward clips/s on the same number of frames;
 - naive: what per-clip tools do: ffmpeg cuts every clip (re-encode), then each clip file is
@@ -103,6 +105,30 @@ def main() -> None:
         "forward_clips_per_s": round(forward_cps, 2), "embed_vs_forward": round(n_clips / t_embed / forward_cps, 2),
         "split_plus_embed_s": round(t_split + t_embed, 2),
     }
+    # one decode pass for split + frame sampling (`curate process`), with a tiny encoder so that the
+    # model costs ~nothing and the figure is decode + detection + sampling + preprocessing
+    import json as _json
+
+    import open_clip
+
+    from curate.process import process
+
+    tiny = work / "bench-tiny.json"
+    tiny.write_text(_json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 224, "layers": 1, "width": 64,
+                                                                 "patch_size": 32},
+                                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4,
+                                              "layers": 1}}))
+    open_clip.add_model_config(tiny)
+    ckpt = work / "bench-tiny.pt"
+    torch.save(open_clip.create_model("bench-tiny").state_dict(), ckpt)
+    root2 = work / "ds2"
+    ingest(root2, [str(src)])
+    t_fused, r2 = timed(lambda: process(root2, "clip", options={"model_config": str(tiny), "weights": str(ckpt)},
+                                        min_clip_s=0.5, max_clip_s=60, device="cpu"))
+    t_decode2, _ = timed(lambda: subprocess.run(["ffmpeg", "-v", "error", "-i", str(src), "-f", "null", "-"],
+                                                check=True))
+    result.update(one_pass_split_sample_s=round(t_fused, 2), one_pass_x_decode=round(t_fused / t_decode2, 2),
+                  one_pass_clips=r2.extra["clips"])
     if not args.skip_naive:
         import pandas as pd
 

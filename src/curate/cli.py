@@ -184,6 +184,31 @@ def embed(
 
 @app.command()
 @_guard
+def process(
+    root: Path = ROOT_OPT,
+    encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder plugin name (`curate plugins`)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value, repeatable."),
+    name: str | None = typer.Option(None, help="Name of the embedding set (default: the encoder name)."),
+    detector: str = typer.Option("content", help="content, adaptive or threshold (PySceneDetect detectors)."),
+    threshold: float | None = typer.Option(None, help="Detector threshold (content 27, adaptive 3, threshold 12)."),
+    min_clip_s: float = typer.Option(1.0, help="Drop scenes shorter than this (seconds)."),
+    max_clip_s: float = typer.Option(60.0, help="Cut scenes longer than this into equal pieces (seconds; 0 = no limit)."),
+    device: str = typer.Option("auto", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
+    batch_size: int = typer.Option(32, help="Clips per forward pass."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Split and embed in ONE decode pass per source (= split, then embed -o decoder=ffmpeg)."""
+    from curate.embed import parse_options
+    from curate.process import process as run
+
+    r = run(root, encoder, options=parse_options(option), name=name, detector=detector,
+            detector_options={"threshold": threshold} if threshold is not None else None, min_clip_s=min_clip_s,
+            max_clip_s=max_clip_s or None, device=device, batch_size=batch_size, progress=RichProgress())
+    _finish(r, json_out)
+
+
+@app.command()
+@_guard
 def score(
     root: Path = ROOT_OPT,
     encoder: str | None = typer.Option(None, "--encoder", "-e", help="Only this embedding set (default: all)."),

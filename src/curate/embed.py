@@ -33,10 +33,24 @@ def parse_options(pairs: Iterable[str]) -> dict[str, str]:
     return out
 
 
+#: options every encoder takes, handled here rather than by the plugin
+DECODERS = ("decord", "ffmpeg")
+
+
 def load_encoder(encoder: str, options: dict[str, Any] | None = None, device: str = "auto"):
+    """Create an encoder from its plugin. ``decoder=decord|ffmpeg`` (any encoder) picks how clip frames are
+    read: decord's random access (default), or one sequential ffmpeg decode per source (what
+    `curate process` uses, so that its embeddings equal `curate embed -o decoder=ffmpeg`)."""
     from curate.plugins import get_encoder
 
-    return get_encoder(encoder).create(device=device, **(options or {}))
+    options = dict(options or {})
+    decoder = str(options.pop("decoder", "decord"))
+    if decoder not in DECODERS:
+        raise CurateError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
+    enc = get_encoder(encoder).create(device=device, **options)
+    if decoder != "decord" or not hasattr(enc, "decoder"):
+        enc.decoder = decoder
+    return enc
 
 
 def _meta(encoder_name: str, options: dict, enc) -> dict:

@@ -72,7 +72,15 @@ def decode_source(root: Root, sampler: Sampler, src: dict, clips: list[dict]) ->
 
 def decode_clips(root: Root, sampler: Sampler, groups: list[tuple[dict, list[dict]]], *, workers: int = 2,
                  frames_per_clip: int = 8) -> Iterator[tuple[dict, Any, str | None]]:
-    """Decoded clips in source order, decoding up to ``2 * workers`` chunks ahead of the consumer."""
+    """Decoded clips in source order, decoding up to ``2 * workers`` chunks ahead of the consumer.
+
+    Samplers with ``decoder = "ffmpeg"`` are served by one sequential ffmpeg decode per source (a
+    producer thread runs ahead of the consumer); the others by decord's random access.
+    """
+    if getattr(sampler, "decoder", "decord") == "ffmpeg":
+        yield from _ahead((item for src, clips in groups for item in decode_source_ffmpeg(root, sampler, src, clips)),
+                          size=max(8, 4 * workers))
+        return
     step = max(1, MAX_FRAMES_PER_READ // max(1, frames_per_clip))
     chunks = [(src, clips[i:i + step]) for src, clips in groups for i in range(0, len(clips), step)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -87,6 +95,45 @@ def decode_clips(root: Root, sampler: Sampler, groups: list[tuple[dict, list[dic
             yield from fut.result()
 
 
+def _ahead(items: Iterator, size: int) -> Iterator:
+    """Run ``items`` in a producer thread, up to ``size`` items ahead of the consumer."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    break
+                q.put(item)
+        except BaseException as e:  # surfaced in the consumer
+            q.put(e)
+        finally:
+            q.put(done)
+
+    t = threading.Thread(target=produce, daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except Exception:
+                pass
+
+
 def batches(items: Iterable, size: int) -> Iterator[list]:
     batch = []
     for item in items:
@@ -96,3 +143,78 @@ def batches(items: Iterable, size: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
+
+
+#: frames for encoders that do not ask the decoder for a size, with decoder=ffmpeg: shorter side in px
+FFMPEG_SAMPLE_SHORT_SIDE = 256
+
+
+def sample_stream(sampler: Sampler, width: int, height: int):
+    """The decoded stream encoders sample from with ``decoder=ffmpeg``: RGB, area-scaled in ffmpeg to the
+    encoder's decode size (or a shorter side of 256 px). `curate embed` and `curate process` both use it,
+    which is what makes their embeddings equal."""
+    from curate.media import Stream, scaled_size
+
+    size = sampler.decode_size(width, height) or scaled_size(width, height, FFMPEG_SAMPLE_SHORT_SIDE)
+    return Stream(int(size[0]), int(size[1]), "rgb24", "area")  # area: an antialiased downscale, cheaper than bicubic
+
+
+def clip_frame_indices(sampler: Sampler, clip: dict, fps: float, n_decodable: int | None = None) -> list[int]:
+    """Absolute frame indices a sampler wants from one clip."""
+    a, b = int(clip["start_frame"]), int(clip["end_frame"])
+    if n_decodable is not None:
+        b = min(b, n_decodable)
+    if b <= a:
+        raise MediaError(f"clip frames {a}-{clip['end_frame']} are past the decodable end ({n_decodable} frames)")
+    return [a + i for i in sampler.frame_indices(b - a, fps)]
+
+
+def decode_source_ffmpeg(root: Root, sampler: Sampler, src: dict, clips: list[dict]) -> Iterator[tuple[dict, Any, str | None]]:
+    """One sequential ffmpeg decode of a source; yields each clip as soon as its last sampled frame is read,
+    so memory holds the sampled frames of the open clips only."""
+    from curate.media import decode_streams
+
+    clips = sorted(clips, key=lambda c: int(c["start_frame"]))
+    fps = float(src["fps"])
+    wants: list[list[int]] = []
+    for c in clips:
+        try:
+            wants.append(clip_frame_indices(sampler, c, fps))
+        except MediaError as e:
+            wants.append([])
+            yield c, None, str(e)
+    by_frame: dict[int, list[int]] = {}
+    for ci, idx in enumerate(wants):
+        for f in set(idx):
+            by_frame.setdefault(f, []).append(ci)
+    got: dict[int, dict[int, np.ndarray]] = {}
+    last = {ci: max(idx) for ci, idx in enumerate(wants) if idx}
+    emitted: set[int] = {ci for ci, idx in enumerate(wants) if not idx}
+    previous = None
+    try:
+        stream = sample_stream(sampler, int(src["width"]), int(src["height"]))
+        for f, (frame,) in enumerate(decode_streams(root.inside(src["media_path"]), [stream], base=0)):
+            previous = frame
+            for ci in by_frame.get(f, ()):
+                got.setdefault(ci, {})[f] = frame
+            for ci in [ci for ci, lf in last.items() if lf <= f and ci not in emitted]:
+                emitted.add(ci)
+                yield clips[ci], _prep(sampler, wants[ci], got.pop(ci, {}), previous), None
+            if len(emitted) == len(clips):
+                return  # every clip served: stop decoding (kills ffmpeg)
+    except Exception as e:  # undecodable, killed by the watchdog, ...
+        for ci, c in enumerate(clips):
+            if ci not in emitted:
+                emitted.add(ci)
+                yield c, None, str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        return
+    for ci, c in enumerate(clips):  # the stream ended early: clamp to the last frame, as get_frames does
+        if ci not in emitted:
+            if previous is None:
+                yield c, None, "no frame could be decoded"
+            else:
+                yield c, _prep(sampler, wants[ci], got.pop(ci, {}), previous), None
+
+
+def _prep(sampler: Sampler, idx: list[int], frames: dict[int, np.ndarray], fallback: np.ndarray):
+    return sampler.preprocess(np.stack([frames.get(i, fallback) for i in idx]))

@@ -136,3 +136,117 @@ def get_frames(vr, indices: list[int]):
         return vr.get_batch(idx).asnumpy()
     except Exception as e:
         raise MediaError(f"decoding frames failed ({str(e).splitlines()[0][:200]})") from e
+
+
+@dataclass
+class Stream:
+    """One raw output of :func:`decode_streams`: frames scaled to ``width`` x ``height`` in ``pix_fmt``."""
+
+    width: int
+    height: int
+    pix_fmt: str = "rgb24"  # rgb24 for models, bgr24 for OpenCV / PySceneDetect
+    flags: str = "bicubic"  # swscale algorithm (fast_bilinear for scene detection)
+
+
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Even dimensions whose shorter side is ``short_side`` (never larger than the source)."""
+    s = min(short_side, width, height)
+    if width <= height:
+        w, h = s, height * s / width
+    else:
+        w, h = width * s / height, s
+    return max(2, int(round(w / 2)) * 2), max(2, int(round(h / 2)) * 2)
+
+
+def decode_streams(path: Path, streams: list[Stream], *, skip_loop_filter: bool = False,
+                   timeout_s: float | None = None, duration_s: float | None = None, base: int | None = None):
+    """Decode the first video stream ONCE and yield, per frame, a tuple with one array per ``streams`` entry.
+
+    ffmpeg decodes (threaded) and scales each output in C; each output has its own pipe, read by its
+    own thread, so neither can stall the other. A watchdog kills ffmpeg after ``timeout_s`` (default:
+    60 s plus 3x the duration), so a file that makes the decoder hang cannot hang a stage. Stopping the
+    iteration early kills ffmpeg.
+    """
+    import os
+    import queue
+    import threading
+
+    import numpy as np
+
+    if duration_s is None:
+        duration_s = probe(path).duration_s
+    n = len(streams)
+    cmd = ["ffmpeg", "-nostdin", "-v", "error"]
+    if skip_loop_filter:
+        cmd += ["-skip_loop_filter", "all"]
+    cmd += ["-i", _abs(path)]
+    chains = [f"scale={s.width}:{s.height}:flags={s.flags},format={s.pix_fmt}" for s in streams]
+    head = "[0:v:0]"
+    if base is not None:  # scale from full resolution once (stream `base`); the others are scaled from it
+        b = streams[base]
+        head = f"[0:v:0]scale={b.width}:{b.height}:flags={b.flags},"
+        chains[base] = f"format={b.pix_fmt}"
+    if n == 1:
+        graph = head + chains[0] + "[o0]"
+    else:
+        graph = head + f"split={n}" + "".join(f"[i{i}]" for i in range(n)) + ";" + ";".join(
+            f"[i{i}]{c}[o{i}]" for i, c in enumerate(chains))
+    cmd += ["-filter_complex", graph]
+    pipes = [os.pipe() for _ in range(n - 1)]
+    for i, s in enumerate(streams):
+        target = "pipe:1" if i == 0 else f"pipe:{pipes[i - 1][1]}"
+        cmd += ["-map", f"[o{i}]", "-f", "rawvideo", "-pix_fmt", s.pix_fmt, target]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=[w for _, w in pipes])
+    for _, w in pipes:
+        os.close(w)  # ffmpeg holds the write ends now
+    files = [proc.stdout, *[os.fdopen(r, "rb", buffering=0) for r, _ in pipes]]
+    queues: list[queue.Queue] = [queue.Queue(maxsize=16) for _ in range(n)]
+    stop = threading.Event()
+
+    def reader(f, q, s: Stream) -> None:
+        size = s.width * s.height * 3
+        try:
+            while not stop.is_set():
+                buf = f.read(size)
+                while buf is not None and 0 < len(buf) < size:  # raw pipes may return short reads
+                    more = f.read(size - len(buf))
+                    if not more:
+                        break
+                    buf += more
+                if not buf or len(buf) < size:
+                    break
+                q.put(np.frombuffer(buf, np.uint8).reshape(s.height, s.width, 3))
+        finally:
+            q.put(None)
+
+    threads = [threading.Thread(target=reader, args=(f, q, s), daemon=True) for f, q, s in zip(files, queues, streams)]
+    for t in threads:
+        t.start()
+    limit = timeout_s if timeout_s is not None else 60 + 3 * duration_s
+    timer = threading.Timer(limit, proc.kill)
+    timer.start()
+    finished = False
+    try:
+        while True:
+            frames = [q.get() for q in queues]
+            if any(f is None for f in frames):
+                break
+            yield tuple(frames)
+        finished = True
+    finally:
+        stop.set()
+        for q in queues:  # unblock readers waiting to put
+            while not q.empty():
+                q.get_nowait()
+        if proc.poll() is None and not finished:
+            proc.kill()
+        proc.wait()
+        timer.cancel()
+        for f in files[1:]:
+            f.close()
+    if finished:
+        if proc.returncode != 0:
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
+            if proc.returncode < 0:
+                raise MediaError(f"decoding took longer than {limit:.0f} s (killed)")
+            raise MediaError(f"ffmpeg could not decode the video ({(err or ['unknown error'])[-1][:300]})")

@@ -69,58 +69,42 @@ class SceneDetectSplitter:
         for n, frame in enumerate(decode_bgr(path, DETECT_WIDTH)):
             last = sd.FrameTimecode(n, fps)
             cuts += [c.frame_num for c in detector.process_frame(last, frame)]
-        if last is not None:
-            cuts += [c.frame_num for c in detector.post_process(last)]
-        bounds = [0, *sorted({c for c in cuts if 0 < c < n + 1}), n + 1]
-        return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+        if last is None:
+            return [(0, num_frames)]
+        cuts += [c.frame_num for c in detector.post_process(last)]
+        return scenes_from_cuts(cuts, n + 1)
 
 
 #: detectors see frames this wide (PySceneDetect's own auto-downscale aims at 256 px too)
 DETECT_WIDTH = 256
 
 
+def detect_stream(width: int, height: int, detect_width: int = DETECT_WIDTH):
+    """The frames scene detectors see: BGR, ``detect_width`` px wide, fast bilinear downscale."""
+    from curate.media import Stream
+
+    w = min(detect_width, width) // 2 * 2 or 2
+    return Stream(w, max(2, int(round(height * w / width / 2)) * 2), "bgr24", "fast_bilinear")
+
+
 def decode_bgr(path: Path, width: int, timeout_s: float | None = None):
-    """Every frame of the first video stream, downscaled to ``width`` px, as BGR uint8 arrays.
+    """Every frame of the first video stream, downscaled to ``width`` px, as BGR uint8 arrays (one decode).
 
-    A watchdog kills ffmpeg when decoding takes longer than ``timeout_s`` (default: 60 s plus 3x the
-    video's duration is generous), so a file that makes the decoder hang cannot hang the stage.
+    Without deblocking (skip_loop_filter) and with a fast bilinear downscale: cut detection does not
+    need them, and without them this pass costs about one `ffmpeg -f null` decode of the source.
     """
-    import subprocess
-    import threading
-
-    import numpy as np
-
-    from curate.media import MediaError, _abs, probe
+    from curate.media import decode_streams, probe
 
     pr = probe(path)
-    w = min(width, pr.width) // 2 * 2 or 2
-    h = max(2, int(round(pr.height * w / pr.width / 2)) * 2)
-    # skip_loop_filter (H.264/HEVC deblocking) and a fast bilinear downscale: cut detection does not need
-    # them, and without them this pass costs about one `ffmpeg -f null` decode of the source
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-skip_loop_filter", "all", "-i", _abs(path), "-map", "0:v:0",
-           "-vf", f"scale={w}:{h}:flags=fast_bilinear", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
-    size = w * h * 3
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=size * 4)
-    limit = timeout_s if timeout_s is not None else 60 + 3 * pr.duration_s
-    timer = threading.Timer(limit, proc.kill)
-    timer.start()
-    try:
-        while True:
-            buf = proc.stdout.read(size)
-            if len(buf) < size:
-                break
-            yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
-        proc.wait()
-        if not timer.is_alive():
-            raise MediaError(f"decoding took longer than {limit:.0f} s (killed)")
-        if proc.returncode != 0:
-            msg = (proc.stderr.read().decode(errors="replace").strip().splitlines() or ["unknown error"])[-1]
-            raise MediaError(f"ffmpeg could not decode the video ({msg[:300]})")
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    for (frame,) in decode_streams(path, [detect_stream(pr.width, pr.height, width)], skip_loop_filter=True,
+                                   timeout_s=timeout_s, duration_s=pr.duration_s):
+        yield frame
+
+
+def scenes_from_cuts(cuts, n_frames: int) -> list[tuple[int, int]]:
+    """Frame ranges [a, b) covering ``n_frames`` decoded frames, cut at the detector's cut frames."""
+    bounds = [0, *sorted({c for c in cuts if 0 < c < n_frames}), n_frames]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def shape_scenes(ranges: Iterable[tuple[int, int]], fps: float, *, min_clip_s: float, max_clip_s: float | None,

@@ -1,0 +1,249 @@
+"""Process: split and embed in ONE decode pass per source (`curate process`).
+
+Each source is decoded once by ffmpeg into two scaled streams: the small BGR frames the scene
+detector reads, and the frames the encoder samples from (its decode size, as `curate embed -o
+decoder=ffmpeg` reads them). Frames of the scene in progress are kept in a disk-backed array under
+``ROOT/.tmp`` (memory stays flat however long a shot is); when the detector closes a scene, its clips
+are cut by the same rules as `curate split`, their frames sampled and queued for the encoder, which
+runs batches while decoding goes on. The clips and embeddings written are those `curate split` then
+`curate embed -o decoder=ffmpeg` would write; sources already split are embedded the usual way.
+
+One difference with `curate split`: the detector sees deblocked frames here (the encoder needs them),
+while `curate split` skips deblocking for speed; on hard cuts both give the same scenes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from curate.embed import _embed_batch, _meta, check_meta, load_encoder
+from curate.frames import _ahead, sample_stream
+from curate.media import decode_streams
+from curate.progress import NullProgress, Progress, StageResult
+from curate.split import clip_id, detect_stream, shape_scenes
+from curate.store import SCHEMAS, Root, embedding_schema, rows_to_table, write_bytes_atomic
+
+
+class _SceneFrames:
+    """The frames of the scene in progress, in a growable memory-mapped file (not RAM)."""
+
+    def __init__(self, directory, shape: tuple[int, int, int]) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="scene-", suffix=".u8", dir=directory)
+        os.close(fd)
+        self.shape, self.cap, self.start, self.n = shape, 0, 0, 0
+        self.mm: np.memmap | None = None
+
+    def append(self, frame: np.ndarray) -> None:
+        if self.n == self.cap:
+            self.cap = max(64, self.cap * 2)
+            old = self.mm
+            self.mm = np.memmap(self.path, np.uint8, "r+" if old is not None else "w+", shape=(self.cap, *self.shape))
+        self.mm[self.n] = frame
+        self.n += 1
+
+    def get(self, frame_index: int) -> np.ndarray:
+        return np.asarray(self.mm[min(frame_index - self.start, self.n - 1)])
+
+    def drop_before(self, frame_index: int) -> None:
+        """Forget frames before ``frame_index`` (the new scene's start), keeping the ones after it."""
+        k = frame_index - self.start
+        if k <= 0:
+            return
+        rest = self.n - k
+        if rest > 0:
+            self.mm[:rest] = self.mm[k:self.n]
+        self.n, self.start = max(0, rest), frame_index
+
+    def close(self) -> None:
+        self.mm = None
+        os.unlink(self.path)
+
+
+def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | None = None, name: str | None = None,
+            detector: str = "content", detector_options: dict[str, Any] | None = None, min_clip_s: float = 1.0,
+            max_clip_s: float | None = 60.0, device: str = "auto", batch_size: int = 32, flush_every: int = 512,
+            progress: Progress | None = None, encoder_obj=None) -> StageResult:
+    """Split and embed every ingested source not split yet, decoding each source once."""
+    import pyarrow.parquet as pq
+
+    from curate.embed import embed
+    from curate.plugins import get_encoder, get_splitter
+
+    root = Root(root) if not isinstance(root, Root) else root
+    progress = progress or NullProgress()
+    options = {**{k: str(v) for k, v in (options or {}).items()}, "decoder": "ffmpeg"}
+    name = name or encoder
+    get_encoder(encoder)
+    splitter = get_splitter(detector).create(**(detector_options or {}))
+    if not hasattr(splitter, "make_detector"):
+        raise_msg = f"splitter {detector!r} is not a PySceneDetect detector: use `curate split` then `curate embed`"
+        from curate.errors import CurateError
+
+        raise CurateError(raise_msg)
+    result = StageResult("process", extra={"encoder": encoder, "name": name, "detector": detector})
+    with root.ensure().shared_run("split") as run, root.lock(f"embed-{name}"):
+        if run.first:
+            with root.write_lock("clips"):
+                root.clips.repair()
+        run.ready()
+        check_meta(root, name, encoder, options)
+        table = root.embeddings(name)
+        table.repair()
+        seen_parts = set(root.clips.parts())
+        done = set(root.clips.read_arrow(columns=["source_id"])["source_id"].to_pylist())
+        sources = [s for s in root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames",
+                                                                "width", "height", "duration_s", "caption"]).to_pylist()
+                   if s["status"] == "ok" and s["source_id"] not in done]
+        result.total = len(sources)
+        enc = encoder_obj or load_encoder(encoder, options, device)
+        enc.decoder = "ffmpeg"
+        if not (table.path / "_meta.json").exists():
+            write_bytes_atomic(json.dumps(_meta(encoder, options, enc), indent=2, default=str), table.path / "_meta.json")
+        progress.start(len(sources), f"process ({detector} + {name})")
+        tmpdir = root.path / ".tmp"
+        tmpdir.mkdir(exist_ok=True)
+
+        def items():
+            for src in sources:
+                if run.claim(src["source_id"]):
+                    yield from _process_source(root, src, enc, splitter, detector, min_clip_s, max_clip_s, tmpdir)
+                else:
+                    yield "skip", src, None
+
+        rows: list[dict] = []      # embeddings ready to write (their clips are in the table)
+        waiting: dict[str, list[dict]] = {}  # source id -> embeddings whose clips are not written yet
+        written: set[str] = set()
+        dropped: set[str] = set()
+        batch: list = []
+        clips_written = 0
+
+        def run_batch() -> None:
+            for r in _embed_batch(enc, batch):
+                sid = r["clip_id"].rsplit("-", 2)[0]
+                if sid in written:
+                    rows.append(r)
+                elif sid not in dropped:
+                    waiting.setdefault(sid, []).append(r)
+            batch.clear()
+            if len(rows) >= flush_every:
+                table.append(rows_to_table(rows, embedding_schema()))
+                rows.clear()
+
+        for kind, src, payload in _ahead(items(), size=2 * batch_size):  # decoding runs ahead of the model
+            sid = src["source_id"]
+            if kind == "clip":
+                batch.append(payload)
+                if len(batch) >= batch_size:
+                    run_batch()
+                continue
+            if kind == "skip":
+                result.total -= 1
+                result.skipped += 1
+                continue
+            clip_rows = payload  # kind == "end": the source's clips, or its one error row
+            with root.write_lock("clips"):
+                for part in set(root.clips.parts()) - seen_parts:
+                    done.update(pq.read_table(part, columns=["source_id"])["source_id"].to_pylist())
+                    seen_parts.add(part)
+                if sid in done:  # a concurrent run finished it first
+                    result.total -= 1
+                    result.skipped += 1
+                    dropped.add(sid)
+                    waiting.pop(sid, None)
+                    continue
+                seen_parts.add(root.clips.append(rows_to_table(clip_rows, SCHEMAS["clips"])))
+            if clip_rows and clip_rows[0]["status"] == "error":  # embeddings of its clips would be orphans
+                dropped.add(sid)
+                waiting.pop(sid, None)
+                result.add_error(sid, clip_rows[0]["error"])
+            else:
+                written.add(sid)
+                rows.extend(waiting.pop(sid, []))
+                result.ok += 1
+                clips_written += len(clip_rows)
+            progress.advance()
+        if batch:
+            run_batch()
+        if rows:
+            table.append(rows_to_table(rows, embedding_schema()))
+        with root.write_lock("clips"):
+            root.clips.maybe_compact()
+        table.maybe_compact()
+        result.extra["clips"] = clips_written
+    # clips of sources split before (by `curate split`) still need embeddings: the usual way
+    leftover = embed(root, encoder, options=options, name=name, device=device, batch_size=batch_size, encoder_obj=enc)
+    result.extra["embedded_separately"] = leftover.total
+    return result.done()
+
+
+def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_clip_s: float, max_clip_s: float | None,
+                    tmpdir):
+    """One decode of one source. Yields ("clip", src, (clip row, model input, error)) as scenes close,
+    then ("end", src, clip rows) (or one error row)."""
+    import scenedetect as sd
+
+    sid, fps, n_probe = src["source_id"], float(src["fps"]), int(src["num_frames"])
+    now = time.time()
+    w, h = int(src["width"]), int(src["height"])
+    det_stream, enc_stream = detect_stream(w, h), sample_stream(enc, w, h)
+    scene = _SceneFrames(tmpdir, (enc_stream.height, enc_stream.width, 3))
+    detector_obj = splitter.make_detector()
+    clip_rows: list[dict] = []
+    ready: list[tuple] = []
+    scene_start = 0
+
+    def close_scene(a: int, b: int) -> None:
+        for ca, cb in shape_scenes([(a, b)], fps, min_clip_s=min_clip_s, max_clip_s=max_clip_s, num_frames=n_probe):
+            row = {"clip_id": clip_id(sid, ca, cb), "source_id": sid, "clip_index": len(clip_rows),
+                   "start_s": ca / fps, "end_s": cb / fps, "start_frame": ca, "end_frame": cb,
+                   "duration_s": (cb - ca) / fps, "caption": src.get("caption"), "splitter": detector,
+                   "status": "ok", "error": None, "updated_at": now}
+            clip_rows.append(row)
+            try:
+                idx = [ca + i for i in enc.frame_indices(cb - ca, fps)]
+                ready.append(("clip", src, (row, enc.preprocess(np.stack([scene.get(i) for i in idx])), None)))
+            except Exception as e:
+                ready.append(("clip", src, (row, None, str(e).splitlines()[0][:300] if str(e) else type(e).__name__)))
+
+    def cut_at(c: int, n: int) -> None:
+        nonlocal scene_start
+        if scene_start < c <= n:
+            close_scene(scene_start, c)
+            scene.drop_before(c)
+            scene_start = c
+
+    try:
+        n = 0
+        last = None
+        # scaled once from full resolution to the encoder's size; the detector's frames from that
+        for n, (small, frame) in enumerate(decode_streams(root.inside(src["media_path"]), [det_stream, enc_stream],
+                                                          duration_s=src.get("duration_s"), base=1)):
+            scene.append(frame)
+            last = sd.FrameTimecode(n, fps)
+            for c in detector_obj.process_frame(last, small):
+                cut_at(c.frame_num, n)
+            yield from ready
+            ready.clear()
+        if last is not None:
+            for c in detector_obj.post_process(last):
+                cut_at(c.frame_num, n)
+            close_scene(scene_start, n + 1)
+            yield from ready
+    except Exception as e:
+        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        yield "end", src, [{"clip_id": f"{sid}-error", "source_id": sid, "status": "error", "splitter": detector,
+                            "error": f"scene detection failed: {msg}", "updated_at": now}]
+        return
+    finally:
+        scene.close()
+    if not clip_rows:
+        yield "end", src, [{"clip_id": f"{sid}-none", "source_id": sid, "status": "error", "splitter": detector,
+                            "error": f"no scene of at least {min_clip_s} s", "updated_at": now}]
+        return
+    yield "end", src, clip_rows
