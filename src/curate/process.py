@@ -26,8 +26,8 @@ from curate.embed import _embed_batch, _meta, check_meta, load_encoder
 from curate.frames import _ahead, sample_stream
 from curate.media import decode_streams
 from curate.progress import NullProgress, Progress, StageResult
-from curate.split import clip_id, detect_stream, shape_scenes
-from curate.store import SCHEMAS, Root, embedding_schema, rows_to_table, write_bytes_atomic
+from curate.split import ClipAppender, clip_row, detect_stream, error_row, failure_message, shape_scenes
+from curate.store import Root, embedding_schema, rows_to_table, write_bytes_atomic
 
 
 class _SceneFrames:
@@ -70,7 +70,6 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
             max_clip_s: float | None = 60.0, device: str = "auto", batch_size: int = 32, flush_every: int = 512,
             progress: Progress | None = None, encoder_obj=None) -> StageResult:
     """Split and embed every ingested source not split yet, decoding each source once."""
-    import pyarrow.parquet as pq
 
     from curate.embed import embed
     from curate.plugins import get_encoder, get_splitter
@@ -95,8 +94,8 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
         check_meta(root, name, encoder, options)
         table = root.embeddings(name)
         table.repair()
-        seen_parts = set(root.clips.parts())
-        done = set(root.clips.read_arrow(columns=["source_id"])["source_id"].to_pylist())
+        appender = ClipAppender(root)
+        done = appender.done
         sources = [s for s in root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames",
                                                                 "width", "height", "duration_s", "caption"]).to_pylist()
                    if s["status"] == "ok" and s["source_id"] not in done]
@@ -147,17 +146,12 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
                 result.skipped += 1
                 continue
             clip_rows = payload  # kind == "end": the source's clips, or its one error row
-            with root.write_lock("clips"):
-                for part in set(root.clips.parts()) - seen_parts:
-                    done.update(pq.read_table(part, columns=["source_id"])["source_id"].to_pylist())
-                    seen_parts.add(part)
-                if sid in done:  # a concurrent run finished it first
-                    result.total -= 1
-                    result.skipped += 1
-                    dropped.add(sid)
-                    waiting.pop(sid, None)
-                    continue
-                seen_parts.add(root.clips.append(rows_to_table(clip_rows, SCHEMAS["clips"])))
+            if not appender.append(sid, clip_rows):  # a concurrent run finished it first
+                result.total -= 1
+                result.skipped += 1
+                dropped.add(sid)
+                waiting.pop(sid, None)
+                continue
             if clip_rows and clip_rows[0]["status"] == "error":  # embeddings of its clips would be orphans
                 dropped.add(sid)
                 waiting.pop(sid, None)
@@ -200,16 +194,13 @@ def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_cli
 
     def close_scene(a: int, b: int) -> None:
         for ca, cb in shape_scenes([(a, b)], fps, min_clip_s=min_clip_s, max_clip_s=max_clip_s, num_frames=n_probe):
-            row = {"clip_id": clip_id(sid, ca, cb), "source_id": sid, "clip_index": len(clip_rows),
-                   "start_s": ca / fps, "end_s": cb / fps, "start_frame": ca, "end_frame": cb,
-                   "duration_s": (cb - ca) / fps, "caption": src.get("caption"), "splitter": detector,
-                   "status": "ok", "error": None, "updated_at": now}
+            row = clip_row(src, ca, cb, len(clip_rows), detector, now)
             clip_rows.append(row)
             try:
                 idx = [ca + i for i in enc.frame_indices(cb - ca, fps)]
                 ready.append(("clip", src, (row, enc.preprocess(np.stack([scene.get(i) for i in idx])), None)))
             except Exception as e:
-                ready.append(("clip", src, (row, None, str(e).splitlines()[0][:300] if str(e) else type(e).__name__)))
+                ready.append(("clip", src, (row, None, failure_message(e))))
 
     def cut_at(c: int, n: int) -> None:
         nonlocal scene_start
@@ -236,14 +227,8 @@ def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_cli
             close_scene(scene_start, n + 1)
             yield from ready
     except Exception as e:
-        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        yield "end", src, [{"clip_id": f"{sid}-error", "source_id": sid, "status": "error", "splitter": detector,
-                            "error": f"scene detection failed: {msg}", "updated_at": now}]
+        yield "end", src, [error_row(sid, "error", f"scene detection failed: {failure_message(e)}", detector, now)]
         return
     finally:
         scene.close()
-    if not clip_rows:
-        yield "end", src, [{"clip_id": f"{sid}-none", "source_id": sid, "status": "error", "splitter": detector,
-                            "error": f"no scene of at least {min_clip_s} s", "updated_at": now}]
-        return
-    yield "end", src, clip_rows
+    yield "end", src, clip_rows or [error_row(sid, "none", f"no scene of at least {min_clip_s} s", detector, now)]

@@ -148,8 +148,8 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
                 root.clips.repair()
         run.ready()
         sources = root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames", "caption"])
-        seen_parts = set(root.clips.parts())
-        done = set(root.clips.read_arrow(columns=["source_id"])["source_id"].to_pylist())
+        appender = ClipAppender(root)
+        done = appender.done
         wanted = set(source_ids) if source_ids is not None else None
         todo = []
         for row in sources.to_pylist():
@@ -169,18 +169,11 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
                 progress.advance()
                 continue
             rows = split_one(root, row, splitter, detector, min_clip_s=min_clip_s, max_clip_s=max_clip_s)
-            with root.write_lock("clips"):
-                # parts written since our snapshot (a run that finished before we claimed) may hold this source
-                for part in set(root.clips.parts()) - seen_parts:
-                    done.update(pq.read_table(part, columns=["source_id"])["source_id"].to_pylist())
-                    seen_parts.add(part)
-                if row["source_id"] in done:
-                    result.total -= 1
-                    result.skipped += 1
-                    progress.advance()
-                    continue
-                new_part = root.clips.append(rows_to_table(rows, SCHEMAS["clips"]))
-                seen_parts.add(new_part)
+            if not appender.append(row["source_id"], rows):  # a run that finished before we claimed did it
+                result.total -= 1
+                result.skipped += 1
+                progress.advance()
+                continue
             crashpoint("split-source")
             if rows and rows[0]["status"] == "error":
                 result.add_error(row["source_id"], rows[0]["error"])
@@ -194,6 +187,48 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
     return result.done()
 
 
+def clip_row(src: dict, a: int, b: int, index: int, detector: str, now: float) -> dict:
+    """The clips-table row of frames [a, b) of a source."""
+    fps, sid = float(src["fps"]), src["source_id"]
+    return {"clip_id": clip_id(sid, a, b), "source_id": sid, "clip_index": index, "start_s": a / fps,
+            "end_s": b / fps, "start_frame": a, "end_frame": b, "duration_s": (b - a) / fps,
+            "caption": src.get("caption"), "splitter": detector, "status": "ok", "error": None, "updated_at": now}
+
+
+def error_row(sid: str, kind: str, message: str, detector: str, now: float) -> dict:
+    """The one row of a source that could not be split (clip_id ``<source_id>-error`` or ``-none``)."""
+    return {"clip_id": f"{sid}-{kind}", "source_id": sid, "status": "error", "error": message,
+            "splitter": detector, "updated_at": now}
+
+
+def failure_message(e: BaseException) -> str:
+    return str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+
+
+class ClipAppender:
+    """Appends the clip rows of one source at a time, unless a concurrent run already wrote that source.
+
+    It knows the sources present when it was made; under the clips write lock it reads only the parts
+    written since (by runs that finished a source we then claimed), so the check stays cheap.
+    """
+
+    def __init__(self, root: Root) -> None:
+        self.root = root
+        self.seen = set(root.clips.parts())
+        self.done = set(root.clips.read_arrow(columns=["source_id"])["source_id"].to_pylist())
+
+    def append(self, source_id: str, rows: list[dict]) -> bool:
+        with self.root.write_lock("clips"):
+            for part in set(self.root.clips.parts()) - self.seen:
+                self.done.update(pq.read_table(part, columns=["source_id"])["source_id"].to_pylist())
+                self.seen.add(part)
+            if source_id in self.done:
+                return False
+            self.seen.add(self.root.clips.append(rows_to_table(rows, SCHEMAS["clips"])))
+            self.done.add(source_id)
+            return True
+
+
 def split_one(root: Root, row: dict, splitter, detector: str, *, min_clip_s: float,
               max_clip_s: float | None) -> list[dict]:
     """Clip rows of one source; one error row (clip_id ``<source_id>-error``) when it cannot be split."""
@@ -203,17 +238,6 @@ def split_one(root: Root, row: dict, splitter, detector: str, *, min_clip_s: flo
         ranges = splitter(root.inside(row["media_path"]), fps, n)
         ranges = shape_scenes(ranges, fps, min_clip_s=min_clip_s, max_clip_s=max_clip_s, num_frames=n)
     except Exception as e:  # a broken file must not sink the batch
-        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        return [{"clip_id": f"{sid}-error", "source_id": sid, "status": "error",
-                 "error": f"scene detection failed: {msg}", "splitter": detector, "updated_at": now}]
-    rows = []
-    for i, (a, b) in enumerate(ranges):
-        rows.append({
-            "clip_id": clip_id(sid, a, b), "source_id": sid, "clip_index": i,
-            "start_s": a / fps, "end_s": b / fps, "start_frame": a, "end_frame": b, "duration_s": (b - a) / fps,
-            "caption": row.get("caption"), "splitter": detector, "status": "ok", "error": None, "updated_at": now,
-        })
-    if not rows:
-        rows.append({"clip_id": f"{sid}-none", "source_id": sid, "status": "error", "splitter": detector,
-                     "error": f"no scene of at least {min_clip_s} s", "updated_at": now})
-    return rows
+        return [error_row(sid, "error", f"scene detection failed: {failure_message(e)}", detector, now)]
+    rows = [clip_row(row, a, b, i, detector, now) for i, (a, b) in enumerate(ranges)]
+    return rows or [error_row(sid, "none", f"no scene of at least {min_clip_s} s", detector, now)]
