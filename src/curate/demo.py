@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         "split": {"detector": "content", "min_clip_s": 1.0, "max_clip_s": 5.0},
         "embed": [{"encoder": "clip", "options": {"model": args.model, "weights": weights}, "batch_size": 16}],
         "score": {},
-        "filter": {"subset": "demo", "min_sim": 0.0 if args.offline else 0.2, "min_duration": 1.0},
+        # random weights give meaningless similarities: offline, only the duration rule applies
+        "filter": {"subset": "demo", "min_sim": None if args.offline else 0.2, "min_duration": 1.0},
         "publish": {"subset": "demo", "shard_size": 8},
     }
     cfg_path = root / "demo.yaml"

@@ -45,6 +45,7 @@ def register_model_config(path: str | Path) -> str:
 def load_open_clip(model: str, weights: str, device: str, model_config: str | None = None):
     """Build an open_clip model and its tokenizer; weights resolved as described in the module docstring."""
     import open_clip
+    import torch
 
     if model_config:
         model = register_model_config(model_config)
@@ -62,6 +63,7 @@ def load_open_clip(model: str, weights: str, device: str, model_config: str | No
         raise CurateError(f"Unknown open_clip architecture {model!r}. Known: see open_clip.list_models(), "
                           "or pass model_config=path.json for a custom one.")
     if weights == "random":
+        torch.manual_seed(0)  # reproducible: two runs with random weights give the same scores
         m = open_clip.create_model(model, pretrained=None, device=device)
         return m.eval(), open_clip.get_tokenizer(model), "random"
     tags = open_clip.list_pretrained_tags_by_model(model)
