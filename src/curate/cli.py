@@ -69,9 +69,9 @@ def _finish(result, json_out: bool = False) -> None:
         stage = d.get("stage", "filter")
         parts = [f"{k}={d[k]}" for k in ("total", "ok", "error", "skipped") if k in d]
         extra = {k: v for k, v in d.items() if k not in ("stage", "total", "ok", "error", "skipped", "errors", "seconds")}
-        console.print(f"[bold green]{stage}[/] " + " ".join(parts)
-                      + (f" in {d['seconds']:.1f}s" if "seconds" in d else "")
-                      + ("  " + " ".join(f"{k}={v}" for k, v in extra.items() if not isinstance(v, (list, dict))) if extra else ""))
+        line = (" ".join(parts) + (f" in {d['seconds']:.1f}s" if "seconds" in d else "")
+                + ("  " + " ".join(f"{k}={v}" for k, v in extra.items() if not isinstance(v, (list, dict))) if extra else ""))
+        console.print(f"[bold green]{stage}[/] " + escape(line))
         for e in d.get("errors", [])[:10]:
             console.print(f"  [red]error[/] {escape(str(e))}")
         if d.get("error", 0) > 10:
@@ -369,9 +369,8 @@ def run(config: Path = typer.Argument(..., help="YAML file (see configs/); relat
     from curate.pipeline import load_config, run_config
 
     cfg = load_config(config)
-    results = run_config(cfg, RichProgress, on_result=lambda r: _finish(r) if hasattr(r, "as_dict") else
-                         console.print(f"[bold green]filter[/] kept {r['kept']} of {r['total']} clips"))
-    _ = results
+    run_config(cfg, RichProgress, on_result=lambda r: _finish(r) if hasattr(r, "as_dict") else
+               console.print(f"[bold green]filter[/] kept {r['kept']} of {r['total']} clips"))
     _status_table(cfg["root"])
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.encoders.base import Encoder, EncoderInfo, autocast, autocast_dtype, l2_normalize, parse_bool
+from curate.encoders.base import Encoder, EncoderInfo, autocast, autocast_dtype, l2_normalize
 from curate.errors import CurateError, WeightsUnavailable
 from curate.weights import is_offline, resolve_weights, weights_help
 
@@ -210,5 +210,3 @@ def preprocess_clip_frames(frames: np.ndarray, size: int, mean, std):
     x = x.float().div_(255.0)
     return (x - mean) / std
 
-
-_ = parse_bool  # re-exported for plugins
