@@ -384,9 +384,10 @@ def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON."
     if json_out:
         out.print_json(json.dumps([c.as_dict() for c in comps]))
         return
-    t = RichTable("kind", "name", "package", "plugin", "description")
+    t = RichTable("kind", "name", "package", "description", caption="`curate plugins --json` adds each plugin module "
+                                                                       "and its options")
     for c in comps:
-        t.add_row(c.kind, c.name, c.package, c.plugin, c.description)
+        t.add_row(c.kind, c.name, c.package, c.description)
     out.print(t)
 
 

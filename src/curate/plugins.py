@@ -138,7 +138,8 @@ def get_scorers() -> dict[str, Component]:
 
 
 def all_components() -> list[Component]:
-    return [*get_encoders().values(), *get_splitters().values(), *get_scorers().values()]
+    """Encoders, splitters, scorers; each kind sorted by name (pluggy calls hooks last-registered first)."""
+    return [c for reg in (get_encoders(), get_splitters(), get_scorers()) for c in sorted(reg.values(), key=lambda c: c.name)]
 
 
 def _get(kind: str, registry: dict[str, Component], name: str) -> Component:
