@@ -287,3 +287,47 @@ def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(stage, tmp_pat
 
 def test_caption_fixture_has_a_clip_without_caption():
     assert None in CAPTIONS.values()  # the crash tests cover the no-caption error path too
+
+
+def test_a_decoder_that_hangs_cannot_hang_the_stage(monkeypatch, tmp_path, source_list):
+    """decord calls cannot be interrupted: the chunk is abandoned after CURATE_DECODE_TIMEOUT_S, the rest goes on."""
+    import threading
+
+    from curate.frames import clip_groups, decode_clips
+
+    root = Root(tmp_path / "ds")
+    ingest(root, source_list)
+    split(root, min_clip_s=0.5, max_clip_s=2.0)
+    groups = clip_groups(root)
+    stuck_source = groups[0][0]["source_id"]
+    release = threading.Event()
+
+    class Sampler:
+        def frame_indices(self, n, fps):
+            return [0]
+
+        def decode_size(self, w, h):
+            return (32, 24)
+
+        def preprocess(self, frames):
+            return frames.shape
+
+    import curate.frames as frames_mod
+
+    real = frames_mod.decode_source
+
+    def decode_source(root_, sampler, src, clips):
+        if src["source_id"] == stuck_source:
+            release.wait(60)  # "hangs" until the test ends
+        return real(root_, sampler, src, clips)
+
+    monkeypatch.setattr(frames_mod, "decode_source", decode_source)
+    monkeypatch.setenv("CURATE_DECODE_TIMEOUT_S", "1")
+    out = list(decode_clips(root, Sampler(), groups, workers=1, frames_per_clip=1))
+    release.set()
+    assert len(out) == sum(len(c) for _, c in groups)  # every clip accounted for
+    for clip, value, err in out:
+        if clip["source_id"] == stuck_source:
+            assert value is None and "timed out after 1 s" in err
+        else:
+            assert err is None and value == (1, 24, 32, 3)

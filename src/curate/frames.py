@@ -8,7 +8,6 @@ A *sampler* is any object with ``frame_indices(num_frames_in_clip, fps) -> [int]
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -83,16 +82,45 @@ def decode_clips(root: Root, sampler: Sampler, groups: list[tuple[dict, list[dic
         return
     step = max(1, MAX_FRAMES_PER_READ // max(1, frames_per_clip))
     chunks = [(src, clips[i:i + step]) for src, clips in groups for i in range(0, len(clips), step)]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        it = iter(chunks)
-        # range first: zip stops on it without pulling (and losing) one more chunk from `it`
-        futures = [pool.submit(decode_source, root, sampler, *c) for _, c in zip(range(max(2, 2 * workers)), it)]
-        while futures:
-            fut = futures.pop(0)
-            nxt = next(it, None)
-            if nxt is not None:
-                futures.append(pool.submit(decode_source, root, sampler, *nxt))
-            yield from fut.result()
+    timeout = decode_timeout_s()
+    it = iter(chunks)
+    # range first: zip stops on it without pulling (and losing) one more chunk from `it`
+    window = [(c, _in_daemon(decode_source, root, sampler, *c)) for _, c in zip(range(max(2, 2 * workers)), it)]
+    while window:
+        (src, clips), fut = window.pop(0)
+        nxt = next(it, None)
+        if nxt is not None:
+            window.append((nxt, _in_daemon(decode_source, root, sampler, *nxt)))
+        try:
+            yield from fut.result(timeout=timeout)
+        except TimeoutError:  # a decoder stuck inside decord: give up on this chunk, keep going
+            for c in clips:
+                yield c, None, f"decoding timed out after {timeout:.0f} s"
+
+
+def decode_timeout_s() -> float:
+    """How long one chunk of clips (at most 256 frames) may take to decode (``CURATE_DECODE_TIMEOUT_S``)."""
+    import os
+
+    return float(os.environ.get("CURATE_DECODE_TIMEOUT_S", "300"))
+
+
+def _in_daemon(fn, *args):
+    """Run ``fn`` in a daemon thread: a call that never returns (a hung decoder) cannot hang the process's exit,
+    as a thread pool's worker would."""
+    import threading
+    from concurrent.futures import Future
+
+    fut: Future = Future()
+
+    def target() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # handed to the consumer
+            fut.set_exception(e)
+
+    threading.Thread(target=target, daemon=True).start()
+    return fut
 
 
 def _ahead(items: Iterator, size: int) -> Iterator:
