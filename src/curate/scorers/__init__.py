@@ -64,27 +64,38 @@ class AlignmentScorer(Scorer):
     def compute(self, root: Root, clip_ids: pa.Array) -> pa.Table:
         out = pa.table({"clip_id": clip_ids})
         for name in self.names(root):
-            meta = root.embedding_meta(name)
-            shape = meta.get("video_emb_shape") or [None]
-            emb = root.embeddings(name).read_arrow(columns=["clip_id", "video_emb", "text_emb", "status", "error"])
-            emb = emb.filter(pc.is_in(emb["clip_id"], value_set=clip_ids))
-            sims: dict[str, float] = {}
-            errs: dict[str, str] = {}
-            ok = emb.filter(pc.and_(pc.equal(emb["status"], "ok"), pc.is_valid(emb["text_emb"])))
-            if ok.num_rows:
-                per_clip = [-1] if len(shape) < 2 else shape  # [Q, D] query stacks keep their shape
-                v = np.asarray(ok["video_emb"].combine_chunks().flatten(), np.float32).reshape(ok.num_rows, *per_clip)
-                t = np.asarray(ok["text_emb"].combine_chunks().flatten(), np.float32).reshape(ok.num_rows, -1)
-                s = np.einsum("bqd,bd->bq", v, t).max(1) if v.ndim == 3 else np.einsum("bd,bd->b", v, t)
-                sims = dict(zip(ok["clip_id"].to_pylist(), s.astype(float).tolist()))
-            for cid, st, err, te in zip(emb["clip_id"].to_pylist(), emb["status"].to_pylist(),
-                                        emb["error"].to_pylist(), emb["text_emb"].is_null().to_pylist()):
-                if st != "ok":
-                    errs[cid] = f"clip not embedded: {err}"
-                elif te:
-                    errs[cid] = err or "clip has no caption"
+            sims, errs = self._scores(root, name, clip_ids)
             ids = clip_ids.to_pylist()
             out = out.append_column(f"{name}_sim", pa.array([sims.get(i) for i in ids], pa.float64()))
             out = out.append_column(f"{name}_sim_error", pa.array(
                 [errs.get(i) if i not in sims else None for i in ids], pa.string()))
         return out
+
+    @staticmethod
+    def _scores(root: Root, name: str, clip_ids: pa.Array) -> tuple[dict[str, float], dict[str, str]]:
+        """Similarities and reasons, streaming the embeddings in batches: memory holds one batch of vectors
+        (plus a float per clip), not the table (10 M clips x 512 floats would be 20 GB)."""
+        shape = root.embedding_meta(name).get("video_emb_shape") or [None]
+        per_clip = [-1] if len(shape) < 2 else shape  # [Q, D] query stacks keep their shape
+        table = root.embeddings(name)
+        wanted = pc.field("clip_id").isin(clip_ids)
+        sims: dict[str, float] = {}
+        errs: dict[str, str] = {}
+        for batch in table.iter_batches(columns=["clip_id", "video_emb", "text_emb", "status", "error"],
+                                        filter=wanted, batch_size=8192):
+            b = pa.Table.from_batches([batch])
+            ok = b.filter(pc.and_(pc.equal(b["status"], "ok"), pc.is_valid(b["text_emb"])))
+            if ok.num_rows:
+                v = np.asarray(ok["video_emb"].combine_chunks().flatten(), np.float32).reshape(ok.num_rows, *per_clip)
+                t = np.asarray(ok["text_emb"].combine_chunks().flatten(), np.float32).reshape(ok.num_rows, -1)
+                sim = np.einsum("bqd,bd->bq", v, t).max(1) if v.ndim == 3 else np.einsum("bd,bd->b", v, t)
+                sims.update(zip(ok["clip_id"].to_pylist(), sim.astype(float).tolist()))
+            for cid, st, err, no_text in zip(b["clip_id"].to_pylist(), b["status"].to_pylist(), b["error"].to_pylist(),
+                                             b["text_emb"].is_null().to_pylist()):
+                if st != "ok":
+                    errs[cid] = f"clip not embedded: {err}"
+                elif no_text:
+                    errs[cid] = err or "clip has no caption"
+                else:
+                    errs.pop(cid, None)  # a newer part's ok row replaces an older error
+        return sims, errs
