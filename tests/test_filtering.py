@@ -204,6 +204,11 @@ def test_report_writes_valid_images_and_embeds_in_the_card(root):
 
     filter_clips(root, "rep", min_duration=0.5, max_dup_sim=0.98)
     publish(root, "rep", shard_size=10)
+    shard = next((root / "subsets" / "rep" / "shards").glob("*.tar"))
+    import tarfile
+
+    with tarfile.open(shard) as tar:  # filtered on dup_sim, not on an alignment score: embeddings still shipped
+        assert any(n.endswith(".npy") for n in tar.getnames())
     r = make_report(root, "rep", top_k=3)
     names = {Path(p).name for p in r["images"]}
     assert {"funnel.png", "hist_clip_sim.png", "hist_motion.png", "contact_clip_sim.png", "hist_dup_sim.png"} <= names

@@ -85,8 +85,13 @@ def _float(a: np.ndarray) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in a], dtype=np.float64) if a.dtype == object else a.astype(np.float64)
 
 
+def sim_encoders(columns: list[str]) -> list[str]:
+    """Embedding sets with an alignment column ``<name>_sim`` (``dup_sim`` is the dedup scorer's, not one)."""
+    return [c[: -len("_sim")] for c in columns if c.endswith("_sim") and c != "dup_sim"]
+
+
 def sim_column(encoder: str | None, columns: list[str]) -> str:
-    sims = [c[: -len("_sim")] for c in columns if c.endswith("_sim") and c != "dup_sim"]
+    sims = sim_encoders(columns)
     if encoder:
         if encoder not in sims:
             raise CurateError(f"No scores for encoder {encoder!r} (scored: {', '.join(sims) or 'none'}). "
@@ -266,8 +271,7 @@ def _cap_rule(options: dict, columns: list[str]) -> Rule | None:
     if "source_id" not in columns:
         raise CurateError("--max-per-source needs source_id in the scores table: run `curate score` (technical)")
     by = options.get("per_source_by") or (sim_column(options.get("encoder"), columns)
-                                          if any(c.endswith("_sim") and c != "dup_sim" for c in columns)
-                                          else "duration_s")
+                                          if sim_encoders(columns) else "duration_s")
     if by not in columns:
         raise CurateError(f"--per-source-by {by!r} is not a score column")
     return Rule("max_per_source", by, "<=", int(n), "per_source")

@@ -36,11 +36,12 @@ from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, write_bytes_atomic, write_table_atomic
 
 
-def _primary_encoder(root: Root, summary: dict, columns: list[str]) -> str | None:
-    for r in summary.get("rules", []):
-        if r["column"].endswith("_sim"):
-            return r["column"][: -len("_sim")]
-    sims = [c[: -len("_sim")] for c in columns if c.endswith("_sim")]
+def _primary_encoder(summary: dict, columns: list[str]) -> str | None:
+    """The embedding set whose vectors go into the shards: the one a rule filtered on, else the first scored."""
+    from curate.filter import sim_encoders
+
+    ruled = sim_encoders([r["column"] for r in summary.get("rules", []) if r.get("column")])
+    sims = ruled or sim_encoders(columns)
     return sims[0] if sims else None
 
 
@@ -67,7 +68,7 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
         srcs = srcs.rename_columns([c if c != "start_s" else "segment_start_s" for c in srcs.column_names])
         t = clips.join(srcs, "source_id", join_type="left outer").join(
             sel.select(["clip_id", *score_cols]), "clip_id", join_type="left outer").sort_by("clip_id")
-        enc = _primary_encoder(root, summary, sel.column_names)
+        enc = _primary_encoder(summary, sel.column_names)
         emb = _Embeddings(root, enc, t["clip_id"]) if enc else None
         result.total = t.num_rows
         shards_dir = out / "shards"
