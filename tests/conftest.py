@@ -29,6 +29,19 @@ TINY_CLIP_CONFIG = {
 }
 
 
+class FirstFrameSampler:
+    """A sampler (frames.py protocol) that asks for each clip's first frame at 32x24: cheap decode checks."""
+
+    def frame_indices(self, n, fps):
+        return [0]
+
+    def decode_size(self, w, h):
+        return (32, 24)
+
+    def preprocess(self, frames):
+        return frames.shape
+
+
 def cuts(shots):
     out, start = [], 0
     for _, n in shots:

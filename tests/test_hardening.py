@@ -293,6 +293,8 @@ def test_a_decoder_that_hangs_cannot_hang_the_stage(monkeypatch, tmp_path, sourc
     """decord calls cannot be interrupted: the chunk is abandoned after CURATE_DECODE_TIMEOUT_S, the rest goes on."""
     import threading
 
+    from conftest import FirstFrameSampler
+
     from curate.frames import clip_groups, decode_clips
 
     root = Root(tmp_path / "ds")
@@ -301,16 +303,6 @@ def test_a_decoder_that_hangs_cannot_hang_the_stage(monkeypatch, tmp_path, sourc
     groups = clip_groups(root)
     stuck_source = groups[0][0]["source_id"]
     release = threading.Event()
-
-    class Sampler:
-        def frame_indices(self, n, fps):
-            return [0]
-
-        def decode_size(self, w, h):
-            return (32, 24)
-
-        def preprocess(self, frames):
-            return frames.shape
 
     import curate.frames as frames_mod
 
@@ -323,7 +315,7 @@ def test_a_decoder_that_hangs_cannot_hang_the_stage(monkeypatch, tmp_path, sourc
 
     monkeypatch.setattr(frames_mod, "decode_source", decode_source)
     monkeypatch.setenv("CURATE_DECODE_TIMEOUT_S", "1")
-    out = list(decode_clips(root, Sampler(), groups, workers=1, frames_per_clip=1))
+    out = list(decode_clips(root, FirstFrameSampler(), groups, workers=1, frames_per_clip=1))
     release.set()
     assert len(out) == sum(len(c) for _, c in groups)  # every clip accounted for
     for clip, value, err in out:

@@ -207,22 +207,14 @@ def test_embedding_set_with_other_options_needs_a_new_name(root, tiny_clip):
 
 def test_decoding_yields_every_clip_of_many_sources_in_order(root):
     """More chunks than the read-ahead window: none may be dropped (a zip() over the iterator once lost one)."""
+    from conftest import FirstFrameSampler
+
     from curate.frames import clip_groups, decode_clips
     from curate.store import Root
 
-    class Sampler:
-        def frame_indices(self, n, fps):
-            return [0]
-
-        def decode_size(self, w, h):
-            return (32, 24)
-
-        def preprocess(self, frames):
-            return frames.shape
-
     groups = clip_groups(Root(root))
     many = [(src, [c]) for src, clips in groups for c in clips] * 3  # 3x every clip, one per chunk
-    out = list(decode_clips(Root(root), Sampler(), many, workers=1, frames_per_clip=1))
+    out = list(decode_clips(Root(root), FirstFrameSampler(), many, workers=1, frames_per_clip=1))
     assert [c["clip_id"] for c, _, _ in out] == [c["clip_id"] for _, cl in many for c in cl]
     assert all(err is None and shape == (1, 24, 32, 3) for _, shape, err in out)
 

@@ -106,13 +106,9 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
         groups = clip_groups(root, clips["clip_id"].tolist())
         progress.start(len(clips), f"embed ({name})")
         rows: list[dict] = []
-        written = 0
-
         def flush() -> None:
-            nonlocal written
             if rows:
                 table.append(rows_to_table(rows, embedding_schema()))
-                written += len(rows)
                 rows.clear()
                 crashpoint("embed-flush")
 

@@ -35,6 +35,7 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
         names = list(scorers)
         progress.start(len(names), "score")
         merged = root.scores.read_arrow() if root.scores.exists() else pa.table({"clip_id": pa.array([], pa.string())})
+        saved = merged.sort_by("clip_id")
         for sname in names:
             opts = dict((options or {}).get(sname, {}))
             if sname in ("alignment", "dedup") and encoder:
@@ -45,7 +46,7 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
                 todo = pending_ids(merged, ids, scorer.columns(root))
             new = scorer.compute(root, todo)
             merged = merge_columns(merged, new)
-            _save(root, merged)  # after each scorer: later scorers (dedup by=...) read it, a crash keeps it
+            saved = _save(root, merged, saved)  # after each scorer: later scorers (dedup by=...) read it, a crash keeps it
             progress.advance()
         err_cols = [c for c in merged.column_names if c.endswith("_error")]
         if err_cols and merged.num_rows:
@@ -63,10 +64,12 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
     return result.done()
 
 
-def _save(root: Root, merged: pa.Table) -> None:
+def _save(root: Root, merged: pa.Table, saved: pa.Table) -> pa.Table:
+    """Write ``merged`` unless it equals ``saved`` (the table on disk): a rerun that changes nothing writes nothing."""
     merged = merged.sort_by("clip_id")
-    if not (root.scores.exists() and root.scores.read_arrow().sort_by("clip_id").equals(merged)):
-        root.scores.rewrite(merged)  # a rerun that changes nothing writes nothing
+    if not saved.equals(merged):
+        root.scores.rewrite(merged)
+    return merged
 
 
 def pending_ids(merged: pa.Table, ids: pa.Array, columns: list[str]) -> pa.Array:

@@ -126,7 +126,7 @@ class Table:
         if cols is not None and self.key not in cols:
             cols = [self.key, *cols]
         t = d.to_table(columns=cols, filter=filter)
-        if t.num_rows and len(pa.compute.unique(t[self.key])) != t.num_rows:
+        if _has_duplicates(t[self.key]):
             t = _keep_last(t, self.key)
         if columns is not None and self.key not in columns:
             t = t.drop_columns([self.key])
@@ -171,7 +171,7 @@ class Table:
         """Insert or replace rows by key: new part first, then older parts rewritten without those keys."""
         if table.num_rows == 0:
             return
-        table = _keep_last(table, self.key) if len(pa.compute.unique(table[self.key])) != table.num_rows else table
+        table = _keep_last(table, self.key) if _has_duplicates(table[self.key]) else table
         old_parts = self.parts()
         new_part = self.append(table)
         crashpoint("upsert")  # a crash here leaves a key twice: repair() (or read()) keeps the newest
@@ -207,7 +207,7 @@ class Table:
         d = self.dataset()
         if d is not None:
             keys = d.to_table(columns=[self.key])[self.key]
-            if len(pa.compute.unique(keys)) != len(keys):
+            if _has_duplicates(keys):
                 self.compact()
 
     def compact(self) -> None:
@@ -221,7 +221,7 @@ class Table:
             return
         d = self.dataset()
         keys = d.to_table(columns=[self.key])[self.key]
-        if len(pa.compute.unique(keys)) != len(keys):
+        if _has_duplicates(keys):
             self.rewrite(self.read_arrow())
             return
         new_part = self.path / _part_name()
@@ -238,6 +238,10 @@ class Table:
         """Compact when appends left many small parts (each open part costs memory and time on every read)."""
         if len(self.parts()) > max_parts:
             self.compact()
+
+
+def _has_duplicates(keys) -> bool:
+    return len(keys) > 0 and len(pa.compute.unique(keys)) != len(keys)
 
 
 def _keep_last(t: pa.Table, key: str) -> pa.Table:
