@@ -49,3 +49,39 @@ def test_fused_pass_is_idempotent_and_embeds_sources_split_earlier(roots, tiny_c
     split(r, min_clip_s=0.5, max_clip_s=2.0)  # already split: process only embeds them
     res = process(r, "clip", options=tiny_clip, min_clip_s=0.5, max_clip_s=2.0, device="cpu")
     assert res.total == 0 and res.extra["embedded_separately"] == len(pd.read_parquet(r / "clips"))
+
+
+def test_ffmpeg_frames_have_the_colours_decord_sees(tmp_path):
+    """The one-pass and ffmpeg-decoder paths read I420 and convert only sampled frames: a red shot must
+    reach the encoder red (planes in the right order), matching decord's RGB frame of the same size."""
+    from curate.media import Stream, decode_frames, get_frames, open_video, yuv_to_rgb
+    from curate.samples import make_video
+
+    path = tmp_path / "rb.mp4"
+    make_video(path, [("red", 10), ("blue", 10), ("testsrc2", 10)], size=(320, 240))
+    frames = [yuv_to_rgb(f) for f in decode_frames(path, Stream(160, 120, "yuv420p", "area"))]
+    assert len(frames) == 30 and frames[0].shape == (120, 160, 3)
+    red, blue = frames[5].reshape(-1, 3).mean(0), frames[15].reshape(-1, 3).mean(0)
+    assert red[0] > 200 and red[1] < 40 and red[2] < 40, red
+    assert blue[2] > 200 and blue[0] < 40 and blue[1] < 40, blue
+    ref = get_frames(open_video(path, size=(160, 120)), [5, 15, 25])
+    diff = np.abs(np.stack([frames[5], frames[15], frames[25]]).astype(int) - ref.astype(int)).mean()
+    assert diff < 6, diff  # scaler and rounding differ; a colour or plane mix-up is off by ~100
+
+
+@pytest.mark.parametrize("size,small", [((456, 256), (256, 144)), ((398, 226), (256, 146)), ((224, 224), (256, 144))])
+def test_detector_frames_resized_in_yuv_match_resizing_the_picture(size, small):
+    """Scene detectors see I420 planes resized then converted; that must be the same picture as converting
+    then resizing, also for heights not divisible by 4 (the U and V planes do not start on a row)."""
+    import cv2
+
+    from curate.media import yuv_to_bgr
+
+    (w, h), rng = size, np.random.default_rng(0)
+    bgr = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (15, 15), 5)
+    bgr[: h // 2, : w // 2] = (0, 0, 255)  # a red quarter: U/V swapped would turn it blue
+    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+    got = yuv_to_bgr(yuv, small)
+    ref = cv2.resize(cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420), small, interpolation=cv2.INTER_LINEAR)
+    assert got.shape == (small[1], small[0], 3)
+    assert np.abs(got.astype(int) - ref.astype(int)).mean() < 3

@@ -140,12 +140,45 @@ def get_frames(vr, indices: list[int]):
 
 @dataclass
 class Stream:
-    """One raw output of :func:`decode_streams`: frames scaled to ``width`` x ``height`` in ``pix_fmt``."""
+    """The raw output of :func:`decode_frames`: frames scaled to ``width`` x ``height`` in ``pix_fmt``."""
 
     width: int
     height: int
-    pix_fmt: str = "rgb24"  # rgb24 for models, bgr24 for OpenCV / PySceneDetect
+    pix_fmt: str = "rgb24"  # rgb24 for models, bgr24 for OpenCV / PySceneDetect, yuv420p (I420) for both
     flags: str = "bicubic"  # swscale algorithm (fast_bilinear for scene detection)
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        if self.pix_fmt == "yuv420p":  # I420 planes stacked as OpenCV reads them: Y, then U and V
+            return (self.height * 3 // 2, self.width)
+        return (self.height, self.width, 3)
+
+
+def yuv_to_rgb(frame):
+    """An I420 frame from a ``yuv420p`` :class:`Stream` as uint8 RGB [H, W, 3] (BT.601, as swscale's default)."""
+    import cv2
+
+    return cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420)
+
+
+def yuv_to_bgr(frame, size: tuple[int, int] | None = None):
+    """An I420 frame as uint8 BGR (what OpenCV and PySceneDetect read), resized to ``size`` = (w, h) if given.
+
+    Resizing the planes before converting costs a third of converting then resizing (a scene detector
+    sees every frame, so this is per frame)."""
+    import cv2
+    import numpy as np
+
+    if size is not None and tuple(size) != (frame.shape[1], frame.shape[0] * 2 // 3):
+        (w, h), W, H = size, frame.shape[1], frame.shape[0] * 2 // 3
+        out = np.empty((h * 3 // 2, w), np.uint8)
+        for (pw, ph), (qw, qh), a, b in (((W, H), (w, h), 0, 0), ((W // 2, H // 2), (w // 2, h // 2), W * H, w * h),
+                                         ((W // 2, H // 2), (w // 2, h // 2), W * H * 5 // 4, w * h * 5 // 4)):
+            # planes by byte offset: with a height not divisible by 4, U and V do not start on a row
+            cv2.resize(frame.reshape(-1)[a:a + pw * ph].reshape(ph, pw), (qw, qh),
+                       dst=out.reshape(-1)[b:b + qw * qh].reshape(qh, qw), interpolation=cv2.INTER_LINEAR)
+        frame = out
+    return cv2.cvtColor(frame, cv2.COLOR_YUV2BGR_I420)
 
 
 def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -158,95 +191,80 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, int(round(w / 2)) * 2), max(2, int(round(h / 2)) * 2)
 
 
-def decode_streams(path: Path, streams: list[Stream], *, skip_loop_filter: bool = False,
-                   timeout_s: float | None = None, duration_s: float | None = None, base: int | None = None):
-    """Decode the first video stream ONCE and yield, per frame, a tuple with one array per ``streams`` entry.
+#: bytes of decoded frames the pipe from ffmpeg holds, so ffmpeg decodes on while Python handles a frame
+PIPE_BYTES = 1 << 20
 
-    ffmpeg decodes (threaded) and scales each output in C; each output has its own pipe, read by its
-    own thread, so neither can stall the other. A watchdog kills ffmpeg after ``timeout_s`` (default:
-    60 s plus 3x the duration), so a file that makes the decoder hang cannot hang a stage. Stopping the
-    iteration early kills ffmpeg.
+
+def decode_frames(path: Path, stream: Stream, *, skip_loop_filter: bool = False, timeout_s: float | None = None,
+                  duration_s: float | None = None, threads: int | None = None):
+    """Decode the first video stream ONCE and yield every frame as a uint8 array of ``stream.frame_shape``.
+
+    ffmpeg decodes (threaded) and scales in C; frames come through one pipe (enlarged, so that decoding
+    runs ahead of the consumer) straight into numpy arrays. A watchdog kills ffmpeg after ``timeout_s``
+    (default: 60 s plus 3x the duration), so a file that makes the decoder hang cannot hang a stage.
+    Stopping the iteration early kills ffmpeg. ffmpeg's messages go to a file, never to a pipe that
+    could fill up and stall it.
     """
+    import fcntl
     import os
-    import queue
+    import tempfile
     import threading
 
     import numpy as np
 
     if duration_s is None:
         duration_s = probe(path).duration_s
-    n = len(streams)
+    if stream.pix_fmt == "yuv420p" and (stream.width % 2 or stream.height % 2):
+        raise ValueError(f"yuv420p frames need even dimensions, not {stream.width}x{stream.height}")
     cmd = ["ffmpeg", "-nostdin", "-v", "error"]
+    if threads:
+        cmd += ["-threads", str(int(threads))]
     if skip_loop_filter:
         cmd += ["-skip_loop_filter", "all"]
-    cmd += ["-i", _abs(path)]
-    chains = [f"scale={s.width}:{s.height}:flags={s.flags},format={s.pix_fmt}" for s in streams]
-    head = "[0:v:0]"
-    if base is not None:  # scale from full resolution once (stream `base`); the others are scaled from it
-        b = streams[base]
-        head = f"[0:v:0]scale={b.width}:{b.height}:flags={b.flags},"
-        chains[base] = f"format={b.pix_fmt}"
-    if n == 1:
-        graph = head + chains[0] + "[o0]"
-    else:
-        graph = head + f"split={n}" + "".join(f"[i{i}]" for i in range(n)) + ";" + ";".join(
-            f"[i{i}]{c}[o{i}]" for i, c in enumerate(chains))
-    cmd += ["-filter_complex", graph]
-    pipes = [os.pipe() for _ in range(n - 1)]
-    for i, s in enumerate(streams):
-        target = "pipe:1" if i == 0 else f"pipe:{pipes[i - 1][1]}"
-        cmd += ["-map", f"[o{i}]", "-f", "rawvideo", "-pix_fmt", s.pix_fmt, target]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=[w for _, w in pipes])
-    for _, w in pipes:
-        os.close(w)  # ffmpeg holds the write ends now
-    files = [proc.stdout, *[os.fdopen(r, "rb", buffering=0) for r, _ in pipes]]
-    queues: list[queue.Queue] = [queue.Queue(maxsize=16) for _ in range(n)]
-    stop = threading.Event()
-
-    def reader(f, q, s: Stream) -> None:
-        size = s.width * s.height * 3
-        try:
-            while not stop.is_set():
-                buf = f.read(size)
-                while buf is not None and 0 < len(buf) < size:  # raw pipes may return short reads
-                    more = f.read(size - len(buf))
-                    if not more:
-                        break
-                    buf += more
-                if not buf or len(buf) < size:
-                    break
-                q.put(np.frombuffer(buf, np.uint8).reshape(s.height, s.width, 3))
-        finally:
-            q.put(None)
-
-    threads = [threading.Thread(target=reader, args=(f, q, s), daemon=True) for f, q, s in zip(files, queues, streams)]
-    for t in threads:
-        t.start()
+    # format= after scale: swscale resizes in the source's YUV (fast) and converts once, at the small size
+    cmd += ["-i", _abs(path), "-filter_complex",
+            f"[0:v:0]scale={stream.width}:{stream.height}:flags={stream.flags},format={stream.pix_fmt}[o]",
+            "-map", "[o]", "-f", "rawvideo", "-pix_fmt", stream.pix_fmt, "pipe:1"]
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except OSError:  # a lower /proc/sys/fs/pipe-max-size: the default pipe works, a little slower
+        pass
+    err = tempfile.TemporaryFile()
+    try:
+        proc = subprocess.Popen(cmd, stdout=w, stderr=err)
+    finally:
+        os.close(w)
+    f = os.fdopen(r, "rb", buffering=0)
     limit = timeout_s if timeout_s is not None else 60 + 3 * duration_s
     timer = threading.Timer(limit, proc.kill)
     timer.start()
+    shape = stream.frame_shape
+    size = int(np.prod(shape))
     finished = False
     try:
         while True:
-            frames = [q.get() for q in queues]
-            if any(f is None for f in frames):
+            frame = np.empty(shape, np.uint8)
+            view, got = memoryview(frame).cast("B"), 0
+            while got < size:
+                k = f.readinto(view[got:])
+                if not k:
+                    break
+                got += k
+            if got < size:  # end of stream (a partial last frame is dropped)
                 break
-            yield tuple(frames)
+            yield frame
         finished = True
     finally:
-        stop.set()
-        for q in queues:  # unblock readers waiting to put
-            while not q.empty():
-                q.get_nowait()
         if proc.poll() is None and not finished:
             proc.kill()
+        f.close()
         proc.wait()
         timer.cancel()
-        for f in files[1:]:
-            f.close()
-    if finished:
-        if proc.returncode != 0:
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
-            if proc.returncode < 0:
-                raise MediaError(f"decoding took longer than {limit:.0f} s (killed)")
-            raise MediaError(f"ffmpeg could not decode the video ({(err or ['unknown error'])[-1][:300]})")
+        err.seek(0)
+        message = err.read().decode(errors="replace").strip().splitlines()
+        err.close()
+    if proc.returncode != 0:
+        if proc.returncode < 0:
+            raise MediaError(f"decoding took longer than {limit:.0f} s (killed)")
+        raise MediaError(f"ffmpeg could not decode the video ({(message or ['unknown error'])[-1][:300]})")

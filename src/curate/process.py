@@ -1,15 +1,17 @@
 """Process: split and embed in ONE decode pass per source (`curate process`).
 
-Each source is decoded once by ffmpeg into two scaled streams: the small BGR frames the scene
-detector reads, and the frames the encoder samples from (its decode size, as `curate embed -o
-decoder=ffmpeg` reads them). Frames of the scene in progress are kept in a disk-backed array under
-``ROOT/.tmp`` (memory stays flat however long a shot is); when the detector closes a scene, its clips
-are cut by the same rules as `curate split`, their frames sampled and queued for the encoder, which
-runs batches while decoding goes on. The clips and embeddings written are those `curate split` then
-`curate embed -o decoder=ffmpeg` would write; sources already split are embedded the usual way.
+Each source is decoded once by ffmpeg into one stream: I420 frames at the encoder's decode size (as
+`curate embed -o decoder=ffmpeg` reads them). The scene detector sees each frame converted to BGR and
+resized to its 256 px width in OpenCV; frames of the scene in progress are kept in a disk-backed array
+under ``ROOT/.tmp`` (memory stays flat however long a shot is); when the detector closes a scene, its
+clips are cut by the same rules as `curate split`, their sampled frames converted to RGB and queued for
+the encoder, which runs batches while decoding goes on. The clips and embeddings written are those
+`curate split` then `curate embed -o decoder=ffmpeg` would write; sources already split are embedded
+the usual way.
 
-One difference with `curate split`: the detector sees deblocked frames here (the encoder needs them),
-while `curate split` skips deblocking for speed; on hard cuts both give the same scenes.
+One difference with `curate split`: the detector sees deblocked frames scaled from the encoder's
+frames here, while `curate split` scales its own from undeblocked full-size frames; on hard cuts both
+give the same scenes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from curate.embed import _embed_batch, _meta, check_meta, load_encoder
 from curate.frames import _ahead, sample_stream
-from curate.media import decode_streams
+from curate.media import decode_frames, yuv_to_bgr, yuv_to_rgb
 from curate.progress import NullProgress, Progress, StageResult
 from curate.split import ClipAppender, clip_row, detect_stream, error_row, failure_message, shape_scenes
 from curate.store import Root, embedding_schema, rows_to_table, write_bytes_atomic
@@ -33,7 +35,7 @@ from curate.store import Root, embedding_schema, rows_to_table, write_bytes_atom
 class _SceneFrames:
     """The frames of the scene in progress, in a growable memory-mapped file (not RAM)."""
 
-    def __init__(self, directory, shape: tuple[int, int, int]) -> None:
+    def __init__(self, directory, shape: tuple[int, ...]) -> None:
         fd, self.path = tempfile.mkstemp(prefix="scene-", suffix=".u8", dir=directory)
         os.close(fd)
         self.shape, self.cap, self.start, self.n = shape, 0, 0, 0
@@ -186,7 +188,8 @@ def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_cli
     now = time.time()
     w, h = int(src["width"]), int(src["height"])
     det_stream, enc_stream = detect_stream(w, h), sample_stream(enc, w, h)
-    scene = _SceneFrames(tmpdir, (enc_stream.height, enc_stream.width, 3))
+    scene = _SceneFrames(tmpdir, enc_stream.frame_shape)
+    det_size = (det_stream.width, det_stream.height)
     detector_obj = splitter.make_detector()
     clip_rows: list[dict] = []
     ready: list[tuple] = []
@@ -198,7 +201,7 @@ def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_cli
             clip_rows.append(row)
             try:
                 idx = [ca + i for i in enc.frame_indices(cb - ca, fps)]
-                ready.append(("clip", src, (row, enc.preprocess(np.stack([scene.get(i) for i in idx])), None)))
+                ready.append(("clip", src, (row, enc.preprocess(np.stack([yuv_to_rgb(scene.get(i)) for i in idx])), None)))
             except Exception as e:
                 ready.append(("clip", src, (row, None, failure_message(e))))
 
@@ -212,10 +215,11 @@ def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_cli
     try:
         n = 0
         last = None
-        # scaled once from full resolution to the encoder's size; the detector's frames from that
-        for n, (small, frame) in enumerate(decode_streams(root.inside(src["media_path"]), [det_stream, enc_stream],
-                                                          duration_s=src.get("duration_s"), base=1)):
+        # scaled once from full resolution to the encoder's size (I420); the detector's frames from that
+        for n, frame in enumerate(decode_frames(root.inside(src["media_path"]), enc_stream,
+                                                duration_s=src.get("duration_s"))):
             scene.append(frame)
+            small = yuv_to_bgr(frame, det_size)
             last = sd.FrameTimecode(n, fps)
             for c in detector_obj.process_frame(last, small):
                 cut_at(c.frame_num, n)

@@ -93,12 +93,11 @@ def decode_bgr(path: Path, width: int, timeout_s: float | None = None):
     Without deblocking (skip_loop_filter) and with a fast bilinear downscale: cut detection does not
     need them, and without them this pass costs about one `ffmpeg -f null` decode of the source.
     """
-    from curate.media import decode_streams, probe
+    from curate.media import decode_frames, probe
 
     pr = probe(path)
-    for (frame,) in decode_streams(path, [detect_stream(pr.width, pr.height, width)], skip_loop_filter=True,
-                                   timeout_s=timeout_s, duration_s=pr.duration_s):
-        yield frame
+    yield from decode_frames(path, detect_stream(pr.width, pr.height, width), skip_loop_filter=True,
+                             timeout_s=timeout_s, duration_s=pr.duration_s)
 
 
 def scenes_from_cuts(cuts, n_frames: int) -> list[tuple[int, int]]:
