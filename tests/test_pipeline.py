@@ -7,6 +7,7 @@ import tarfile
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from conftest import FPS, VIDEOS, cuts, snapshot
 
@@ -231,6 +232,8 @@ def test_many_small_parts_are_compacted_without_changing_the_table(tmp_path):
     t.maybe_compact(max_parts=16)
     assert len(t.parts()) == 1
     pd.testing.assert_frame_equal(t.read().sort_values("clip_id").reset_index(drop=True), before)
+    # one row group, not one per merged part: readers pay memory and time per row group
+    assert pq.ParquetFile(t.parts()[0]).metadata.num_row_groups == 1
 
 
 @pytest.mark.parametrize("detector", ["content", "adaptive"])
@@ -252,3 +255,66 @@ def test_threshold_detector_cuts_a_fade_through_black(tmp_path):
                     "-c:v", "libx264", "-pix_fmt", "yuv420p", str(f)], check=True)
     (a0, a1), (b0, b1) = SceneDetectSplitter("threshold")(f, FPS, 150)
     assert (a0, b1) == (0, 150) and abs(a1 - 75) <= 2 and a1 == b0
+
+
+def test_a_table_appended_a_row_at_a_time_keeps_few_parts_and_every_row(tmp_path):
+    """Split appends a part per source: with thousands of sources, readers would pay for thousands of
+    files. Size-tiered merging keeps the part count small without losing or duplicating a row."""
+    import pyarrow as pa
+
+    from curate.store import TIDY_FANOUT, Root
+
+    t = Root(tmp_path / "r").clips
+    most = 0
+    for i in range(400):
+        t.append(pa.table({"clip_id": [f"c{i:04d}"], "source_id": [f"s{i}"], "start_s": [float(i)]}))
+        t.tidy()
+        most = max(most, len(t.parts()))
+    assert most <= TIDY_FANOUT  # 400 appends, never more than one run of small parts
+    got = t.read_arrow()
+    assert sorted(got["clip_id"].to_pylist()) == [f"c{i:04d}" for i in range(400)]
+    assert sum(pq.ParquetFile(p).metadata.num_row_groups for p in t.parts()) == len(t.parts())
+
+
+def test_a_crash_while_merging_parts_loses_and_duplicates_nothing(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from curate.store import TIDY_FANOUT, Root
+
+    code = ("import sys, pyarrow as pa; from curate.store import Root\n"
+            "t = Root(sys.argv[1]).clips\n"
+            "for i in range(40):\n"
+            "    t.append(pa.table({'clip_id': [f'c{i:02d}'], 'source_id': ['s'], 'start_s': [float(i)]})); t.tidy()\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], env={**os.environ, "CURATE_CRASH_AT": "tidy"})
+    assert r.returncode != 0  # killed right after writing the merged part, before removing its inputs
+    t = Root(tmp_path / "r").clips
+    assert len(t.parts()) == TIDY_FANOUT + 1
+    assert sorted(t.read_arrow()["clip_id"].to_pylist()) == [f"c{i:02d}" for i in range(TIDY_FANOUT)]
+    t.repair()
+    assert len(t.parts()) == 1
+    assert sorted(t.read_arrow()["clip_id"].to_pylist()) == [f"c{i:02d}" for i in range(TIDY_FANOUT)]
+
+
+def test_after_a_crash_mid_upsert_reads_see_the_newest_value_of_each_key(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+
+    from curate.store import Root
+
+    t = Root(tmp_path / "r").clips
+    t.append(pa.table({"clip_id": ["a", "b", "c"], "source_id": ["s"] * 3, "start_s": [1.0, 2.0, 3.0]}))
+    code = ("import sys, pyarrow as pa; from curate.store import Root\n"
+            "Root(sys.argv[1]).clips.upsert(pa.table({'clip_id': ['a'], 'source_id': ['s'], 'start_s': [10.0]}))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], env={**os.environ, "CURATE_CRASH_AT": "upsert"})
+    assert r.returncode != 0 and len(t.parts()) == 2  # the new value written, the old one not removed yet
+    want = {"a": 10.0, "b": 2.0, "c": 3.0}
+    got = t.read_arrow(columns=["clip_id", "start_s"]).to_pylist()
+    assert {row["clip_id"]: row["start_s"] for row in got} == want and len(got) == 3
+    t.repair()
+    got = t.read_arrow(columns=["clip_id", "start_s"]).to_pylist()
+    assert {row["clip_id"]: row["start_s"] for row in got} == want and len(got) == 3 and len(t.parts()) == 1

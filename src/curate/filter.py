@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError
-from curate.store import Root, write_bytes_atomic
+from curate.store import Root, write_bytes_atomic, write_row_groups
 from curate.where import Where
 
 #: threshold options: name -> (column, op). "{sim}" is the alignment column of the chosen encoder.
@@ -195,7 +195,8 @@ def _write_selection(subset, out_dir, dataset, rules, top, cap, columns, options
     funnel = {r.name: 0 for r in all_rules + ([cap] if cap else [])}
     schema = pa.schema([dataset.schema.field(c) for c in keep_cols])
     need = sorted({c for r in all_rules for c in r.columns()})
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    def kept_batches():
+        nonlocal total, kept
         for batch in dataset.to_batches(columns=keep_cols, batch_size=batch_size, **SCAN):
             n = batch.num_rows
             total += n
@@ -208,8 +209,11 @@ def _write_selection(subset, out_dir, dataset, rules, top, cap, columns, options
                 funnel[r.name] += int((alive & ~m).sum())
                 alive &= m
             if alive.any():
-                writer.write_batch(batch.filter(pa.array(alive)))
                 kept += int(alive.sum())
+                yield batch.filter(pa.array(alive))
+
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        write_row_groups(writer, kept_batches())  # row groups of a useful size, however selective the rules
     if cap:
         dropped = _apply_cap(tmp, cap)
         funnel[cap.name] = dropped

@@ -90,6 +90,41 @@ def write_bytes_atomic(data: bytes | str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+#: row groups of compacted parts hold up to this many rows or bytes (a part appended per source holds
+#: a few rows: written one batch at a time, every reader would pay for thousands of tiny row groups)
+ROW_GROUP_ROWS = 65536
+ROW_GROUP_BYTES = 64 << 20
+
+
+#: parts merged at once by Table.tidy; tier k holds parts of about 1 MiB * fanout**(k-1)
+TIDY_FANOUT = 16
+TIDY_BASE_BYTES = 1 << 20
+
+
+def _tier(size: int, fanout: int) -> int:
+    tier = 0
+    while size >= TIDY_BASE_BYTES * fanout ** tier:
+        tier += 1
+    return tier
+
+
+def write_row_groups(writer: pq.ParquetWriter, batches) -> None:
+    """Write record batches as row groups of about ``ROW_GROUP_ROWS`` rows / ``ROW_GROUP_BYTES`` bytes."""
+    buf: list[pa.RecordBatch] = []
+    rows = size = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        buf.append(batch)
+        rows += batch.num_rows
+        size += batch.nbytes
+        if rows >= ROW_GROUP_ROWS or size >= ROW_GROUP_BYTES:
+            writer.write_table(pa.Table.from_batches(buf), row_group_size=rows)
+            buf, rows, size = [], 0, 0
+    if buf:
+        writer.write_table(pa.Table.from_batches(buf), row_group_size=rows)
+
+
 class Table:
     """One Parquet table (a directory of parts) under the dataset root."""
 
@@ -227,12 +262,60 @@ class Table:
         new_part = self.path / _part_name()
         tmp = new_part.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{new_part.name}")
         with pq.ParquetWriter(tmp, d.schema, compression="zstd") as writer:
-            for batch in d.to_batches(batch_size=65536, batch_readahead=2, fragment_readahead=1):
-                writer.write_batch(batch)
+            write_row_groups(writer, d.to_batches(batch_size=ROW_GROUP_ROWS, batch_readahead=2, fragment_readahead=1))
         os.replace(tmp, new_part)
         crashpoint("compact")
         for p in parts:
             p.unlink(missing_ok=True)
+
+    def tidy(self, fanout: int = TIDY_FANOUT) -> list[tuple[list[Path], Path]]:
+        """Size-tiered merging for tables written a few rows at a time (a part per source, per flush).
+
+        When ``fanout`` consecutive parts (in write order) are in the same size tier, they are merged,
+        streaming, into one part that takes the place of the newest of them; so a table of N appends
+        keeps about ``fanout * log(N)`` parts, and each row is rewritten about ``log(N)`` times. Readers
+        pay memory and time per part (Arrow datasets keep state per file: ~40 MiB per 1,000 parts), so
+        part counts must not grow with the dataset. Call it under the lock that serialises the table's
+        writers. Returns the merges done: [(inputs, output)].
+        """
+        merges: list[tuple[list[Path], Path]] = []
+        while True:
+            parts = self.parts()
+            if len(parts) < fanout:
+                return merges
+            tiers = [_tier(p.stat().st_size, fanout) for p in parts]
+            run, i = None, 0
+            for j in range(1, len(parts) + 1):
+                if j == len(parts) or tiers[j] != tiers[i]:
+                    if j - i >= fanout:
+                        run = parts[i:i + fanout]
+                        break
+                    i = j
+            if run is None:
+                return merges
+            merged = self._merge(run)
+            if merged is None:
+                return merges
+            merges.append((run, merged))
+
+    def _merge(self, parts: list[Path]) -> Path | None:
+        """Merge consecutive ``parts`` into one, named after the newest so that the order of parts (which
+        decides the newest row of a key after a crash) does not change."""
+        schema = pq.read_schema(parts[0])
+        if any(not pq.read_schema(p).equals(schema) for p in parts[1:]):
+            return None  # parts written with other schemas: compact() unifies them
+        stamp = parts[-1].name.split("-")[1] if parts[-1].name.count("-") >= 2 else f"{time.time_ns():020d}"
+        new_part = self.path / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = new_part.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{new_part.name}")
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            write_row_groups(writer, (b for p in parts for b in pq.ParquetFile(p).iter_batches(batch_size=ROW_GROUP_ROWS)))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, new_part)
+        crashpoint("tidy")  # a crash here leaves rows twice: reads keep one, repair() merges
+        for p in parts:
+            p.unlink(missing_ok=True)
+        return new_part
 
     def maybe_compact(self, max_parts: int = 16) -> None:
         """Compact when appends left many small parts (each open part costs memory and time on every read)."""
@@ -249,7 +332,7 @@ def _keep_last(t: pa.Table, key: str) -> pa.Table:
     idx = pa.array(range(t.num_rows))
     t2 = t.append_column("__row", idx)
     last = t2.group_by(key).aggregate([("__row", "max")])["__row_max"]
-    return t.take(pa.compute.sort_indices(last))
+    return t.take(pa.compute.take(last, pa.compute.sort_indices(last)))  # those rows, in table order
 
 
 class Root:
