@@ -111,6 +111,7 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
                 table.append(rows_to_table(rows, embedding_schema()))
                 rows.clear()
                 crashpoint("embed-flush")
+                table.tidy()
 
         decoded = decode_clips(root, enc, groups, workers=workers, frames_per_clip=enc.info.num_frames)
         for batch in batches(decoded, batch_size):

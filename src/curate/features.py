@@ -88,6 +88,7 @@ def features(root: Root | str, encoder: str = "clip", *, options: dict[str, Any]
                 row.update(status="error", error=str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
                 result.add_error(s["source_id"], row["error"])
             table.append(pa.Table.from_pylist([row], schema=SCHEMA))
+            table.tidy()
             progress.advance()
     return result.done()
 

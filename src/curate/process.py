@@ -135,6 +135,7 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
             if len(rows) >= flush_every:
                 table.append(rows_to_table(rows, embedding_schema()))
                 rows.clear()
+                table.tidy()
 
         for kind, src, payload in _ahead(items(), size=2 * batch_size):  # decoding runs ahead of the model
             sid = src["source_id"]

@@ -225,6 +225,9 @@ class ClipAppender:
                 return False
             self.seen.add(self.root.clips.append(rows_to_table(rows, SCHEMAS["clips"])))
             self.done.add(source_id)
+            for inputs, merged in self.root.clips.tidy():  # a part per source: merge them as they pile up
+                if self.seen.issuperset(inputs):  # else its source ids are news: read it next time
+                    self.seen.add(merged)
             return True
 
 
