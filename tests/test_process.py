@@ -85,3 +85,27 @@ def test_detector_frames_resized_in_yuv_match_resizing_the_picture(size, small):
     ref = cv2.resize(cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420), small, interpolation=cv2.INTER_LINEAR)
     assert got.shape == (small[1], small[0], 3)
     assert np.abs(got.astype(int) - ref.astype(int)).mean() < 3
+
+
+def test_scene_frames_spill_to_disk_and_come_back_unchanged(tmp_path):
+    """A scene longer than the RAM budget goes on in a file; every frame reads back as written, also
+    across the cut that starts the next scene."""
+    from curate.process import _SceneFrames
+
+    frames = [np.full((6, 4), i, np.uint8) for i in range(40)]
+    sf = _SceneFrames(tmp_path, (6, 4), ram_bytes=10 * 24)  # room for 10 frames in RAM
+    for f in frames[:25]:
+        sf.append(f)
+    assert sf.disk is not None and sf.n == 25 and len(list(tmp_path.iterdir())) == 1
+    assert [int(sf.get(i)[0, 0]) for i in range(25)] == list(range(25))
+    sf.drop_before(12)  # a cut at frame 12: frames 12..24 stay (13 > 10: still partly on disk)
+    assert [int(sf.get(i)[0, 0]) for i in range(12, 25)] == list(range(12, 25))
+    for f in frames[25:30]:
+        sf.append(f)
+    sf.drop_before(27)  # 3 frames left: back in RAM, the file removed
+    assert sf.disk is None and list(tmp_path.iterdir()) == []
+    for f in frames[30:]:
+        sf.append(f)
+    assert [int(sf.get(i)[0, 0]) for i in range(27, 40)] == list(range(27, 40))
+    assert int(sf.get(99)[0, 0]) == 39  # past the end: the last frame, as decoders clamp
+    sf.close()

@@ -2,8 +2,9 @@
 
 Each source is decoded once by ffmpeg into one stream: I420 frames at the encoder's decode size (as
 `curate embed -o decoder=ffmpeg` reads them). The scene detector sees each frame converted to BGR and
-resized to its 256 px width in OpenCV; frames of the scene in progress are kept in a disk-backed array
-under ``ROOT/.tmp`` (memory stays flat however long a shot is); when the detector closes a scene, its
+resized to its 256 px width in OpenCV; frames of the scene in progress are kept in RAM up to 256 MiB,
+the rest of a longer scene in a memory-mapped file under ``ROOT/.tmp`` (memory stays flat however
+long a shot is); when the detector closes a scene, its
 clips are cut by the same rules as `curate split`, their sampled frames converted to RGB and queued for
 the encoder, which runs batches while decoding goes on. The clips and embeddings written are those
 `curate split` then `curate embed -o decoder=ffmpeg` would write; sources already split are embedded
@@ -31,14 +32,17 @@ from curate.progress import NullProgress, Progress, StageResult
 from curate.split import ClipAppender, clip_row, detect_stream, error_row, failure_message, shape_scenes
 from curate.store import Root, embedding_schema, rows_to_table, write_bytes_atomic
 
+#: frames of the scene in progress kept in RAM; a longer scene goes on in a file under ROOT/.tmp
+SCENE_RAM_BYTES = 256 << 20
 
-class _SceneFrames:
-    """The frames of the scene in progress, in a growable memory-mapped file (not RAM)."""
+
+class _DiskFrames:
+    """Frames in a growable memory-mapped file (for scenes that outgrow RAM)."""
 
     def __init__(self, directory, shape: tuple[int, ...]) -> None:
         fd, self.path = tempfile.mkstemp(prefix="scene-", suffix=".u8", dir=directory)
         os.close(fd)
-        self.shape, self.cap, self.start, self.n = shape, 0, 0, 0
+        self.shape, self.cap, self.n = shape, 0, 0
         self.mm: np.memmap | None = None
 
     def append(self, frame: np.ndarray) -> None:
@@ -49,22 +53,67 @@ class _SceneFrames:
         self.mm[self.n] = frame
         self.n += 1
 
+    def get(self, k: int) -> np.ndarray:
+        return np.asarray(self.mm[k])
+
+    def drop_first(self, k: int) -> None:
+        rest = self.n - k
+        if rest > 0 and k > 0:
+            self.mm[:rest] = self.mm[k:self.n]
+        self.n = max(0, rest)
+
+    def close(self) -> None:
+        self.mm = None
+        os.unlink(self.path)
+
+
+class _SceneFrames:
+    """The frames of the scene in progress: in RAM up to ``ram_bytes``, the rest of a longer scene in a file
+    (memory stays flat however long a shot is)."""
+
+    def __init__(self, directory, shape: tuple[int, ...], ram_bytes: int = SCENE_RAM_BYTES) -> None:
+        self.directory, self.shape = directory, shape
+        self.ram_frames = max(1, ram_bytes // int(np.prod(shape)))
+        self.ram: list[np.ndarray] = []  # frames start .. start + len(ram) - 1 (the decoder's own arrays)
+        self.disk: _DiskFrames | None = None  # the frames after those
+        self.start = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.ram) + (self.disk.n if self.disk is not None else 0)
+
+    def append(self, frame: np.ndarray) -> None:
+        if self.disk is None and len(self.ram) < self.ram_frames:
+            self.ram.append(frame)
+            return
+        if self.disk is None:
+            self.disk = _DiskFrames(self.directory, self.shape)
+        self.disk.append(frame)
+
     def get(self, frame_index: int) -> np.ndarray:
-        return np.asarray(self.mm[min(frame_index - self.start, self.n - 1)])
+        k = min(frame_index - self.start, self.n - 1)
+        return self.ram[k] if k < len(self.ram) else self.disk.get(k - len(self.ram))
 
     def drop_before(self, frame_index: int) -> None:
         """Forget frames before ``frame_index`` (the new scene's start), keeping the ones after it."""
         k = frame_index - self.start
         if k <= 0:
             return
-        rest = self.n - k
-        if rest > 0:
-            self.mm[:rest] = self.mm[k:self.n]
-        self.n, self.start = max(0, rest), frame_index
+        on_disk = max(0, k - len(self.ram))
+        self.ram = self.ram[k:]
+        self.start = frame_index
+        if self.disk is not None:
+            self.disk.drop_first(on_disk)
+            if len(self.ram) + self.disk.n <= self.ram_frames:  # what is left fits in RAM again
+                self.ram += [self.disk.get(i).copy() for i in range(self.disk.n)]
+                self.disk.close()
+                self.disk = None
 
     def close(self) -> None:
-        self.mm = None
-        os.unlink(self.path)
+        self.ram = []
+        if self.disk is not None:
+            self.disk.close()
+            self.disk = None
 
 
 def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | None = None, name: str | None = None,
