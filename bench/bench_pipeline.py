@@ -12,7 +12,8 @@ Makes a source of ``--seconds`` at ``--height``p with a hard cut every 2-5 s (ff
   decode pass itself costs: on a GPU the forward runs elsewhere), and with a tiny CLIP on the same CPU.
   Each is the median of ``--repeat`` runs, interleaved with decode runs (the ratio of medians);
 - embed: `curate embed` with the ``clip`` encoder (random weights, full-size model, 8 frames/clip),
-  end-to-end clips/s next to the encoder's pure forward clips/s on the same number of frames;
+  end-to-end clips/s next to the encoder's pure forward clips/s on the same number of frames, and on
+  CUDA the GPU's mean utilisation during the stage (nvidia-smi samples, ``embed_gpu_busy_pct``);
 - naive: what per-clip tools do: ffmpeg cuts every clip (re-encode), then each clip file is
   decoded to sample its 8 frames and embedded; reported as a ratio to curate's split + embed.
 """
@@ -67,6 +68,27 @@ class NoForward:
         return np.zeros((len(texts), self.enc.info.embed_dim), np.float32)
 
 
+class GpuBusy:
+    """Samples the GPU's utilisation (nvidia-smi, every 200 ms) while a stage runs; nothing on CPU."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.samples, self.proc = device, [], None
+
+    def __enter__(self):
+        if self.device.startswith("cuda") and shutil.which("nvidia-smi"):
+            index = self.device.split(":")[1] if ":" in self.device else "0"
+            self.proc = subprocess.Popen(["nvidia-smi", "-i", index, "--query-gpu=utilization.gpu",
+                                          "--format=csv,noheader,nounits", "-lms", "200"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            out, _ = self.proc.communicate(timeout=10)
+            self.samples = [float(v) for v in out.split() if v.strip().replace(".", "", 1).isdigit()]
+
+
 def timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -101,8 +123,9 @@ def main() -> None:
     opts = {"model": args.model, "weights": "random"}
     enc = load_encoder("clip", opts, args.device)
     device = enc.device
-    t_embed, r = timed(lambda: embed(root, "clip", options=opts, device=args.device, batch_size=args.batch_size,
-                                     encoder_obj=enc))
+    with GpuBusy(device) as busy:
+        t_embed, r = timed(lambda: embed(root, "clip", options=opts, device=args.device, batch_size=args.batch_size,
+                                         encoder_obj=enc))
     assert r.ok == n_clips, r.as_dict()
     x = torch.randn(args.batch_size * 8, 3, enc.image_size, enc.image_size)
     enc._encode_frames(x[:8])  # warm-up
@@ -125,6 +148,8 @@ def main() -> None:
         "forward_clips_per_s": round(forward_cps, 2), "embed_vs_forward": round(n_clips / t_embed / forward_cps, 2),
         "split_plus_embed_s": round(t_split + t_embed, 2),
     }
+    if busy.samples:
+        result["embed_gpu_busy_pct"] = round(sum(busy.samples) / len(busy.samples), 1)
     # one decode pass for split + frame sampling (`curate process`): the encoder's sampling and
     # preprocessing without its forward (NoForward), then with a tiny CLIP running on the same CPU
     import json as _json
