@@ -109,3 +109,19 @@ def test_scene_frames_spill_to_disk_and_come_back_unchanged(tmp_path):
     assert [int(sf.get(i)[0, 0]) for i in range(27, 40)] == list(range(27, 40))
     assert int(sf.get(99)[0, 0]) == 39  # past the end: the last frame, as decoders clamp
     sf.close()
+
+
+def test_several_sources_decoded_at_once_give_the_same_tables(roots, tiny_clip, tmp_path, source_list):
+    """--workers decodes sources side by side; the clips and embeddings are those of one at a time."""
+    _, fused, _ = roots
+    r = tmp_path / "parallel"
+    ingest(r, source_list)
+    res = process(r, "clip", options=tiny_clip, min_clip_s=0.5, max_clip_s=2.0, device="cpu", batch_size=2, workers=3)
+    assert res.ok == 3 and res.error == 0
+    for table, drop in (("clips", ["updated_at"]), ("embeddings/clip", ["updated_at", "video_emb", "text_emb"])):
+        a = pd.read_parquet(fused / table).drop(columns=drop).sort_values("clip_id").reset_index(drop=True)
+        b = pd.read_parquet(r / table).drop(columns=drop).sort_values("clip_id").reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b)
+    a = pd.read_parquet(fused / "embeddings" / "clip").set_index("clip_id").sort_index()
+    b = pd.read_parquet(r / "embeddings" / "clip").set_index("clip_id").sort_index()
+    np.testing.assert_allclose(np.stack(a.video_emb.to_numpy()), np.stack(b.video_emb.to_numpy()), atol=1e-5)

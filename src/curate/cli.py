@@ -195,6 +195,8 @@ def process(
     max_clip_s: float = typer.Option(60.0, help="Cut scenes longer than this into equal pieces (seconds; 0 = no limit)."),
     device: str = typer.Option("auto", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
     batch_size: int = typer.Option(32, help="Clips per forward pass."),
+    workers: int = typer.Option(1, help="Sources decoded at a time (each its own ffmpeg and detector thread); "
+                                        "on a many-core GPU node about cores/4 keeps the encoder fed."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Split and embed in ONE decode pass per source (= split, then embed -o decoder=ffmpeg)."""
@@ -203,7 +205,8 @@ def process(
 
     r = run(root, encoder, options=parse_options(option), name=name, detector=detector,
             detector_options={"threshold": threshold} if threshold is not None else None, min_clip_s=min_clip_s,
-            max_clip_s=max_clip_s or None, device=device, batch_size=batch_size, progress=RichProgress())
+            max_clip_s=max_clip_s or None, device=device, batch_size=batch_size, workers=workers,
+            progress=RichProgress())
     _finish(r, json_out)
 
 

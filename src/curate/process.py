@@ -119,8 +119,11 @@ class _SceneFrames:
 def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | None = None, name: str | None = None,
             detector: str = "content", detector_options: dict[str, Any] | None = None, min_clip_s: float = 1.0,
             max_clip_s: float | None = 60.0, device: str = "auto", batch_size: int = 32, flush_every: int = 512,
-            progress: Progress | None = None, encoder_obj=None) -> StageResult:
-    """Split and embed every ingested source not split yet, decoding each source once."""
+            workers: int = 1, progress: Progress | None = None, encoder_obj=None) -> StageResult:
+    """Split and embed every ingested source not split yet, decoding each source once.
+
+    ``workers`` sources are decoded at a time (each by its own ffmpeg, its detector in a thread): one
+    decode of one source rarely keeps a many-core GPU node busy."""
 
     from curate.embed import embed
     from curate.plugins import get_encoder, get_splitter
@@ -159,12 +162,14 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
         tmpdir = root.path / ".tmp"
         tmpdir.mkdir(exist_ok=True)
 
-        def items():
-            for src in sources:
-                if run.claim(src["source_id"]):
-                    yield from _process_source(root, src, enc, splitter, detector, min_clip_s, max_clip_s, tmpdir)
-                else:
-                    yield "skip", src, None
+        workers = max(1, int(workers))
+
+        def items(src):
+            if run.claim(src["source_id"]):
+                yield from _process_source(root, src, enc, splitter, detector, min_clip_s, max_clip_s, tmpdir,
+                                           SCENE_RAM_BYTES // workers)
+            else:
+                yield "skip", src, None
 
         rows: list[dict] = []      # embeddings ready to write (their clips are in the table)
         waiting: dict[str, list[dict]] = {}  # source id -> embeddings whose clips are not written yet
@@ -186,7 +191,7 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
                 rows.clear()
                 table.tidy()
 
-        for kind, src, payload in _ahead(items(), size=2 * batch_size):  # decoding runs ahead of the model
+        for kind, src, payload in _sources_ahead(sources, items, workers, size=2 * batch_size):  # ahead of the model
             sid = src["source_id"]
             if kind == "clip":
                 batch.append(payload)
@@ -228,8 +233,63 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
     return result.done()
 
 
+def _sources_ahead(sources: list[dict], items, workers: int, size: int):
+    """``items(src)`` of every source, run in ``workers`` producer threads (a source each at a time) up to
+    ``size`` items ahead of the consumer; items of different sources interleave as they come."""
+    import queue
+    import threading
+
+    if workers <= 1:
+        yield from _ahead((item for src in sources for item in items(src)), size=size)
+        return
+    q: queue.Queue = queue.Queue(maxsize=size)
+    stop, lock, done = threading.Event(), threading.Lock(), object()
+    todo = iter(sources)
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                with lock:
+                    src = next(todo, None)
+                if src is None:
+                    return
+                gen = items(src)
+                try:
+                    for item in gen:
+                        if stop.is_set():
+                            return
+                        q.put(item)
+                finally:
+                    gen.close()  # stops its ffmpeg when the consumer stopped early
+        except BaseException as e:  # surfaced in the consumer
+            q.put(e)
+        finally:
+            q.put(done)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    finished = 0
+    try:
+        while finished < workers:
+            item = q.get()
+            if item is done:
+                finished += 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        stop.set()
+        while any(t.is_alive() for t in threads):
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
 def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_clip_s: float, max_clip_s: float | None,
-                    tmpdir):
+                    tmpdir, ram_bytes: int = SCENE_RAM_BYTES):
     """One decode of one source. Yields ("clip", src, (clip row, model input, error)) as scenes close,
     then ("end", src, clip rows) (or one error row)."""
     import scenedetect as sd
@@ -238,7 +298,7 @@ def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_cli
     now = time.time()
     w, h = int(src["width"]), int(src["height"])
     det_stream, enc_stream = detect_stream(w, h), sample_stream(enc, w, h)
-    scene = _SceneFrames(tmpdir, enc_stream.frame_shape)
+    scene = _SceneFrames(tmpdir, enc_stream.frame_shape, ram_bytes)
     det_size = (det_stream.width, det_stream.height)
     detector_obj = splitter.make_detector()
     clip_rows: list[dict] = []
