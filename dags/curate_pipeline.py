@@ -1,6 +1,8 @@
 """curate_pipeline: a source list -> a published, curated video-text subset.
 
 register -> [ingest -> split] per batch of sources (mapped) -> embed (GPU) -> score (GPU) -> filter -> publish.
+With ``one_pass``, the split tasks leave their batch alone and embed splits and embeds in one decode per
+source (`curate process`) on the GPU worker.
 
 Every task is a thin shell over one curate stage (``curate.ingest.ingest`` ... ``curate.publish.publish``);
 the stages are idempotent, so clearing and re-running any task only finishes what is missing. Bad sources
@@ -64,6 +66,8 @@ def curate_pipeline():
             from curate.split import split as run
 
             ct.label(f"batch {b['index']} ({ct.plural(ingested['sources_ok'], 'source')} ingested)")
+            if params["one_pass"]:  # the embed task splits, in the same decode as the embedding
+                return {"stage": "split", "one_pass": True, "sources": ingested["sources_ok"]}
             res = ct.locked(run, ct.check_root(params["root"]), source_ids=b["source_ids"],
                             detector=params["detector"], min_clip_s=params["min_clip_s"],
                             max_clip_s=params["max_clip_s"]).as_dict()
@@ -80,9 +84,19 @@ def curate_pipeline():
             raise AirflowFailException("register did not produce batches of sources: nothing to embed")
         root = ct.check_root(params["root"])
         ids = [s for b in batches for s in b["source_ids"]]
+        options = ct.check_encoder_options(params["encoder_options"], ct.allowed_dirs(root))
+        if params["one_pass"]:
+            from curate.process import process
+
+            res = ct.locked(process, root, params["encoder"], options=options, name=params["embedding_name"],
+                            detector=params["detector"], min_clip_s=params["min_clip_s"],
+                            max_clip_s=params["max_clip_s"], device=params["device"],
+                            batch_size=params["embed_batch_size"], workers=params["decode_workers"]).as_dict()
+            if ct.run_clip_count(root, ids) == 0:
+                raise AirflowFailException(f"no source of this run produced a clip: {res.get('errors')}")
+            return res
         if ct.run_clip_count(root, ids) == 0:
             raise AirflowFailException("no source of this run produced a clip (see the failed batches)")
-        options = ct.check_encoder_options(params["encoder_options"], ct.allowed_dirs(root))
         res = ct.locked(run, root, params["encoder"], options=options, name=params["embedding_name"],
                         device=params["device"], batch_size=params["embed_batch_size"]).as_dict()
         return ct.require_some(res, "embed")

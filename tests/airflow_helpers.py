@@ -53,7 +53,7 @@ ENV = {
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME}/airflow.db",
     "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
-    "CURATE_ROOTS": os.pathsep.join(str(ROOTS / n) for n in ("main", "inbox", "other")),
+    "CURATE_ROOTS": os.pathsep.join(str(ROOTS / n) for n in ("main", "inbox", "other", "onepass")),
     "CURATE_ALLOWED_DIRS": f"{INPUTS}{os.pathsep}{MODELS}",
     "CURATE_INBOX_SETTLE_S": "0",
 }
@@ -161,6 +161,16 @@ def task_instances(dag_id: str, run_id: str) -> list[tuple[str, int, str | None,
     with create_session() as s:
         rows = s.query(TaskInstance).filter_by(dag_id=dag_id, run_id=run_id).all()
         return sorted((t.task_id, t.map_index, t.rendered_map_index, str(t.state)) for t in rows)
+
+
+def xcom_values(dag_id: str, run_id: str, task_id: str) -> list:
+    """The return values of a task (one per mapped instance, in map index order)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as s:
+        rows = s.query(XComModel).filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id, key="return_value").all()
+        return [XComModel.deserialize_value(r) for r in sorted(rows, key=lambda r: r.map_index)]
 
 
 def asset_events(uri: str) -> list[dict]:

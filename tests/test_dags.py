@@ -293,3 +293,23 @@ def test_pipeline_runs_another_encoder_by_name():
     assert state == "success"
     assert "viclip_sim" in Root(root).scores.read().columns
     assert (Root(root).subset_dir("vic") / "README.md").read_text().count("encoder: `viclip`") == 1
+
+
+def test_pipeline_one_pass_splits_and_embeds_on_the_gpu_task():
+    """one_pass: the split tasks leave their batches alone, the embed task runs `curate process`; the
+    subset is published as with split + embed."""
+    from curate.store import Root
+
+    root = h.ROOTS / "onepass"
+    state, run_id = h.run_dag("curate_pipeline", h.pipeline_conf(root, subset="one", one_pass=True, decode_workers=2))
+    assert state == "success"
+    r = Root(root)
+    clips = r.clips.read()
+    assert len(clips) > 0 and set(clips.splitter) == {"content"}
+    emb = r.embeddings("clip").read()
+    assert set(emb.clip_id) == set(clips[clips.status == "ok"].clip_id) and set(emb.status) == {"ok"}
+    assert (r.subset_dir("one") / "annotations.parquet").exists()
+    split_out = h.xcom_values("curate_pipeline", run_id, "batch.split")
+    assert split_out and all(x["one_pass"] for x in split_out)  # the split tasks did not split
+    (embedded,) = h.xcom_values("curate_pipeline", run_id, "embed")
+    assert embedded["stage"] == "process" and embedded["clips"] == len(clips) and embedded["embedded_separately"] == 0

@@ -140,6 +140,12 @@ def pipeline_params() -> dict[str, Param]:
                                 description="Name of the embedding set (default: the encoder name)."),
         "device": Param("auto", type="string", description="Torch device for the encoder (auto, cpu, cuda, cuda:1)."),
         "embed_batch_size": Param(32, type="integer", minimum=1, maximum=4096, description="Clips per forward pass."),
+        "one_pass": Param(False, type="boolean",
+                          description="Split and embed in ONE decode per source, on the GPU worker (`curate process`), "
+                                      "instead of split tasks per batch then embed."),
+        "decode_workers": Param(1, type="integer", minimum=1, maximum=64,
+                                description="With one_pass: sources decoded at a time on the GPU worker (about "
+                                            "cores/4 there)."),
         "min_sim": _opt_number(0.2, "Keep clips whose caption similarity is at least this (null: no rule).", -1),
         "min_duration": _opt_number(None, "Keep clips at least this long, seconds (null: no rule)."),
         "max_duration": _opt_number(None, "Keep clips at most this long, seconds (null: no rule)."),
