@@ -264,7 +264,7 @@ CRASHES = {  # stage -> crash point: the moment a kill hurts most
     "ingest": "upsert:2",        # new rows written, old copies not yet removed
     "split": "split-source:2",   # after the second source's clips
     "embed": "embed-flush:1",    # after the first part of embeddings
-    "score": "rewrite:1",        # new scores part written, the old not yet removed
+    "score": "score-merge:1",    # merged scores part written, the old not yet removed
     "publish": "publish-shard:1",  # a shard renamed into place, its manifest not written
 }
 

@@ -318,3 +318,32 @@ def test_after_a_crash_mid_upsert_reads_see_the_newest_value_of_each_key(tmp_pat
     t.repair()
     got = t.read_arrow(columns=["clip_id", "start_s"]).to_pylist()
     assert {row["clip_id"]: row["start_s"] for row in got} == want and len(got) == 3 and len(t.parts()) == 1
+
+
+@pytest.mark.parametrize("batch_rows", [2, 3, 1000])
+def test_score_columns_merge_streaming_like_a_join(tmp_path, monkeypatch, batch_rows):
+    """Scores merge batch by batch into the sorted table: the result is that of an outer join where new
+    values win, whatever the batch size; merging the same values again writes nothing."""
+    import pyarrow as pa
+
+    import curate.score as sc
+    from curate.store import Root
+
+    monkeypatch.setattr(sc, "MERGE_BATCH_ROWS", batch_rows)
+    root = Root(tmp_path / "r").ensure()
+    ids = [f"c{i:02d}" for i in range(12)]
+    a = pa.table({"clip_id": ids[1::2][::-1], "x": [float(i) for i in range(6)]})  # unsorted on purpose
+    b = pa.table({"clip_id": ids[0::2] + ["c03", "c99"], "y": [float(10 + i) for i in range(8)]})
+    c = pa.table({"clip_id": ["c00", "c05", "c11"], "x": [-1.0, -5.0, -11.0]})
+    for t in (a, b, c):
+        assert sc.merge_into_scores(root, t)
+    # c's x wins for its rows, a's x stays for the others; b's y where b has a row; nulls elsewhere
+    want = pd.DataFrame({"clip_id": sorted(set(ids) | {"c99"})}).set_index("clip_id")
+    want["x"] = pd.Series(dict(zip(a["clip_id"].to_pylist(), a["x"].to_pylist())))
+    want.loc[c["clip_id"].to_pylist(), "x"] = c["x"].to_pylist()
+    want["y"] = pd.Series(dict(zip(b["clip_id"].to_pylist(), b["y"].to_pylist())))
+    got = root.scores.read().set_index("clip_id")
+    assert list(got.index) == sorted(got.index) and len(root.scores.parts()) == 1
+    pd.testing.assert_frame_equal(got[["x", "y"]], want[["x", "y"]], check_names=False)
+    part = root.scores.parts()[0]
+    assert not sc.merge_into_scores(root, c) and root.scores.parts() == [part]  # same values: no write

@@ -1,7 +1,8 @@
 """Score: compute score columns for every ok clip and merge them into ``ROOT/scores``.
 
-Scores of different scorers live side by side in one table keyed by ``clip_id``; running a scorer
-again replaces its own columns and leaves the others as they are. Nothing here loads a model for
+Scores of different scorers live side by side in one table keyed by ``clip_id`` (one part, sorted by
+clip id); running a scorer again replaces its own columns and leaves the others as they are. Each
+scorer's output is merged into the table in one streaming pass (:func:`merge_into_scores`). Nothing here loads a model for
 alignment: it reads stored embeddings.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.faults import crashpoint
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root
 
@@ -21,7 +23,11 @@ DEFAULT_SCORERS = ("technical", "alignment")
 
 def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder: str | None = None,
           options: dict[str, dict[str, Any]] | None = None, progress: Progress | None = None) -> StageResult:
-    """Run ``scorers`` (``alignment`` limited to ``encoder`` when given) and merge their columns."""
+    """Run ``scorers`` (``alignment`` limited to ``encoder`` when given) and merge their columns.
+
+    The scores table is one part sorted by clip id; each scorer's new columns are merged into it in one
+    streaming pass (old rows batch by batch, the scorer's rows sorted alongside), so memory holds the
+    scorer's own output and one batch of the table, never the whole table."""
     from curate.plugins import get_scorer
 
     root = Root(root) if not isinstance(root, Root) else root
@@ -29,60 +35,174 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
     result = StageResult("score")
     with root.ensure().lock("score"):
         root.scores.repair()
+        if len(root.scores.parts()) > 1:  # one sorted part: what the streaming merge and reads below expect
+            root.scores.rewrite(root.scores.read_arrow().sort_by("clip_id"))
         clips = root.clips.read_arrow(columns=["clip_id", "status"])
         ids = clips.filter(pc.equal(clips["status"], "ok"))["clip_id"].combine_chunks()
+        del clips
         result.total = len(ids)
         names = list(scorers)
         progress.start(len(names), "score")
-        merged = root.scores.read_arrow() if root.scores.exists() else pa.table({"clip_id": pa.array([], pa.string())})
-        saved = merged.sort_by("clip_id")
         for sname in names:
             opts = dict((options or {}).get(sname, {}))
             if sname in ("alignment", "dedup") and encoder:
                 opts.setdefault("encoder", encoder)
             scorer = get_scorer(sname).create(**opts)
             todo = ids
-            if scorer.incremental and merged.num_rows:
-                todo = pending_ids(merged, ids, scorer.columns(root))
+            if scorer.incremental and root.scores.exists():
+                todo = pending_ids(root, ids, scorer.columns(root))
             new = scorer.compute(root, todo)
-            merged = merge_columns(merged, new)
-            saved = _save(root, merged, saved)  # after each scorer: later scorers (dedup by=...) read it, a crash keeps it
+            merge_into_scores(root, new)  # after each scorer: later scorers (dedup by=...) read it, a crash keeps it
+            del new
             progress.advance()
-        err_cols = [c for c in merged.column_names if c.endswith("_error")]
-        if err_cols and merged.num_rows:
-            bad = pc.is_valid(merged[err_cols[0]])
-            for c in err_cols[1:]:
-                bad = pc.or_(bad, pc.is_valid(merged[c]))
-            in_run = pc.is_in(merged["clip_id"], value_set=ids)
-            result.error = int(pc.sum(pc.and_(bad, in_run)).as_py() or 0)
-            sample = merged.filter(pc.and_(bad, in_run)).slice(0, 5).to_pylist()
-            for row in sample:
-                msg = "; ".join(f"{c}: {row[c]}" for c in err_cols if row[c])
-                result.errors.append(f"{row['clip_id']}: {msg}")
-        result.ok = result.total - result.error
-        result.extra["columns"] = [c for c in merged.column_names if c != "clip_id"]
+        _count_errors(root, ids, result)
     return result.done()
 
 
-def _save(root: Root, merged: pa.Table, saved: pa.Table) -> pa.Table:
-    """Write ``merged`` unless it equals ``saved`` (the table on disk): a rerun that changes nothing writes nothing."""
-    merged = merged.sort_by("clip_id")
-    if not saved.equals(merged):
-        root.scores.rewrite(merged)
-    return merged
+#: rows of the scores table merged per step (memory: one such batch plus the scorer's output)
+MERGE_BATCH_ROWS = 262144
 
 
-def pending_ids(merged: pa.Table, ids: pa.Array, columns: list[str]) -> pa.Array:
-    """Clip ids in ``ids`` without a value (nor an error) in the scorer's first column."""
+def merge_into_scores(root: Root, new: pa.Table) -> bool:
+    """Merge ``new`` (clip_id + columns) into ``ROOT/scores``: its columns replace same-named ones for its
+    rows, other rows and columns stay. One streaming pass over the table (one part, sorted by clip id)
+    with ``new`` sorted alongside; nothing is written when nothing changes (a rerun that computes the
+    same values leaves the file as it is). Returns whether it wrote."""
+    if new.num_rows == 0:
+        return False
+    new = new.sort_by("clip_id")
+    if _has_dups(new["clip_id"]):
+        raise ValueError("a scorer returned a clip id twice")
+    try:
+        return _merge_sorted(root.scores, new)
+    except _Unsorted:  # a table not written by this version: sort it once, then merge
+        root.scores.rewrite(root.scores.read_arrow().sort_by("clip_id"))
+        return _merge_sorted(root.scores, new)
+
+
+class _Unsorted(Exception):
+    pass
+
+
+def _merge_sorted(table, new: pa.Table) -> bool:
+    import os
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    from curate.store import _part_name, write_row_groups
+
+    parts = table.parts()
+    if len(parts) > 1:  # a crash between writing and removing a part: the newest rows win
+        table.rewrite(table.read_arrow().sort_by("clip_id"))
+        parts = table.parts()
+    old_schema = pq.read_schema(parts[0]) if parts else None
+    cols = [c for c in new.column_names if c != "clip_id"]
+    kept = [f for f in (old_schema or []) if f.name not in cols and f.name != "clip_id"]
+    schema = pa.schema([pa.field("clip_id", pa.string()), *kept, *(new.schema.field(c) for c in cols)])
+    table.path.mkdir(parents=True, exist_ok=True)
+    tmp = table.path / f".tmp-{uuid.uuid4().hex[:8]}-scores.parquet"
+    new_keys = new["clip_id"].combine_chunks()
+    state = {"pos": 0, "changed": old_schema is None or not schema.equals(old_schema), "last": None}
+
+    def merged_batches():
+        if old_schema is not None:
+            for batch in pq.ParquetFile(parts[0]).iter_batches(batch_size=MERGE_BATCH_ROWS):
+                keys = batch.column("clip_id")
+                first, last = keys[0].as_py(), keys[-1].as_py()
+                if (state["last"] is not None and first <= state["last"]) or (
+                        len(keys) > 1 and not pc.all(pc.less(keys.slice(0, len(keys) - 1), keys.slice(1))).as_py()):
+                    raise _Unsorted()
+                state["last"] = last
+                old = pa.Table.from_batches([batch])
+                pos = state["pos"]
+                end = pos + int(pc.sum(pc.less_equal(new_keys.slice(pos), last)).as_py() or 0)
+                if end > pos:
+                    piece = _conform(merge_columns(old, new.slice(pos, end - pos)).sort_by("clip_id"), schema)
+                    if not state["changed"] and not piece.equals(_conform(old, schema)):
+                        state["changed"] = True
+                else:
+                    piece = _conform(old, schema)
+                state["pos"] = end
+                yield from piece.to_batches()
+        if state["pos"] < new.num_rows:  # clips after the last one scored so far
+            state["changed"] = True
+            yield from _conform(new.slice(state["pos"]), schema).to_batches()
+
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            write_row_groups(writer, merged_batches())
+        if not state["changed"]:
+            tmp.unlink()
+            return False
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, table.path / _part_name())
+    finally:
+        tmp.unlink(missing_ok=True)
+    crashpoint("score-merge")  # both parts on disk: repair() keeps the newest rows
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return True
+
+
+def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    cols = [t[f.name].cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _has_dups(keys) -> bool:
+    return len(keys) > 0 and len(pc.unique(keys)) != len(keys)
+
+
+def _count_errors(root: Root, ids: pa.Array, result: StageResult) -> None:
+    """Clips of this run with an error in any ``*_error`` column (streamed over the scores table)."""
+    if not root.scores.exists():
+        result.ok = result.total
+        result.extra["columns"] = []
+        return
+    import pyarrow.parquet as pq
+
+    part = root.scores.parts()[0]
+    names = pq.read_schema(part).names
+    err_cols = [c for c in names if c.endswith("_error")]
+    result.extra["columns"] = [c for c in names if c != "clip_id"]
+    if err_cols:
+        for batch in pq.ParquetFile(part).iter_batches(batch_size=MERGE_BATCH_ROWS, columns=["clip_id", *err_cols]):
+            bad = pc.is_valid(batch.column(err_cols[0]))
+            for c in err_cols[1:]:
+                bad = pc.or_(bad, pc.is_valid(batch.column(c)))
+            hit = pc.and_(bad, pc.is_in(batch.column("clip_id"), value_set=ids))
+            n = int(pc.sum(hit).as_py() or 0)
+            if not n:
+                continue
+            result.error += n
+            for row in pa.Table.from_batches([batch]).filter(hit).slice(0, max(0, 5 - len(result.errors))).to_pylist():
+                msg = "; ".join(f"{c}: {row[c]}" for c in err_cols if row[c])
+                result.errors.append(f"{row['clip_id']}: {msg}")
+    result.ok = result.total - result.error
+
+
+def pending_ids(root: Root, ids: pa.Array, columns: list[str]) -> pa.Array:
+    """Clip ids in ``ids`` without a value (nor an error) in the scorer's first column (streamed)."""
+    import pyarrow.parquet as pq
+
     col = columns[0]
-    if col not in merged.column_names:
+    part = root.scores.parts()[0] if root.scores.parts() else None
+    names = pq.read_schema(part).names if part else []
+    if col not in names:
         return ids
-    done = pc.is_valid(merged[col])
     err = f"{col}_error"
-    if err in merged.column_names:
-        done = pc.or_(done, pc.is_valid(merged[err]))
-    done_ids = merged.filter(done)["clip_id"]
-    return ids.filter(pc.invert(pc.is_in(ids, value_set=done_ids)))
+    read = ["clip_id", col] + ([err] if err in names else [])
+    done = []
+    for batch in pq.ParquetFile(part).iter_batches(batch_size=MERGE_BATCH_ROWS, columns=read):
+        ok = pc.is_valid(batch.column(col))
+        if err in names:
+            ok = pc.or_(ok, pc.is_valid(batch.column(err)))
+        done.append(pc.filter(batch.column("clip_id"), ok))
+    if not done:
+        return ids
+    return ids.filter(pc.invert(pc.is_in(ids, value_set=pa.chunked_array(done, pa.string()))))
 
 
 def merge_columns(base: pa.Table, new: pa.Table) -> pa.Table:
