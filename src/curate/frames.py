@@ -123,8 +123,10 @@ def _in_daemon(fn, *args):
     return fut
 
 
-def _ahead(items: Iterator, size: int) -> Iterator:
-    """Run ``items`` in a producer thread, up to ``size`` items ahead of the consumer."""
+def _ahead(*producers: Iterator, size: int) -> Iterator:
+    """Run each iterator of ``producers`` in its own thread, up to ``size`` items ahead of the consumer
+    (items of several producers interleave as they come). When the consumer stops, the producers are
+    closed (a producer's ``finally`` kills its decoder)."""
     import queue
     import threading
 
@@ -132,7 +134,7 @@ def _ahead(items: Iterator, size: int) -> Iterator:
     done = object()
     stop = threading.Event()
 
-    def produce() -> None:
+    def produce(items: Iterator) -> None:
         try:
             for item in items:
                 if stop.is_set():
@@ -141,24 +143,30 @@ def _ahead(items: Iterator, size: int) -> Iterator:
         except BaseException as e:  # surfaced in the consumer
             q.put(e)
         finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
             q.put(done)
 
-    t = threading.Thread(target=produce, daemon=True)
-    t.start()
+    threads = [threading.Thread(target=produce, args=(p,), daemon=True) for p in producers]
+    for t in threads:
+        t.start()
+    finished = 0
     try:
-        while True:
+        while finished < len(threads):
             item = q.get()
             if item is done:
-                return
-            if isinstance(item, BaseException):
+                finished += 1
+            elif isinstance(item, BaseException):
                 raise item
-            yield item
+            else:
+                yield item
     finally:
         stop.set()
-        while t.is_alive():
+        while any(t.is_alive() for t in threads):
             try:
                 q.get(timeout=0.1)
-            except Exception:
+            except queue.Empty:
                 pass
 
 

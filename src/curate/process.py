@@ -234,58 +234,21 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
 
 
 def _sources_ahead(sources: list[dict], items, workers: int, size: int):
-    """``items(src)`` of every source, run in ``workers`` producer threads (a source each at a time) up to
-    ``size`` items ahead of the consumer; items of different sources interleave as they come."""
-    import queue
+    """``items(src)`` of every source, from ``workers`` producer threads that each take the next source
+    when done with one, up to ``size`` items ahead of the consumer."""
     import threading
 
-    if workers <= 1:
-        yield from _ahead((item for src in sources for item in items(src)), size=size)
-        return
-    q: queue.Queue = queue.Queue(maxsize=size)
-    stop, lock, done = threading.Event(), threading.Lock(), object()
-    todo = iter(sources)
+    lock, todo = threading.Lock(), iter(sources)
 
-    def work() -> None:
-        try:
-            while not stop.is_set():
-                with lock:
-                    src = next(todo, None)
-                if src is None:
-                    return
-                gen = items(src)
-                try:
-                    for item in gen:
-                        if stop.is_set():
-                            return
-                        q.put(item)
-                finally:
-                    gen.close()  # stops its ffmpeg when the consumer stopped early
-        except BaseException as e:  # surfaced in the consumer
-            q.put(e)
-        finally:
-            q.put(done)
+    def next_source():
+        with lock:
+            return next(todo, None)
 
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
-    for t in threads:
-        t.start()
-    finished = 0
-    try:
-        while finished < workers:
-            item = q.get()
-            if item is done:
-                finished += 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        stop.set()
-        while any(t.is_alive() for t in threads):
-            try:
-                q.get(timeout=0.1)
-            except queue.Empty:
-                pass
+    def worker():
+        while (src := next_source()) is not None:
+            yield from items(src)
+
+    return _ahead(*(worker() for _ in range(max(1, workers))), size=size)
 
 
 def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_clip_s: float, max_clip_s: float | None,

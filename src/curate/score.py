@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from curate.faults import crashpoint
 from curate.progress import NullProgress, Progress, StageResult
-from curate.store import Root
+from curate.store import Root, _has_duplicates, _part_name, conform, write_batches_atomic
 
 DEFAULT_SCORERS = ("technical", "alignment")
 
@@ -35,8 +35,7 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
     result = StageResult("score")
     with root.ensure().lock("score"):
         root.scores.repair()
-        if len(root.scores.parts()) > 1:  # one sorted part: what the streaming merge and reads below expect
-            root.scores.rewrite(root.scores.read_arrow().sort_by("clip_id"))
+        _one_sorted_part(root.scores)
         clips = root.clips.read_arrow(columns=["clip_id", "status"])
         ids = clips.filter(pc.equal(clips["status"], "ok"))["clip_id"].combine_chunks()
         del clips
@@ -71,13 +70,21 @@ def merge_into_scores(root: Root, new: pa.Table) -> bool:
     if new.num_rows == 0:
         return False
     new = new.sort_by("clip_id")
-    if _has_dups(new["clip_id"]):
+    if _has_duplicates(new["clip_id"]):
         raise ValueError("a scorer returned a clip id twice")
+    _one_sorted_part(root.scores)
     try:
         return _merge_sorted(root.scores, new)
     except _Unsorted:  # a table not written by this version: sort it once, then merge
-        root.scores.rewrite(root.scores.read_arrow().sort_by("clip_id"))
+        _one_sorted_part(root.scores, force=True)
         return _merge_sorted(root.scores, new)
+
+
+def _one_sorted_part(table, force: bool = False) -> None:
+    """What the streaming merge and reads expect: one part, sorted by clip id. Several parts happen after
+    a crash between writing a part and removing the old one (the newest rows win) or in older roots."""
+    if force or len(table.parts()) > 1:
+        table.rewrite(table.read_arrow().sort_by("clip_id"))
 
 
 class _Unsorted(Exception):
@@ -85,23 +92,13 @@ class _Unsorted(Exception):
 
 
 def _merge_sorted(table, new: pa.Table) -> bool:
-    import os
-    import uuid
-
     import pyarrow.parquet as pq
 
-    from curate.store import _part_name, write_row_groups
-
     parts = table.parts()
-    if len(parts) > 1:  # a crash between writing and removing a part: the newest rows win
-        table.rewrite(table.read_arrow().sort_by("clip_id"))
-        parts = table.parts()
     old_schema = pq.read_schema(parts[0]) if parts else None
     cols = [c for c in new.column_names if c != "clip_id"]
     kept = [f for f in (old_schema or []) if f.name not in cols and f.name != "clip_id"]
     schema = pa.schema([pa.field("clip_id", pa.string()), *kept, *(new.schema.field(c) for c in cols)])
-    table.path.mkdir(parents=True, exist_ok=True)
-    tmp = table.path / f".tmp-{uuid.uuid4().hex[:8]}-scores.parquet"
     new_keys = new["clip_id"].combine_chunks()
     state = {"pos": 0, "changed": old_schema is None or not schema.equals(old_schema), "last": None}
 
@@ -114,45 +111,26 @@ def _merge_sorted(table, new: pa.Table) -> bool:
                         len(keys) > 1 and not pc.all(pc.less(keys.slice(0, len(keys) - 1), keys.slice(1))).as_py()):
                     raise _Unsorted()
                 state["last"] = last
-                old = pa.Table.from_batches([batch])
+                old = conform(pa.Table.from_batches([batch]), schema)
                 pos = state["pos"]
                 end = pos + int(pc.sum(pc.less_equal(new_keys.slice(pos), last)).as_py() or 0)
-                if end > pos:
-                    piece = _conform(merge_columns(old, new.slice(pos, end - pos)).sort_by("clip_id"), schema)
-                    if not state["changed"] and not piece.equals(_conform(old, schema)):
-                        state["changed"] = True
-                else:
-                    piece = _conform(old, schema)
+                piece = old
+                if end > pos:  # the scorer's rows up to this batch's last clip id
+                    piece = conform(merge_columns(old, new.slice(pos, end - pos)).sort_by("clip_id"), schema)
+                    state["changed"] = state["changed"] or not piece.equals(old)
                 state["pos"] = end
                 yield from piece.to_batches()
         if state["pos"] < new.num_rows:  # clips after the last one scored so far
             state["changed"] = True
-            yield from _conform(new.slice(state["pos"]), schema).to_batches()
+            yield from conform(new.slice(state["pos"]), schema).to_batches()
 
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            write_row_groups(writer, merged_batches())
-        if not state["changed"]:
-            tmp.unlink()
-            return False
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, table.path / _part_name())
-    finally:
-        tmp.unlink(missing_ok=True)
-    crashpoint("score-merge")  # both parts on disk: repair() keeps the newest rows
+    table.path.mkdir(parents=True, exist_ok=True)
+    if not write_batches_atomic(table.path / _part_name(), schema, merged_batches(), keep=lambda: state["changed"]):
+        return False
+    crashpoint("score-merge")  # both parts on disk: the next run keeps the newest rows
     for p in parts:
         p.unlink(missing_ok=True)
     return True
-
-
-def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
-    cols = [t[f.name].cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type) for f in schema]
-    return pa.Table.from_arrays(cols, schema=schema)
-
-
-def _has_dups(keys) -> bool:
-    return len(keys) > 0 and len(pc.unique(keys)) != len(keys)
 
 
 def _count_errors(root: Root, ids: pa.Array, result: StageResult) -> None:
@@ -188,7 +166,7 @@ def pending_ids(root: Root, ids: pa.Array, columns: list[str]) -> pa.Array:
     import pyarrow.parquet as pq
 
     col = columns[0]
-    part = root.scores.parts()[0] if root.scores.parts() else None
+    part = next(iter(root.scores.parts()), None)
     names = pq.read_schema(part).names if part else []
     if col not in names:
         return ids

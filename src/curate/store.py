@@ -17,7 +17,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -78,6 +78,32 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_batches_atomic(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
+                         keep: Callable[[], bool] | None = None) -> bool:
+    """Stream record batches into one Parquet file atomically (row groups of a useful size, fsync, rename).
+
+    ``keep``, asked once everything is written, may discard the file instead (returns False then)."""
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            write_row_groups(writer, batches)
+        if keep is not None and not keep():
+            return False
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns, in its order and types (missing ones null)."""
+    cols = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def write_bytes_atomic(data: bytes | str, path: Path) -> None:
@@ -184,15 +210,7 @@ class Table:
         return d.to_batches(columns=columns, filter=filter, batch_size=batch_size)
 
     def _conform(self, table: pa.Table) -> pa.Table:
-        if self.schema is None:
-            return table
-        cols = []
-        for field in self.schema:
-            if field.name in table.column_names:
-                cols.append(table[field.name].cast(field.type))
-            else:
-                cols.append(pa.nulls(table.num_rows, type=field.type))
-        return pa.Table.from_arrays(cols, schema=self.schema)
+        return table if self.schema is None else conform(table, self.schema)
 
     def append(self, table: pa.Table) -> Path | None:
         """Add rows whose keys are new (the caller guarantees it). Returns the new part."""
@@ -259,11 +277,8 @@ class Table:
         if _has_duplicates(keys):
             self.rewrite(self.read_arrow())
             return
-        new_part = self.path / _part_name()
-        tmp = new_part.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{new_part.name}")
-        with pq.ParquetWriter(tmp, d.schema, compression="zstd") as writer:
-            write_row_groups(writer, d.to_batches(batch_size=ROW_GROUP_ROWS, batch_readahead=2, fragment_readahead=1))
-        os.replace(tmp, new_part)
+        write_batches_atomic(self.path / _part_name(), d.schema,
+                             d.to_batches(batch_size=ROW_GROUP_ROWS, batch_readahead=2, fragment_readahead=1))
         crashpoint("compact")
         for p in parts:
             p.unlink(missing_ok=True)
@@ -306,12 +321,8 @@ class Table:
             return None  # parts written with other schemas: compact() unifies them
         stamp = parts[-1].name.split("-")[1] if parts[-1].name.count("-") >= 2 else f"{time.time_ns():020d}"
         new_part = self.path / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = new_part.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{new_part.name}")
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            write_row_groups(writer, (b for p in parts for b in pq.ParquetFile(p).iter_batches(batch_size=ROW_GROUP_ROWS)))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, new_part)
+        write_batches_atomic(new_part, schema,
+                             (b for p in parts for b in pq.ParquetFile(p).iter_batches(batch_size=ROW_GROUP_ROWS)))
         crashpoint("tidy")  # a crash here leaves rows twice: reads keep one, repair() merges
         for p in parts:
             p.unlink(missing_ok=True)
