@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --upgrade pip
 	$(PIP) install $(TORCH_PINS)
 	$(PIP) install $(TORCH_PINS) -e ".[all]"
+	@# scenedetect requires opencv-python, the GUI build (needs libGL); both builds install the same cv2
+	@# package, so keep only the headless one, same version: nothing needs a display or libGL
+	v=$$($(PY) -c "import importlib.metadata as m; print(m.version('opencv-python-headless'))") && \
+	$(PIP) uninstall -y -q opencv-python && \
+	$(PIP) install -q --force-reinstall --no-deps "opencv-python-headless==$$v"
 	touch $@
 
 install: $(VENV)/.installed
