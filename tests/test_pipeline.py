@@ -347,3 +347,24 @@ def test_score_columns_merge_streaming_like_a_join(tmp_path, monkeypatch, batch_
     pd.testing.assert_frame_equal(got[["x", "y"]], want[["x", "y"]], check_names=False)
     part = root.scores.parts()[0]
     assert not sc.merge_into_scores(root, c) and root.scores.parts() == [part]  # same values: no write
+
+
+def test_a_part_of_many_tiny_row_groups_is_rewritten_once(tmp_path):
+    """Roots written before row groups were sized kept one row group per source: the next compaction
+    check rewrites such a part, without changing a row."""
+    import pyarrow as pa
+
+    from curate.store import Root
+
+    t = Root(tmp_path / "r").clips
+    t.path.mkdir(parents=True)
+    rows = pa.table({"clip_id": [f"c{i:03d}" for i in range(200)], "source_id": ["s"] * 200,
+                     "start_s": [float(i) for i in range(200)]})
+    pq.write_table(t._conform(rows), t.path / "part-00000000000000000001-aaaaaaaa.parquet", row_group_size=2)
+    before = t.read().sort_values("clip_id").reset_index(drop=True)
+    t.maybe_compact()
+    (part,) = t.parts()
+    assert pq.ParquetFile(part).metadata.num_row_groups == 1
+    pd.testing.assert_frame_equal(t.read().sort_values("clip_id").reset_index(drop=True), before)
+    t.maybe_compact()
+    assert t.parts() == [part]  # a well-formed part is left alone

@@ -263,14 +263,15 @@ class Table:
             if _has_duplicates(keys):
                 self.compact()
 
-    def compact(self) -> None:
-        """Merge the parts into one (and resolve duplicate keys left by a crash).
+    def compact(self, force: bool = False) -> None:
+        """Merge the parts into one (and resolve duplicate keys left by a crash); ``force`` rewrites a
+        single part too (into row groups of a useful size).
 
         Streams batch by batch into one new part when keys are unique, so memory stays bounded;
         with duplicates (a crash mid-upsert) it reads the table to keep the newest row of each key.
         """
         parts = self.parts()
-        if len(parts) <= 1:
+        if not parts or (len(parts) == 1 and not force):
             return
         d = self.dataset()
         keys = d.to_table(columns=[self.key])[self.key]
@@ -329,9 +330,15 @@ class Table:
         return new_part
 
     def maybe_compact(self, max_parts: int = 16) -> None:
-        """Compact when appends left many small parts (each open part costs memory and time on every read)."""
-        if len(self.parts()) > max_parts:
+        """Compact when appends left many small parts (each open part costs memory and time on every read),
+        or when the one part is split into many tiny row groups (as older versions of compact wrote it)."""
+        parts = self.parts()
+        if len(parts) > max_parts:
             self.compact()
+        elif len(parts) == 1:
+            md = pq.ParquetFile(parts[0]).metadata
+            if md.num_row_groups > 64 and md.num_rows < md.num_row_groups * (ROW_GROUP_ROWS // 4):
+                self.compact(force=True)
 
 
 def _has_duplicates(keys) -> bool:
