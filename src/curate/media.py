@@ -196,7 +196,7 @@ PIPE_BYTES = 1 << 20
 
 
 def decode_frames(path: Path, stream: Stream, *, skip_loop_filter: bool = False, timeout_s: float | None = None,
-                  duration_s: float | None = None, threads: int | None = None):
+                  duration_s: float | None = None):
     """Decode the first video stream ONCE and yield every frame as a uint8 array of ``stream.frame_shape``.
 
     ffmpeg decodes (threaded) and scales in C; frames come through one pipe (enlarged, so that decoding
@@ -217,8 +217,6 @@ def decode_frames(path: Path, stream: Stream, *, skip_loop_filter: bool = False,
     if stream.pix_fmt == "yuv420p" and (stream.width % 2 or stream.height % 2):
         raise ValueError(f"yuv420p frames need even dimensions, not {stream.width}x{stream.height}")
     cmd = ["ffmpeg", "-nostdin", "-v", "error"]
-    if threads:
-        cmd += ["-threads", str(int(threads))]
     if skip_loop_filter:
         cmd += ["-skip_loop_filter", "all"]
     # format= after scale: swscale resizes in the source's YUV (fast) and converts once, at the small size
