@@ -66,18 +66,22 @@ def _block_rows(n_cols: int, q: int, budget: int = 1 << 24) -> int:
     return max(1, budget // max(1, n_cols * q))
 
 
-def t2v_ranks(text: np.ndarray, video: np.ndarray, caption_of_video: Sequence[int], *, eps: float = TIE_EPS,
-              block: int | None = None) -> np.ndarray:
-    """1-based rank of each caption's best-ranked clip among all clips (see the module docstring)."""
+def _rank_inputs(text, video, caption_of_video):
+    """float32 text [M, D] and video [N, D] or [N, Q, D], caption index per clip; with M, N and Q."""
     text = np.asarray(text, np.float32)
     video = np.asarray(video, np.float32)
     cap = np.asarray(caption_of_video, dtype=np.int64)
-    m, n = len(text), len(video)
-    if cap.shape != (n,):
+    if cap.shape != (len(video),):
         raise ValueError("caption_of_video needs one caption index per clip")
+    return text, video, cap, len(text), len(video), video.shape[1] if video.ndim == 3 else 1
+
+
+def t2v_ranks(text: np.ndarray, video: np.ndarray, caption_of_video: Sequence[int], *, eps: float = TIE_EPS,
+              block: int | None = None) -> np.ndarray:
+    """1-based rank of each caption's best-ranked clip among all clips (see the module docstring)."""
+    text, video, cap, m, n, q = _rank_inputs(text, video, caption_of_video)
     if m and np.bincount(cap, minlength=m)[:m].min() == 0:
         raise ValueError("every caption needs at least one clip")
-    q = video.shape[1] if video.ndim == 3 else 1
     block = block or _block_rows(n, q)
     out = np.empty(m, dtype=np.int64)
     for a in range(0, m, block):
@@ -93,13 +97,7 @@ def t2v_ranks(text: np.ndarray, video: np.ndarray, caption_of_video: Sequence[in
 def v2t_ranks(text: np.ndarray, video: np.ndarray, caption_of_video: Sequence[int], *, eps: float = TIE_EPS,
               block: int | None = None) -> np.ndarray:
     """1-based rank of each clip's own caption among all distinct captions."""
-    text = np.asarray(text, np.float32)
-    video = np.asarray(video, np.float32)
-    cap = np.asarray(caption_of_video, dtype=np.int64)
-    m, n = len(text), len(video)
-    if cap.shape != (n,):
-        raise ValueError("caption_of_video needs one caption index per clip")
-    q = video.shape[1] if video.ndim == 3 else 1
+    text, video, cap, m, n, q = _rank_inputs(text, video, caption_of_video)
     block = block or _block_rows(m, q)
     out = np.empty(n, dtype=np.int64)
     for a in range(0, n, block):
