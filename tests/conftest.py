@@ -5,12 +5,25 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from curate.samples import make_video
+
+
+def curate(*args, check=True, **kw) -> subprocess.CompletedProcess:
+    """Run the `curate` command as a user would (a subprocess, wide plain output); raise on failure."""
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
+    p = subprocess.run([sys.executable, "-m", "curate.cli", *map(str, args)], capture_output=True, text=True,
+                       env=env, timeout=600, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"curate {' '.join(map(str, args))} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
 
 FPS = 25
 #: video name -> shots (lavfi source, frames); cuts fall exactly between shots

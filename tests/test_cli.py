@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from conftest import curate
 
-CURATE = [sys.executable, "-m", "curate.cli"]
 COMMANDS = ["ingest", "split", "embed", "score", "filter", "publish", "run", "plugins", "status"]
-
-
-def curate(*args, check=True, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    p = subprocess.run([*CURATE, *map(str, args)], capture_output=True, text=True, env=env, timeout=600, **kw)
-    if check and p.returncode != 0:
-        raise AssertionError(f"curate {' '.join(map(str, args))} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
-    return p
 
 
 @pytest.mark.parametrize("command", COMMANDS)
