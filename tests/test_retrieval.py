@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import curate
 
 from curate.errors import CurateError
 from curate.retrieval import (
@@ -215,15 +213,6 @@ def test_evaluate_on_a_root_compares_sets_on_common_clips(eval_root):
     table = markdown_table(evaluate(eval_root, ["a"]))
     assert table.splitlines()[0].startswith("| Model | clips | captions | t2v R1 | t2v R5 | t2v R10 | t2v MedianR")
     assert "| a | 4 | 4 | 25.00 | 100.00 | 100.00 | 2.5 | 2.5000 | 25.00 | 100.00 | 100.00 | 2.5 | 2.2500 |" in table
-
-
-def curate(*args, check=True):
-    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
-    p = subprocess.run([sys.executable, "-m", "curate.cli", *map(str, args)], capture_output=True, text=True,
-                       env=env, timeout=600, check=False)
-    if check and p.returncode != 0:
-        raise AssertionError(f"curate {args} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
-    return p
 
 
 def test_eval_retrieval_cli(eval_root):

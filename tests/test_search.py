@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
 import sys
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import curate
 
 from curate import search as S
 from curate.errors import CurateError
@@ -214,15 +213,6 @@ def test_subset_restriction_and_errors(tmp_path, vecs):
 
 
 # ----------------------------------------------------------------------------- a real root, the CLI
-def curate(*args, check=True):
-    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
-    p = subprocess.run([sys.executable, "-m", "curate.cli", *map(str, args)], capture_output=True, text=True,
-                       env=env, timeout=600, check=False)
-    if check and p.returncode != 0:
-        raise AssertionError(f"curate {args} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
-    return p
-
-
 @pytest.fixture(scope="module")
 def real_root(tmp_path_factory, source_list, tiny_clip):
     from curate.embed import embed
