@@ -270,22 +270,16 @@ def infer_config(sd: Mapping[str, torch.Tensor], base: AskVideosConfig) -> AskVi
         c["vit_image_size"] = grid * c.get("patch_size", base.patch_size)
     if s := shape("query_tokens"):
         c["num_query_tokens"], c["hidden"] = s[1], s[2]
-    if n := _count_layers(sd, "Qformer.bert.encoder.layer."):
-        c["qformer_layers"] = n
-        c["qformer_cross_layers"] = tuple(
-            i for i in range(n) if f"Qformer.bert.encoder.layer.{i}.crossattention.self.query.weight" in sd
-        )
-    if s := shape("Qformer.bert.encoder.layer.0.intermediate_query.dense.weight"):
-        c["qformer_intermediate"] = s[0]
     if s := shape("video_query_tokens"):
         c["num_video_query_tokens"], c["hidden"] = s[1], s[2]
-    if n := _count_layers(sd, "video_Qformer.bert.encoder.layer."):
-        c["video_layers"] = n
-        c["video_cross_layers"] = tuple(
-            i for i in range(n) if f"video_Qformer.bert.encoder.layer.{i}.crossattention.self.query.weight" in sd
-        )
-    if s := shape("video_Qformer.bert.encoder.layer.0.intermediate_query.dense.weight"):
-        c["video_intermediate"] = s[0]
+    for module, name in (("Qformer", "qformer"), ("video_Qformer", "video")):  # image and video Q-Formers
+        layer = f"{module}.bert.encoder.layer."
+        if n := _count_layers(sd, layer):
+            c[f"{name}_layers"] = n
+            c[f"{name}_cross_layers"] = tuple(
+                i for i in range(n) if f"{layer}{i}.crossattention.self.query.weight" in sd)
+        if s := shape(f"{layer}0.intermediate_query.dense.weight"):
+            c[f"{name}_intermediate"] = s[0]
     if s := shape("video_Qformer.bert.embeddings.word_embeddings.weight"):
         c["vocab_size"] = s[0]
     if s := shape("video_Qformer.bert.embeddings.position_embeddings.weight"):
