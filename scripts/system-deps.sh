@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Installs the system packages curate needs when they are missing: ffmpeg (ffprobe) always,
-# chromium for the browser test of the Airflow UI page. Uses sudo only when not root.
+# chromium for the browser test of the Airflow UI page, redis-server and postgresql for the
+# CeleryExecutor cluster (its test and scripts/cluster.sh start both on 127.0.0.1 themselves;
+# CURATE_SKIP_CLUSTER=1 skips them). Uses sudo only when not root.
 set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 if [ "${CURATE_SKIP_CHROMIUM:-0}" != 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
+if [ "${CURATE_SKIP_CLUSTER:-0}" != 1 ]; then
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  { command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || need+=(postgresql)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
