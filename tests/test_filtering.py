@@ -134,7 +134,11 @@ def synthetic(tmp_path):
     t = pa.table({"clip_id": [f"c{i:02d}" for i in range(10)], "source_id": ["a"] * 5 + ["b"] * 5,
                   "duration_s": [1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10], "clip_sim": vals,
                   "aesthetic": [5.0, 4, 3, 6, 4.5, 4, 5, 5, 5, 5], "motion": [0.0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-                  "dup_sim": [-1.0, 0.99, 0.5, 0.1, 0.2, 0.3, 0.97, 0.98, 0.1, 0.1]})
+                  "dup_sim": [-1.0, 0.99, 0.5, 0.1, 0.2, 0.3, 0.97, 0.98, 0.1, 0.1],
+                  # content scorers (text, nsfw, quality), for the presets that use them
+                  "text_area": [0.0, 0.05, 0, 0, 0.01, 0, 0, 0, 0, 0], "nsfw": [0.01] * 9 + [0.9],
+                  "sharpness": [300.0, 250, 5, 400, 300, 200, 100, 150, 120, 80],
+                  "black_frac": [0.0] * 8 + [1.0, 0], "frozen_frac": [0.0] * 7 + [1.0, 0, 0]})
     root.scores.rewrite(t)
     return root
 

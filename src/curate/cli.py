@@ -245,8 +245,8 @@ def score(
 def filter_cmd(
     root: Path = ROOT_OPT,
     subset: str = typer.Option(..., "--subset", help="Name of the subset to create (ROOT/subsets/<name>)."),
-    preset: str | None = typer.Option(None, help="Preset name (internvid-flt, internvid-aes, panda, opensora) or a "
-                                                    "YAML path; explicit options override it."),
+    preset: str | None = typer.Option(None, help="Preset name (internvid-flt, internvid-aes, panda, opensora, "
+                                                    "clean-content) or a YAML path; explicit options override it."),
     min_sim: float | None = typer.Option(None, help="Keep clips with <encoder>_sim >= this."),
     encoder: str | None = typer.Option(None, "--encoder", "-e", help="Which <encoder>_sim, when several were scored."),
     min_duration: float | None = typer.Option(None, help="Keep clips at least this long (seconds)."),
@@ -261,6 +261,24 @@ def filter_cmd(
     min_aspect: float | None = typer.Option(None, help="Keep width/height >= this."),
     max_aspect: float | None = typer.Option(None, help="Keep width/height <= this."),
     min_fps: float | None = typer.Option(None, help="Keep sources with fps >= this."),
+    max_text_area: float | None = typer.Option(None, help="Keep text_area <= this: fraction of the frame covered by "
+                                                             "on-screen text, 0-1 (text scorer; 0.02 drops subtitles)."),
+    max_text_boxes: int | None = typer.Option(None, help="Keep clips with at most this many text boxes in a frame "
+                                                            "(text scorer; Open-Sora counts boxes)."),
+    max_nsfw: float | None = typer.Option(None, help="Keep nsfw <= this (nsfw scorer, 0-1; 0.5 drops detected "
+                                                        "nudity)."),
+    min_sharpness: float | None = typer.Option(None, help="Keep sharpness >= this (quality scorer: variance of the "
+                                                             "Laplacian at 256 px; blurred clips score tens)."),
+    min_brightness: float | None = typer.Option(None, help="Keep brightness >= this (quality scorer, mean luma 0-1)."),
+    max_brightness: float | None = typer.Option(None, help="Keep brightness <= this."),
+    min_contrast: float | None = typer.Option(None, help="Keep contrast >= this (quality scorer, RMS contrast 0-1)."),
+    max_black_frac: float | None = typer.Option(None, help="Keep clips with at most this fraction of black frames."),
+    max_frozen_frac: float | None = typer.Option(None, help="Keep clips with at most this fraction of frozen "
+                                                               "(near-identical) consecutive sampled frames."),
+    max_letterbox: float | None = typer.Option(None, help="Keep clips whose letterbox bars take at most this fraction "
+                                                             "of the height."),
+    max_pillarbox: float | None = typer.Option(None, help="Keep clips whose pillarbox bars take at most this fraction "
+                                                             "of the width."),
     where: list[str] = typer.Option([], "--where", help="Expression over score columns, repeatable, e.g. "
                                                          "\"clip_sim >= 0.3 and (aesthetic > 4.5 or motion < 2)\"."),
     top_percent: float | None = typer.Option(None, help="Keep the best P%% by --top-by among clips passing the other "
@@ -278,7 +296,11 @@ def filter_cmd(
                      max_per_source=max_per_source, per_source_by=per_source_by, preset=preset,
                      min_aesthetic=min_aesthetic, min_motion=min_motion, max_motion=max_motion,
                      max_dup_sim=max_dup_sim, min_width=min_width, min_height=min_height, min_aspect=min_aspect,
-                     max_aspect=max_aspect, min_fps=min_fps)
+                     max_aspect=max_aspect, min_fps=min_fps, max_text_area=max_text_area,
+                     max_text_boxes=max_text_boxes, max_nsfw=max_nsfw, min_sharpness=min_sharpness,
+                     min_brightness=min_brightness, max_brightness=max_brightness, min_contrast=min_contrast,
+                     max_black_frac=max_black_frac, max_frozen_frac=max_frozen_frac, max_letterbox=max_letterbox,
+                     max_pillarbox=max_pillarbox)
     if json_out:
         out.print_json(json.dumps(s, default=str))
         return

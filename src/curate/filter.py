@@ -39,6 +39,12 @@ THRESHOLDS = {
     "min_aesthetic": ("aesthetic", ">="), "min_motion": ("motion", ">="), "max_motion": ("motion", "<="),
     "max_dup_sim": ("dup_sim", "<"), "min_width": ("width", ">="), "min_height": ("height", ">="),
     "min_aspect": ("aspect", ">="), "max_aspect": ("aspect", "<="), "min_fps": ("fps", ">="),
+    # content scorers: text (OCR), nsfw, quality
+    "max_text_area": ("text_area", "<="), "max_text_boxes": ("text_boxes", "<="), "max_nsfw": ("nsfw", "<="),
+    "min_sharpness": ("sharpness", ">="), "min_brightness": ("brightness", ">="),
+    "max_brightness": ("brightness", "<="), "min_contrast": ("contrast", ">="),
+    "max_black_frac": ("black_frac", "<="), "max_frozen_frac": ("frozen_frac", "<="),
+    "max_letterbox": ("letterbox", "<="), "max_pillarbox": ("pillarbox", "<="),
 }
 #: bounded read-ahead: pyarrow's defaults keep up to 16 batches x 4 files in flight (>1 GiB on 10M rows)
 SCAN = {"batch_readahead": 2, "fragment_readahead": 1}

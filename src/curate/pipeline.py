@@ -24,6 +24,8 @@ SECTIONS = {
     "score": {"scorers", "encoder", "options"},
     "filter": {"subset", "encoder", "min_sim", "min_duration", "max_duration", "min_aesthetic", "min_motion",
                "max_motion", "max_dup_sim", "min_width", "min_height", "min_aspect", "max_aspect", "min_fps",
+               "max_text_area", "max_text_boxes", "max_nsfw", "min_sharpness", "min_brightness", "max_brightness",
+               "min_contrast", "max_black_frac", "max_frozen_frac", "max_letterbox", "max_pillarbox",
                "where", "top_percent", "top_by", "max_per_source", "per_source_by", "preset"},
     "publish": {"subset", "shard_size", "workers", "cut"},
 }

@@ -159,7 +159,8 @@ def pipeline_params() -> dict[str, Param]:
         "shard_size": Param(1000, type="integer", minimum=1, description="Clips per WebDataset shard."),
         "scorers": Param(["technical", "alignment"], type="array", items={"type": "string", "pattern": NAME_PATTERN},
                          description="Scorer plugins run by the score task: technical, alignment, aesthetic, "
-                                     "motion, dedup, or third-party ones."),
+                                     "motion, dedup, text (on-screen text, OCR), nsfw, quality, or third-party "
+                                     "ones."),
         "scorer_options": Param({}, type="object", additionalProperties={"type": "object"},
                                 description="Options per scorer, e.g. {\"aesthetic\": {\"recipe\": \"opensora\"}}; "
                                             "local paths must be under CURATE_ALLOWED_DIRS."),
@@ -170,13 +171,16 @@ def pipeline_params() -> dict[str, Param]:
 #: the filter rules beyond min_sim/min_duration/max_duration, as JSON Schema (see `curate filter --help`)
 FILTER_SCHEMA: dict[str, Any] = {
     **{k: {"type": "number"} for k in ("min_aesthetic", "min_motion", "max_motion", "max_dup_sim", "min_width",
-                                       "min_height", "min_aspect", "max_aspect", "min_fps")},
+                                       "min_height", "min_aspect", "max_aspect", "min_fps", "max_text_area",
+                                       "max_text_boxes", "max_nsfw", "min_sharpness", "min_brightness",
+                                       "max_brightness", "min_contrast", "max_black_frac", "max_frozen_frac",
+                                       "max_letterbox", "max_pillarbox")},
     "where": {"type": "array", "items": {"type": "string", "maxLength": 2000}},
     "top_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
     "top_by": {"type": "string", "pattern": NAME_PATTERN},
     "max_per_source": {"type": "integer", "minimum": 1},
     "per_source_by": {"type": "string", "pattern": NAME_PATTERN},
-    "preset": {"type": "string", "enum": ["internvid-flt", "internvid-aes", "panda", "opensora"]},
+    "preset": {"type": "string", "enum": ["internvid-flt", "internvid-aes", "panda", "opensora", "clean-content"]},
 }
 
 
@@ -184,7 +188,9 @@ def filters_param() -> Param:
     return Param({}, type="object", properties=FILTER_SCHEMA, additionalProperties=False,
                  description="More filter rules: where (expressions), top_percent/top_by, max_per_source/"
                              "per_source_by, preset, min_aesthetic, min_motion, max_motion, max_dup_sim, min_width, "
-                             "min_height, min_aspect, max_aspect, min_fps (as `curate filter`).")
+                             "min_height, min_aspect, max_aspect, min_fps, max_text_area, max_text_boxes, max_nsfw, "
+                             "min_sharpness, min_brightness, max_brightness, min_contrast, max_black_frac, "
+                             "max_frozen_frac, max_letterbox, max_pillarbox (as `curate filter`).")
 
 
 def filter_kwargs(params: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Built-in scorers: caption alignment, technical properties, aesthetics, motion, near-duplicates."""
+"""Built-in scorers: caption alignment, technical properties, aesthetics, motion, near-duplicates, on-screen text,
+NSFW and cheap visual quality."""
 
 from curate import hookimpl
 
@@ -27,6 +28,34 @@ def register_scorers(register):
              options={"encoder": "embedding set to compare (default: the only one)",
                       "by": "score column that ranks clips (default <encoder>_sim)",
                       "block": "rows per block (memory bound, default 4096)"})
+    register("text", _make("curate.scorers.text", "TextScorer"),
+             columns=["text_area", "text_area_mean", "text_boxes", "ocr_text"],
+             description="on-screen text with PP-OCR (rapidocr, ONNX in the wheel): fraction of the frame covered "
+                         "by text boxes (max and mean over frames), box count; recognised text with recognize=true",
+             options={"frames": "frames per clip (default 3: 10/50/90%)",
+                      "width": "analysis width in px (default 640)",
+                      "recognize": "also recognise the text into ocr_text (default false: detection only)",
+                      "box_thresh": "detection box confidence (default 0.5)",
+                      "text_score": "recognition confidence to keep a line (default 0.5)",
+                      "max_line": "thickest box that counts as a text line, fraction of the frame height (default 0.2)",
+                      "threads": "onnxruntime threads (default: all cores)"})
+    register("nsfw", _make("curate.scorers.nsfw", "NsfwScorer"), columns=["nsfw", "nsfw_classes"],
+             description="NudeNet 320n detector (ONNX in the nudenet wheel): max unsafe-class confidence over "
+                         "frames, 0-1, and the unsafe classes found",
+             options={"frames": "frames per clip (default 4, uniform)",
+                      "min_score": "confidence for a class to be listed in nsfw_classes (default 0.3)",
+                      "unsafe": "comma-separated unsafe classes (default: the exposed genitalia/breast/buttocks/anus)",
+                      "model": "another NudeNet ONNX export (default: the wheel's 320n.onnx)",
+                      "size": "model input size (default: from the model, 320)",
+                      "batch_size": "frames per forward (default 16)", "threads": "onnxruntime threads"})
+    register("quality", _make("curate.scorers.quality", "QualityScorer"),
+             columns=["sharpness", "brightness", "contrast", "black_frac", "frozen_frac", "letterbox", "pillarbox"],
+             description="no model: Laplacian-variance sharpness, brightness, contrast, black and frozen frame "
+                         "fractions, letterbox/pillarbox bars, on a few small frames",
+             options={"frames": "frames per clip (default 8, uniform)",
+                      "width": "analysis width in px (default 256)",
+                      "bar_level": "max mean luma of a bar row/column, 0-255 (default 24)",
+                      "frozen_diff": "mean abs grey difference under which two frames are the same (default 1.0)"})
 
 
 def _make(module: str, cls: str):
