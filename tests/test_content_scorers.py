@@ -226,3 +226,33 @@ def test_the_drawtext_clip_really_has_text(content_root):
     b = get_frames(open_video(content_root / clean), [20])[0].astype(int)
     diff = np.abs(a - b).mean(axis=2) > 40
     assert diff[:250].mean() < 0.001 and diff[250:].mean() > 0.02
+
+
+def test_quality_rules_on_synthetic_frames():
+    from curate.scorers.quality import QualityScorer, frame_quality
+
+    rng = np.random.default_rng(0)
+    moving = rng.integers(40, 220, (6, 90, 160), dtype=np.uint8)
+    q = frame_quality(moving)
+    assert q["frozen_frac"] == 0 and q["black_frac"] == 0 and q["letterbox"] == q["pillarbox"] == 0
+    assert frame_quality(np.repeat(moving[:1], 6, axis=0))["frozen_frac"] == 1.0
+    sky = moving.copy()
+    sky[:, :20] = 5  # a dark band at the top only: a night sky, not a letterbox
+    assert frame_quality(sky)["letterbox"] == 0.0
+    sky[:, -10:] = 5
+    assert frame_quality(sky)["letterbox"] == pytest.approx(30 / 90)
+    one_bright = sky.copy()
+    one_bright[2, :20] = 200  # a bar is dark in every frame
+    assert frame_quality(one_bright)["letterbox"] == 0.0
+    # a clip shorter than the sample count: each frame once, so it does not look frozen
+    assert QualityScorer(frames=8).frame_indices(3, 25.0) == [0, 1, 2]
+
+
+def test_text_area_is_the_union_of_line_boxes():
+    from curate.scorers.text import line_boxes, text_area
+
+    a = [[0, 0], [50, 0], [50, 10], [0, 10]]
+    b = [[25, 0], [75, 0], [75, 10], [25, 10]]  # overlaps a by half
+    assert text_area([a, b], 100, 100) == pytest.approx(76 * 11 / 10000, rel=0.05)
+    thick = [[10, 10], [60, 10], [60, 60], [10, 60]]  # 50% of the frame height: a textured blob, not a line
+    assert len(line_boxes([a, thick], 100, 0.2)) == 1

@@ -112,7 +112,7 @@ class NsfwScorer(Scorer):
 
     # sampler protocol (frames.decode_clips)
     def frame_indices(self, num_frames_in_clip: int, fps: float) -> list[int]:
-        return uniform_indices(num_frames_in_clip, self.n)
+        return sorted(set(uniform_indices(num_frames_in_clip, self.n)))  # each frame once in short clips
 
     def decode_size(self, width: int, height: int):
         return size_for_long_side(width, height, self.size or 320)

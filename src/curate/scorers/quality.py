@@ -1,7 +1,7 @@
 """Cheap visual quality without a model: sharpness, brightness, contrast, black and frozen frames, bars.
 
-``frames`` frames (default 8) spread uniformly over the clip are decoded at ``width`` px (default
-256) and turned to grey (luma, 0-255). Columns:
+``frames`` frames (default 8; fewer distinct ones in a shorter clip) spread uniformly over the clip
+are decoded at ``width`` px (default 256) and turned to grey (luma, 0-255). Columns:
 
 - ``letterbox`` / ``pillarbox``: fraction of the frame height (width) taken by black bars, top +
   bottom (left + right). A row (column) is a bar when it is dark in *every* sampled frame (its mean
@@ -10,7 +10,7 @@
   row is dark (no picture at all).
 - ``sharpness``: variance of the Laplacian of the grey frame inside the bars (the classic blur
   measure), mean over the frames that are not black. Scale-dependent: values are at ``width`` px;
-  a sharp test pattern scores in the thousands, a blurred one tens.
+  a sharp test pattern scores in the thousands, a blurred one tens; 0 when every frame is black.
 - ``brightness``: mean luma / 255 inside the bars (0 black .. 1 white), mean over frames.
 - ``contrast``: RMS contrast, the standard deviation of luma / 255 inside the bars, mean over frames.
 - ``black_frac``: fraction of the sampled frames that are black: at least 98% of the pixels with
@@ -98,7 +98,8 @@ class QualityScorer(Scorer):
 
     # sampler protocol (frames.decode_clips)
     def frame_indices(self, num_frames_in_clip: int, fps: float) -> list[int]:
-        return uniform_indices(num_frames_in_clip, self.n)
+        # each frame once: a clip shorter than `frames` must not look frozen for its repeated samples
+        return sorted(set(uniform_indices(num_frames_in_clip, self.n)))
 
     def decode_size(self, width: int, height: int):
         return size_for_width(width, height, self.width)

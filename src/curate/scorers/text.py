@@ -65,7 +65,8 @@ def text_area(boxes: Any, height: int, width: int) -> float:
     if boxes is None or len(boxes) == 0:
         return 0.0
     mask = np.zeros((height, width), np.uint8)
-    cv2.fillPoly(mask, [np.round(np.asarray(b, np.float32)).astype(np.int32).reshape(-1, 2) for b in boxes], 1)
+    for b in boxes:  # one call per box: fillPoly over several polygons leaves their overlaps unfilled
+        cv2.fillPoly(mask, [np.round(np.asarray(b, np.float32)).astype(np.int32).reshape(-1, 2)], 1)
     return float(mask.mean())
 
 
@@ -91,10 +92,10 @@ class TextScorer(Scorer):
     # sampler protocol (frames.decode_clips)
     def frame_indices(self, num_frames_in_clip: int, fps: float) -> list[int]:
         if self.n == len(POSITIONS):
-            return [min(num_frames_in_clip - 1, int(p * num_frames_in_clip)) for p in POSITIONS]
+            return sorted({min(num_frames_in_clip - 1, int(p * num_frames_in_clip)) for p in POSITIONS})
         from curate.encoders.base import uniform_indices
 
-        return uniform_indices(num_frames_in_clip, self.n)
+        return sorted(set(uniform_indices(num_frames_in_clip, self.n)))  # each frame once in short clips
 
     def decode_size(self, width: int, height: int):
         return size_for_width(width, height, self.width)
