@@ -126,6 +126,30 @@ def test_nsfw_model_loads_from_the_wheel_and_scores_ordinary_footage_low(scored)
     assert (ok.nsfw_classes == "").all()
 
 
+def test_nsfw_detector_as_curate_runs_it_finds_a_face_in_a_portrait():
+    """The shipped detector is really running, with the right input: its (safe) FACE_FEMALE class fires on
+    matplotlib's Grace Hopper portrait, while the unsafe score stays low."""
+    import cv2
+    import matplotlib
+
+    from curate.scorers.nsfw import NsfwScorer
+    from curate.scorers.pixels import size_for_long_side
+
+    p = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if not p.exists():
+        pytest.skip("matplotlib's sample data is not installed")
+    rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+    s = NsfwScorer()
+    s.load()
+    w, h = s.decode_size(rgb.shape[1], rgb.shape[0])
+    assert (w, h) == size_for_long_side(rgb.shape[1], rgb.shape[0], 320)
+    x = s.preprocess(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)[None])
+    scores = s.class_scores(x)
+    assert scores[0, s.labels.index("FACE_FEMALE")] > 0.6
+    row = s.clip_row(scores)
+    assert row["nsfw"] < 0.1 and row["nsfw_classes"] == ""
+
+
 def test_a_clip_that_fails_to_decode_is_an_error_row_and_the_rest_is_scored(scored):
     b = scored.loc["broken"]
     for col in ["text_area", "nsfw", "sharpness", "ocr_text"]:

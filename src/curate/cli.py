@@ -217,13 +217,15 @@ def score(
     encoder: str | None = typer.Option(None, "--encoder", "-e", help="Only this embedding set (default: all)."),
     scorer: list[str] = typer.Option(["technical", "alignment"], "--scorer", "-s",
                                      help="Scorer plugins to run (repeatable): technical, alignment, aesthetic, "
-                                          "motion, dedup, or third-party ones."),
+                                          "motion, dedup, text (on-screen text), nsfw, quality, or third-party "
+                                          "ones."),
     option: list[str] = typer.Option([], "--option", "-o", help="Scorer option scorer.key=value (e.g. "
                                                                  "aesthetic.recipe=opensora, dedup.by=aesthetic); "
                                                                  "plain key=value when one scorer is given."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Compute score columns into ROOT/scores: alignment (<encoder>_sim), technical, aesthetic, motion, dedup."""
+    """Compute score columns into ROOT/scores: alignment (<encoder>_sim), technical, aesthetic, motion, dedup,
+    text, nsfw, quality."""
     from curate.embed import parse_options
     from curate.score import score as run
 
