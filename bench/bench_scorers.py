@@ -1,8 +1,9 @@
 """Clips per second of the pixel scorers on CPU: text (detection, and with recognition), nsfw, quality, motion.
 
-    .venv/bin/python bench/bench_scorers.py [--sources 4] [--shots 6] [--size 640x360] [--threads 0]
+    .venv/bin/python bench/bench_scorers.py [--sources 4] [--shots 6] [--shot-s 2] [--size 640x360] [--threads 0]
+                                            [--only quality,motion,nsfw,text,text-rec]
 
-Makes ``--sources`` videos of ``--shots`` 2 s shots each (lavfi test patterns, one of them with a burned-in
+Makes ``--sources`` videos of ``--shots`` shots of ``--shot-s`` seconds each (lavfi test patterns, one of them with a burned-in
 subtitle line), ingests and splits them, then times each scorer's ``compute`` over every clip (models
 loaded before the clock starts; decoding is included, as in ``curate score``). Also times one plain
 ffmpeg decode of every source, to put the cheap scorers' cost in decodes. Prints one JSON line.
@@ -21,14 +22,14 @@ from pathlib import Path
 SHOTS = ["mandelbrot", "testsrc2", "smptebars", "gradient", "rgbtestsrc", "mandelbrot"]
 
 
-def make_sources(d: Path, n: int, shots: int, size: tuple[int, int]) -> Path:
+def make_sources(d: Path, n: int, shots: int, size: tuple[int, int], frames: int) -> Path:
     from curate.samples import make_video
 
     lst = d / "sources.csv"
     rows = ["url,caption"]
     for i in range(n):
         p = d / f"v{i}.mp4"
-        make_video(p, [(SHOTS[(i + k) % len(SHOTS)], 50) for k in range(shots)], size=size)
+        make_video(p, [(SHOTS[(i + k) % len(SHOTS)], frames) for k in range(shots)], size=size)
         if i == 0:  # one source with a subtitle line over every shot
             font = subprocess.run(["fc-match", "-f", "%{file}", "sans"], capture_output=True, text=True).stdout
             if font and Path(font).is_file():
@@ -47,7 +48,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sources", type=int, default=4)
     ap.add_argument("--shots", type=int, default=6)
+    ap.add_argument("--shot-s", type=float, default=2.0)
     ap.add_argument("--size", default="640x360")
+    ap.add_argument("--only", default="quality,motion,nsfw,text,text-rec")
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     args = ap.parse_args()
     import os
@@ -62,7 +65,7 @@ def main() -> None:
     w, h = (int(x) for x in args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="curate-bench-scorers-"))
     try:
-        lst = make_sources(work, args.sources, args.shots, (w, h))
+        lst = make_sources(work, args.sources, args.shots, (w, h), int(round(args.shot_s * 25)))
         root = Root(work / "ds")
         ingest(root, lst)
         split(root, min_clip_s=0.5)
@@ -78,8 +81,8 @@ def main() -> None:
                "video_s": round(seconds, 1), "decode_all_s": round(decode_s, 2), "scorers": {}}
         threads = {"threads": str(args.threads)} if args.threads else {}
         cases = [("quality", "quality", {}), ("motion", "motion", {}), ("nsfw", "nsfw", threads),
-                 ("text", "text", threads), ("text recognize=true", "text", {"recognize": "true", **threads})]
-        for label, name, opts in cases:
+                 ("text", "text", threads), ("text-rec", "text", {"recognize": "true", **threads})]
+        for label, name, opts in [c for c in cases if c[0] in args.only.split(",")]:
             scorer = get_scorer(name).create(**opts)
             if hasattr(scorer, "load"):
                 scorer.load()

@@ -80,11 +80,12 @@ class NsfwScorer(Scorer):
     #: scores each clip on its own (any subset of clips, in any batch); nothing needs the whole root
     per_clip: ClassVar[bool] = True
 
-    def __init__(self, frames: int | str = 4, unsafe: str | None = None, min_score: float | str = 0.3,
+    def __init__(self, frames: int | str = 4, unsafe: str | list[str] | None = None, min_score: float | str = 0.3,
                  model: str | None = None, size: int | str | None = None, batch_size: int | str = 16,
                  threads: int | str = 0, workers: int | str = 2) -> None:
         self.n, self.min_score = max(1, int(frames)), float(min_score)
-        self.unsafe = tuple(c.strip() for c in unsafe.split(",") if c.strip()) if unsafe else UNSAFE
+        names = unsafe.split(",") if isinstance(unsafe, str) else list(unsafe or [])  # a YAML list works too
+        self.unsafe = tuple(c.strip() for c in names if c.strip()) or UNSAFE
         self.model, self.size = model, int(size) if size else None
         self.batch_size, self.threads, self.workers = max(1, int(batch_size)), int(threads), int(workers)
         self.session = None
