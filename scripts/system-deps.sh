@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages curate needs when they are missing: ffmpeg (ffprobe) always,
-# chromium for the browser test of the Airflow UI page, redis-server and postgresql for the
+# chromium for the browser test of the Airflow UI page, a font (fonts-dejavu-core) for the
+# subtitle test's drawtext, redis-server and postgresql for the
 # CeleryExecutor cluster (its test and scripts/cluster.sh start both on 127.0.0.1 themselves;
 # CURATE_SKIP_CLUSTER=1 skips them). Uses sudo only when not root.
 set -euo pipefail
@@ -9,6 +10,8 @@ command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || need+
 if [ "${CURATE_SKIP_CHROMIUM:-0}" != 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
+# a font for ffmpeg's drawtext (the burned-in subtitle test of the OCR scorer)
+ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1 || need+=(fonts-dejavu-core)
 if [ "${CURATE_SKIP_CLUSTER:-0}" != 1 ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   { command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || need+=(postgresql)
