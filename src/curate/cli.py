@@ -139,10 +139,14 @@ def ingest(
 @_guard
 def split(
     root: Path = ROOT_OPT,
-    detector: str = typer.Option("content", help="Splitter plugin: content (ContentDetector), adaptive, threshold, "
-                                                 "none (whole source), or a third-party one (`curate plugins`)."),
-    threshold: float | None = typer.Option(None, help="Detector threshold (content 27, adaptive 3, threshold 12)."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Detector option key=value (e.g. min_scene_len=10)."),
+    detector: str = typer.Option("auto", help="Splitter plugin: auto (transnetv2 with a GPU, else content), transnetv2 "
+                                              "(TransNetV2, dissolves kept out of clips), content (ContentDetector), "
+                                              "adaptive, threshold, none (whole source), or a third-party one "
+                                              "(`curate plugins`)."),
+    threshold: float | None = typer.Option(None, help="Detector threshold (transnetv2 0.5, content 27, adaptive 3, "
+                                                      "threshold 12)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Detector option key=value (e.g. min_scene_len=10, "
+                                                                 "device=cpu, weights=PATH)."),
     min_clip_s: float = typer.Option(1.0, help="Drop scenes shorter than this (seconds)."),
     max_clip_s: float = typer.Option(60.0, help="Cut scenes longer than this into equal pieces (seconds; 0 = no limit)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -189,8 +193,12 @@ def process(
     encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder plugin name (`curate plugins`)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value, repeatable."),
     name: str | None = typer.Option(None, help="Name of the embedding set (default: the encoder name)."),
-    detector: str = typer.Option("content", help="content, adaptive or threshold (PySceneDetect detectors)."),
-    threshold: float | None = typer.Option(None, help="Detector threshold (content 27, adaptive 3, threshold 12)."),
+    detector: str = typer.Option("auto", help="auto (transnetv2 with a GPU, else content), transnetv2, content, "
+                                              "adaptive or threshold."),
+    threshold: float | None = typer.Option(None, help="Detector threshold (transnetv2 0.5, content 27, adaptive 3, "
+                                                      "threshold 12)."),
+    detector_option: list[str] = typer.Option([], "--detector-option", help="Detector option key=value, repeatable "
+                                                                          "(as `curate split -o`: device=cpu ...)."),
     min_clip_s: float = typer.Option(1.0, help="Drop scenes shorter than this (seconds)."),
     max_clip_s: float = typer.Option(60.0, help="Cut scenes longer than this into equal pieces (seconds; 0 = no limit)."),
     device: str = typer.Option("auto", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
@@ -203,8 +211,11 @@ def process(
     from curate.embed import parse_options
     from curate.process import process as run
 
+    det_opts = parse_options(detector_option)
+    if threshold is not None:
+        det_opts["threshold"] = threshold
     r = run(root, encoder, options=parse_options(option), name=name, detector=detector,
-            detector_options={"threshold": threshold} if threshold is not None else None, min_clip_s=min_clip_s,
+            detector_options=det_opts or None, min_clip_s=min_clip_s,
             max_clip_s=max_clip_s or None, device=device, batch_size=batch_size, workers=workers,
             progress=RichProgress())
     _finish(r, json_out)

@@ -262,3 +262,97 @@ def _prep(sampler: Sampler, idx: list[int], frames: dict[int, np.ndarray], fallb
     from curate.media import yuv_to_rgb
 
     return sampler.preprocess(np.stack([yuv_to_rgb(frames.get(i, fallback)) for i in idx]))
+
+
+def decode_streams(path, streams: list, *, skip_loop_filter: bool = False, timeout_s: float | None = None,
+                   duration_s: float | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+    """Decode the first video stream ONCE into several outputs and yield one tuple of frames per frame.
+
+    One ffmpeg decodes, ``split``s the decoded frames and scales each copy to its :class:`curate.media.Stream`
+    (e.g. the encoder's I420 frames, the scene detector's 256 px BGR and TransNetV2's 48x27 RGB): each
+    output has its own pipe, read as the frames come (``select``), so no output can stall the others.
+    With one stream this is :func:`curate.media.decode_frames`. A watchdog kills ffmpeg after ``timeout_s``
+    (default: 60 s plus 3x the duration); stopping the iteration early kills ffmpeg.
+    """
+    import fcntl
+    import os
+    import selectors
+    import subprocess
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from curate.media import PIPE_BYTES, decode_frames, probe
+
+    if len(streams) == 1:
+        for frame in decode_frames(path, streams[0], skip_loop_filter=skip_loop_filter, timeout_s=timeout_s,
+                                   duration_s=duration_s):
+            yield (frame,)
+        return
+    if duration_s is None:
+        duration_s = probe(path).duration_s
+    for s in streams:
+        if s.pix_fmt == "yuv420p" and (s.width % 2 or s.height % 2):
+            raise ValueError(f"yuv420p frames need even dimensions, not {s.width}x{s.height}")
+    src = str(Path(path).resolve())  # absolute: never read as an option
+    k = len(streams)
+    graph = [f"[0:v:0]split={k}" + "".join(f"[in{i}]" for i in range(k))]
+    graph += [f"[in{i}]scale={s.width}:{s.height}:flags={s.flags},format={s.pix_fmt}[out{i}]" for i, s in enumerate(streams)]
+    pipes = [os.pipe() for _ in streams]
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", *(["-skip_loop_filter", "all"] if skip_loop_filter else []),
+           "-i", src, "-filter_complex", ";".join(graph)]
+    for i, (s, (_, w)) in enumerate(zip(streams, pipes)):
+        cmd += ["-map", f"[out{i}]", "-f", "rawvideo", "-pix_fmt", s.pix_fmt, f"pipe:{w}"]
+        try:
+            fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+        except OSError:  # a lower /proc/sys/fs/pipe-max-size: the default pipe works, a little slower
+            pass
+    err = tempfile.TemporaryFile()
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, pass_fds=[w for _, w in pipes])
+    finally:
+        for _, w in pipes:
+            os.close(w)
+    readers = [r for r, _ in pipes]
+    limit = timeout_s if timeout_s is not None else 60 + 3 * duration_s
+    timer = threading.Timer(limit, proc.kill)
+    timer.start()
+    sizes = [int(np.prod(s.frame_shape)) for s in streams]
+    bufs = [bytearray() for _ in streams]
+    queues: list[list[np.ndarray]] = [[] for _ in streams]
+    sel = selectors.DefaultSelector()
+    for i, r in enumerate(readers):
+        sel.register(r, selectors.EVENT_READ, i)
+    finished = False
+    try:
+        open_ = k
+        while open_:
+            for key, _ in sel.select():
+                i = key.data
+                chunk = os.read(key.fd, max(PIPE_BYTES, sizes[i]))
+                if not chunk:  # this output ended (a partial last frame is dropped)
+                    sel.unregister(key.fd)
+                    open_ -= 1
+                    continue
+                bufs[i] += chunk
+                while len(bufs[i]) >= sizes[i]:
+                    queues[i].append(np.frombuffer(bytes(bufs[i][:sizes[i]]), np.uint8).reshape(streams[i].frame_shape))
+                    del bufs[i][:sizes[i]]
+            while all(queues):
+                yield tuple(q.pop(0) for q in queues)
+        finished = True
+    finally:
+        if proc.poll() is None and not finished:
+            proc.kill()
+        sel.close()
+        for r in readers:
+            os.close(r)
+        proc.wait()
+        timer.cancel()
+        err.seek(0)
+        message = err.read().decode(errors="replace").strip().splitlines()
+        err.close()
+    if proc.returncode != 0:
+        if proc.returncode < 0:
+            raise MediaError(f"decoding took longer than {limit:.0f} s (killed)")
+        raise MediaError(f"ffmpeg could not decode the video ({(message or ['unknown error'])[-1][:300]})")

@@ -1,8 +1,9 @@
 """Process: split and embed in ONE decode pass per source (`curate process`).
 
-Each source is decoded once by ffmpeg into one stream: I420 frames at the encoder's decode size (as
-`curate embed -o decoder=ffmpeg` reads them). The scene detector sees each frame converted to BGR and
-resized to its 256 px width in OpenCV; frames of the scene in progress are kept in RAM up to 256 MiB,
+Each source is decoded once by ffmpeg into several outputs of that one decode: I420 frames at the
+encoder's decode size (as `curate embed -o decoder=ffmpeg` reads them), and the frames the splitter
+reads (256 px BGR for the PySceneDetect detectors, 48x27 RGB for TransNetV2), scaled by ffmpeg from the
+full-size frames as `curate split` scales them; frames of the scene in progress are kept in RAM up to 256 MiB,
 the rest of a longer scene in a memory-mapped file under ``ROOT/.tmp`` (memory stays flat however
 long a shot is); when the detector closes a scene, its
 clips are cut by the same rules as `curate split`, their sampled frames converted to RGB and queued for
@@ -10,9 +11,9 @@ the encoder, which runs batches while decoding goes on. The clips and embeddings
 `curate split` then `curate embed -o decoder=ffmpeg` would write; sources already split are embedded
 the usual way.
 
-One difference with `curate split`: the detector sees deblocked frames scaled from the encoder's
-frames here, while `curate split` scales its own from undeblocked full-size frames; on hard cuts both
-give the same scenes.
+TransNetV2 sees the same frames as in `curate split` (both decode with deblocking), so both give the same
+clips and transitions. The PySceneDetect detectors see deblocked frames here, while `curate split`
+decodes without deblocking (faster); on hard cuts both give the same scenes.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from curate.embed import _embed_batch, _meta, check_meta, load_encoder
-from curate.frames import _ahead, sample_stream
-from curate.media import decode_frames, yuv_to_bgr, yuv_to_rgb
+from curate.frames import _ahead, decode_streams, sample_stream
+from curate.media import yuv_to_rgb
 from curate.progress import NullProgress, Progress, StageResult
-from curate.split import ClipAppender, clip_row, detect_stream, error_row, failure_message, shape_scenes
+from curate.split import ClipAppender, clip_row, error_row, failure_message, shape_scenes, transition_rows, transitions_table
 from curate.store import Root, embedding_schema, rows_to_table, write_bytes_atomic
 
 #: frames of the scene in progress kept in RAM; a longer scene goes on in a file under ROOT/.tmp
@@ -117,7 +118,7 @@ class _SceneFrames:
 
 
 def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | None = None, name: str | None = None,
-            detector: str = "content", detector_options: dict[str, Any] | None = None, min_clip_s: float = 1.0,
+            detector: str = "auto", detector_options: dict[str, Any] | None = None, min_clip_s: float = 1.0,
             max_clip_s: float | None = 60.0, device: str = "auto", batch_size: int = 32, flush_every: int = 512,
             workers: int = 1, progress: Progress | None = None, encoder_obj=None) -> StageResult:
     """Split and embed every ingested source not split yet, decoding each source once.
@@ -134,11 +135,13 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
     name = name or encoder
     get_encoder(encoder)
     splitter = get_splitter(detector).create(**(detector_options or {}))
-    if not hasattr(splitter, "make_detector"):
-        raise_msg = f"splitter {detector!r} is not a PySceneDetect detector: use `curate split` then `curate embed`"
+    if not hasattr(splitter, "tracker"):
+        raise_msg = (f"splitter {detector!r} cannot be fed frame by frame (it has no tracker): use `curate split` "
+                     "then `curate embed`")
         from curate.errors import CurateError
 
         raise CurateError(raise_msg)
+    detector = getattr(splitter, "name", detector)  # what `auto` picked: the clips record it
     result = StageResult("process", extra={"encoder": encoder, "name": name, "detector": detector})
     with root.ensure().shared_run("split") as run, root.lock(f"embed-{name}"):
         if run.first:
@@ -154,6 +157,8 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
                                                                 "width", "height", "duration_s", "caption"]).to_pylist()
                    if s["status"] == "ok" and s["source_id"] not in done]
         result.total = len(sources)
+        if sources and hasattr(splitter, "load"):
+            splitter.load()  # a bad weights file stops here, not as an error row on every source
         enc = encoder_obj or load_encoder(encoder, options, device)
         enc.decoder = "ffmpeg"
         if not (table.path / "_meta.json").exists():
@@ -202,8 +207,8 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
                 result.total -= 1
                 result.skipped += 1
                 continue
-            clip_rows = payload  # kind == "end": the source's clips, or its one error row
-            if not appender.append(sid, clip_rows):  # a concurrent run finished it first
+            clip_rows, transitions = payload  # kind == "end": the source's clips (or its one error row), transitions
+            if not appender.append(sid, clip_rows, transitions):  # a concurrent run finished it first
                 result.total -= 1
                 result.skipped += 1
                 dropped.add(sid)
@@ -225,6 +230,7 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
             table.append(rows_to_table(rows, embedding_schema()))
         with root.write_lock("clips"):
             root.clips.maybe_compact()
+            transitions_table(root).maybe_compact()
         table.maybe_compact()
         result.extra["clips"] = clips_written
     # clips of sources split before (by `curate split`) still need embeddings: the usual way
@@ -254,16 +260,12 @@ def _sources_ahead(sources: list[dict], items, workers: int, size: int):
 def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_clip_s: float, max_clip_s: float | None,
                     tmpdir, ram_bytes: int = SCENE_RAM_BYTES):
     """One decode of one source. Yields ("clip", src, (clip row, model input, error)) as scenes close,
-    then ("end", src, clip rows) (or one error row)."""
-    import scenedetect as sd
-
+    then ("end", src, (clip rows or one error row, transition rows))."""
     sid, fps, n_probe = src["source_id"], float(src["fps"]), int(src["num_frames"])
     now = time.time()
     w, h = int(src["width"]), int(src["height"])
-    det_stream, enc_stream = detect_stream(w, h), sample_stream(enc, w, h)
+    enc_stream = sample_stream(enc, w, h)
     scene = _SceneFrames(tmpdir, enc_stream.frame_shape, ram_bytes)
-    det_size = (det_stream.width, det_stream.height)
-    detector_obj = splitter.make_detector()
     clip_rows: list[dict] = []
     ready: list[tuple] = []
     scene_start = 0
@@ -278,34 +280,37 @@ def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_cli
             except Exception as e:
                 ready.append(("clip", src, (row, None, failure_message(e))))
 
-    def cut_at(c: int, n: int) -> None:
+    def boundary(end: int, start: int, n: int) -> None:
+        """The scene in progress ends (exclusive) at ``end``; the next starts at ``start`` (after a dissolve's frames)."""
         nonlocal scene_start
-        if scene_start < c <= n:
-            close_scene(scene_start, c)
-            scene.drop_before(c)
-            scene_start = c
+        end, start = min(end, n + 1), min(start, n + 1)
+        if end > scene_start:
+            close_scene(scene_start, end)
+        if start > scene_start:
+            scene.drop_before(start)
+            scene_start = start
 
     try:
-        n = 0
-        last = None
-        # scaled once from full resolution to the encoder's size (I420); the detector's frames from that
-        for n, frame in enumerate(decode_frames(root.inside(src["media_path"]), enc_stream,
-                                                duration_s=src.get("duration_s"))):
+        tracker = splitter.tracker(fps, w, h)
+        n = -1
+        # one decode, scaled from full resolution to the encoder's size (I420) and to the splitter's frames
+        for n, (frame, *det) in enumerate(decode_streams(root.inside(src["media_path"]), [enc_stream, *tracker.streams],
+                                                         duration_s=src.get("duration_s"))):
             scene.append(frame)
-            small = yuv_to_bgr(frame, det_size)
-            last = sd.FrameTimecode(n, fps)
-            for c in detector_obj.process_frame(last, small):
-                cut_at(c.frame_num, n)
+            for end, start in tracker.push(tuple(det)):
+                boundary(end, start, n)
             yield from ready
             ready.clear()
-        if last is not None:
-            for c in detector_obj.post_process(last):
-                cut_at(c.frame_num, n)
-            close_scene(scene_start, n + 1)
+        if n >= 0:
+            for end, start in tracker.finish():
+                boundary(end, start, n)
+            if n + 1 > scene_start:
+                close_scene(scene_start, n + 1)
             yield from ready
     except Exception as e:
-        yield "end", src, [error_row(sid, "error", f"scene detection failed: {failure_message(e)}", detector, now)]
+        yield "end", src, ([error_row(sid, "error", f"scene detection failed: {failure_message(e)}", detector, now)], [])
         return
     finally:
         scene.close()
-    yield "end", src, clip_rows or [error_row(sid, "none", f"no scene of at least {min_clip_s} s", detector, now)]
+    rows = clip_rows or [error_row(sid, "none", f"no scene of at least {min_clip_s} s", detector, now)]
+    yield "end", src, (rows, transition_rows(src, tracker.transitions, detector, now))

@@ -14,12 +14,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.progress import NullProgress, Progress, StageResult
-from curate.store import SCHEMAS, Root, rows_to_table
+from curate.store import SCHEMAS, Root, Table, rows_to_table
 
 #: detector constructor arguments accepted as -o key=value (with their types)
 _OPTION_TYPES = {"threshold": float, "min_scene_len": int, "luma_only": "bool", "window_width": int,
@@ -40,7 +41,7 @@ class SceneDetectSplitter:
     """PySceneDetect detector run over the source; returns frame ranges covering the video."""
 
     def __init__(self, kind: str, **options: Any) -> None:
-        self.kind = kind
+        self.kind = self.name = kind
         self.options = _coerce(options)
 
     def make_detector(self):
@@ -57,22 +58,64 @@ class SceneDetectSplitter:
             return sd.ThresholdDetector(**o)
         raise CurateError(f"unknown detector {self.kind!r}")
 
+    def tracker(self, fps: float, width: int, height: int) -> SceneDetectTracker:
+        return SceneDetectTracker(self.make_detector(), fps, width, height)
+
     def __call__(self, path: Path, fps: float, num_frames: int) -> list[tuple[int, int]]:
         """One decode pass: ffmpeg decodes and downscales (threaded, in C), the detector sees every frame."""
+        return track_source(self, path, fps, num_frames)[0]
+
+
+class SceneDetectTracker:
+    """A PySceneDetect detector fed frame by frame: hard cuts (boundaries ``(c, c)``), no transition frames.
+
+    ``skip_loop_filter``: its frames are decoded without deblocking, which a cut detector does not need
+    (`curate split` then costs about one `ffmpeg -f null` decode; `curate process` decodes with it, for the encoder).
+    """
+
+    skip_loop_filter = True
+
+    def __init__(self, detector, fps: float, width: int, height: int) -> None:
+        self.detector = detector
+        self.fps = float(fps)  # FrameTimecode refuses an int rate
+        self.streams = [detect_stream(width, height)]
+        self.transitions: list[dict] = []
+        self.n = 0
+        self.last = None
+
+    def push(self, frames: tuple) -> list[tuple[int, int]]:
         import scenedetect as sd
 
-        detector = self.make_detector()
-        fps = float(fps)  # FrameTimecode refuses an int rate
-        cuts: list[int] = []
-        n = 0
-        last = None
-        for n, frame in enumerate(decode_bgr(path, DETECT_WIDTH)):
-            last = sd.FrameTimecode(n, fps)
-            cuts += [c.frame_num for c in detector.process_frame(last, frame)]
-        if last is None:
-            return [(0, num_frames)]
-        cuts += [c.frame_num for c in detector.post_process(last)]
-        return scenes_from_cuts(cuts, n + 1)
+        self.last = sd.FrameTimecode(self.n, self.fps)
+        self.n += 1
+        return self._cuts(self.detector.process_frame(self.last, frames[0]))
+
+    def finish(self) -> list[tuple[int, int]]:
+        return self._cuts(self.detector.post_process(self.last)) if self.last is not None else []
+
+    def _cuts(self, cuts) -> list[tuple[int, int]]:
+        out = [(c.frame_num, c.frame_num) for c in cuts]
+        self.transitions += [{"start_frame": c, "end_frame": c, "kind": "cut", "score": None} for c, _ in out]
+        return out
+
+
+def track_source(splitter, path: Path, fps: float, num_frames: int) -> tuple[list[tuple[int, int]], list[dict]]:
+    """Run a splitter's tracker over one decode of ``path``: (scene ranges, transition spans)."""
+    from curate.frames import decode_streams
+    from curate.media import probe
+
+    pr = probe(path)
+    tracker = splitter.tracker(fps, pr.width, pr.height)
+    boundaries: list[tuple[int, int]] = []
+    n = 0
+    for frames in decode_streams(path, tracker.streams, skip_loop_filter=tracker.skip_loop_filter,
+                                 duration_s=pr.duration_s):
+        boundaries += tracker.push(frames)
+        n += 1
+    if n == 0:
+        return [(0, num_frames)], []
+    boundaries += tracker.finish()
+    return scenes_from_boundaries(boundaries, n), tracker.transitions
 
 
 #: detectors see frames this wide (PySceneDetect's own auto-downscale aims at 256 px too)
@@ -87,17 +130,17 @@ def detect_stream(width: int, height: int, detect_width: int = DETECT_WIDTH):
     return Stream(w, max(2, int(round(height * w / width / 2)) * 2), "bgr24", "fast_bilinear")
 
 
-def decode_bgr(path: Path, width: int, timeout_s: float | None = None):
-    """Every frame of the first video stream, downscaled to ``width`` px, as BGR uint8 arrays (one decode).
-
-    Without deblocking (skip_loop_filter) and with a fast bilinear downscale: cut detection does not
-    need them, and without them this pass costs about one `ffmpeg -f null` decode of the source.
-    """
-    from curate.media import decode_frames, probe
-
-    pr = probe(path)
-    yield from decode_frames(path, detect_stream(pr.width, pr.height, width), skip_loop_filter=True,
-                             timeout_s=timeout_s, duration_s=pr.duration_s)
+def scenes_from_boundaries(boundaries, n_frames: int) -> list[tuple[int, int]]:
+    """Frame ranges of ``n_frames`` decoded frames between boundaries ``(end, start)``: a scene ends (exclusive)
+    at ``end`` and the next starts at ``start``; frames in between (a dissolve, a fade) belong to no scene."""
+    out, a = [], 0
+    for end, start in sorted(boundaries):
+        if min(end, n_frames) > a:
+            out.append((a, min(end, n_frames)))
+        a = max(a, start)
+    if n_frames > a:
+        out.append((a, n_frames))
+    return out
 
 
 def scenes_from_cuts(cuts, n_frames: int) -> list[tuple[int, int]]:
@@ -131,7 +174,7 @@ def clip_id(source_id: str, start_frame: int, end_frame: int) -> str:
     return f"{source_id}-{start_frame:07d}-{end_frame:07d}"
 
 
-def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector: str = "content",
+def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector: str = "auto",
           options: dict[str, Any] | None = None, min_clip_s: float = 1.0, max_clip_s: float | None = 60.0,
           progress: Progress | None = None) -> StageResult:
     """Detect scenes in every ingested source not split yet (or only ``source_ids``)."""
@@ -141,6 +184,7 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
     progress = progress or NullProgress()
     result = StageResult("split")
     splitter = get_splitter(detector).create(**(options or {}))
+    detector = getattr(splitter, "name", detector)  # what `auto` picked: the clips record it
     with root.ensure().shared_run("split") as run:
         if run.first:
             with root.write_lock("clips"):
@@ -159,6 +203,8 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
                 continue
             todo.append(row)
         result.total = len(todo)
+        if todo and hasattr(splitter, "load"):
+            splitter.load()  # a bad weights file stops here, not as an error row on every source
         progress.start(len(todo), f"split ({detector})")
         clips_total = 0
         for row in todo:
@@ -167,8 +213,8 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
                 result.skipped += 1
                 progress.advance()
                 continue
-            rows = split_one(root, row, splitter, detector, min_clip_s=min_clip_s, max_clip_s=max_clip_s)
-            if not appender.append(row["source_id"], rows):  # a run that finished before we claimed did it
+            rows, transitions = split_one(root, row, splitter, detector, min_clip_s=min_clip_s, max_clip_s=max_clip_s)
+            if not appender.append(row["source_id"], rows, transitions):  # a run that finished before we claimed did it
                 result.total -= 1
                 result.skipped += 1
                 progress.advance()
@@ -183,6 +229,7 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
         result.extra["clips"] = clips_total
         with root.write_lock("clips"):
             root.clips.maybe_compact()
+            transitions_table(root).maybe_compact()
     return result.done()
 
 
@@ -198,6 +245,29 @@ def error_row(sid: str, kind: str, message: str, detector: str, now: float) -> d
     """The one row of a source that could not be split (clip_id ``<source_id>-error`` or ``-none``)."""
     return {"clip_id": f"{sid}-{kind}", "source_id": sid, "status": "error", "error": message,
             "splitter": detector, "updated_at": now}
+
+
+#: ROOT/transitions: the transitions the splitter found in each source; their frames belong to no clip
+TRANSITIONS_SCHEMA = pa.schema([
+    ("transition_id", pa.string()), ("source_id", pa.string()), ("start_frame", pa.int64()), ("end_frame", pa.int64()),
+    ("start_s", pa.float64()), ("end_s", pa.float64()), ("kind", pa.string()), ("score", pa.float64()),
+    ("splitter", pa.string()), ("updated_at", pa.float64()),
+])
+
+
+def transitions_table(root: Root) -> Table:
+    """ROOT/transitions, one row per transition: frames [start_frame, end_frame) are a dissolve or a fade (kind
+    ``gradual``) and belong to no clip; a hard cut (kind ``cut``) lies just before ``start_frame`` (an empty or
+    one- or two-frame span)."""
+    return Table(root.path / "transitions", "transition_id", TRANSITIONS_SCHEMA)
+
+
+def transition_rows(src: dict, transitions: list[dict], detector: str, now: float) -> list[dict]:
+    fps, sid = float(src["fps"]), src["source_id"]
+    return [{"transition_id": f"{sid}-{t['start_frame']:07d}-{t['end_frame']:07d}", "source_id": sid,
+             "start_frame": t["start_frame"], "end_frame": t["end_frame"], "start_s": t["start_frame"] / fps,
+             "end_s": t["end_frame"] / fps, "kind": t["kind"], "score": t.get("score"), "splitter": detector,
+             "updated_at": now} for t in transitions]
 
 
 def failure_message(e: BaseException) -> str:
@@ -216,13 +286,19 @@ class ClipAppender:
         self.seen = set(root.clips.parts())
         self.done = set(root.clips.read_arrow(columns=["source_id"])["source_id"].to_pylist())
 
-    def append(self, source_id: str, rows: list[dict]) -> bool:
+    def append(self, source_id: str, rows: list[dict], transitions: list[dict] | None = None) -> bool:
+        """Write the clips of one source (and its transitions, first: a crash between leaves transitions that a
+        rerun writes again under the same ids) unless a concurrent run already did."""
         with self.root.write_lock("clips"):
             for part in set(self.root.clips.parts()) - self.seen:
                 self.done.update(pq.read_table(part, columns=["source_id"])["source_id"].to_pylist())
                 self.seen.add(part)
             if source_id in self.done:
                 return False
+            if transitions:
+                table = transitions_table(self.root)
+                table.append(rows_to_table(transitions, TRANSITIONS_SCHEMA))
+                table.tidy()
             self.seen.add(self.root.clips.append(rows_to_table(rows, SCHEMAS["clips"])))
             self.done.add(source_id)
             for inputs, merged in self.root.clips.tidy():  # a part per source: merge them as they pile up
@@ -232,14 +308,20 @@ class ClipAppender:
 
 
 def split_one(root: Root, row: dict, splitter, detector: str, *, min_clip_s: float,
-              max_clip_s: float | None) -> list[dict]:
-    """Clip rows of one source; one error row (clip_id ``<source_id>-error``) when it cannot be split."""
+              max_clip_s: float | None) -> tuple[list[dict], list[dict]]:
+    """Clip rows of one source (one error row, clip_id ``<source_id>-error``, when it cannot be split) and
+    its transition rows."""
     sid, fps, n = row["source_id"], float(row["fps"]), int(row["num_frames"])
     now = time.time()
     try:
-        ranges = splitter(root.inside(row["media_path"]), fps, n)
+        path = root.inside(row["media_path"])
+        if hasattr(splitter, "tracker"):  # built-ins: one decode feeds the detector frame by frame
+            ranges, transitions = track_source(splitter, path, fps, n)
+        else:  # a plugin's splitter: a callable (path, fps, num_frames) -> ranges
+            ranges, transitions = splitter(path, fps, n), []
         ranges = shape_scenes(ranges, fps, min_clip_s=min_clip_s, max_clip_s=max_clip_s, num_frames=n)
     except Exception as e:  # a broken file must not sink the batch
-        return [error_row(sid, "error", f"scene detection failed: {failure_message(e)}", detector, now)]
+        return [error_row(sid, "error", f"scene detection failed: {failure_message(e)}", detector, now)], []
     rows = [clip_row(row, a, b, i, detector, now) for i, (a, b) in enumerate(ranges)]
-    return rows or [error_row(sid, "none", f"no scene of at least {min_clip_s} s", detector, now)]
+    rows = rows or [error_row(sid, "none", f"no scene of at least {min_clip_s} s", detector, now)]
+    return rows, transition_rows(row, transitions, detector, now)

