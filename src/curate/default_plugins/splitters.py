@@ -46,14 +46,24 @@ def _whole(path, fps: float, num_frames: int):
 
 
 def _auto(**options):
-    import torch
-
     from curate.errors import CurateError
 
     if options:
         raise CurateError("The auto splitter takes no options (it picks transnetv2 or content): choose "
                           "--detector transnetv2 or --detector content to set " + ", ".join(sorted(options)) + ".")
-    return _transnetv2() if torch.cuda.is_available() else _scenedetect("content")
+    return _transnetv2() if _has_gpu() else _scenedetect("content")
+
+
+def _has_gpu() -> bool:
+    """Whether torch sees a CUDA GPU; without importing torch (seconds, hundreds of MiB) where no NVIDIA
+    driver is loaded."""
+    import os
+
+    if not os.path.exists("/proc/driver/nvidia") and not any(os.path.exists(f"/dev/nvidia{i}") for i in range(8)):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _transnetv2(**options):
