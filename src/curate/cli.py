@@ -184,6 +184,32 @@ def embed(
 
 @app.command()
 @_guard
+def caption(
+    root: Path = ROOT_OPT,
+    captioner: str = typer.Option("hf", "--captioner", "-c", help="Captioner plugin name (`curate plugins`)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Captioner option key=value, repeatable (hf: "
+                                                                 "weights=Qwen/Qwen2.5-VL-3B-Instruct frames=8 "
+                                                                 "max_new_tokens=128 prompt=...)."),
+    name: str | None = typer.Option(None, help="Name of this captions set (default: the captioner name); later "
+                                                  "stages use it as --caption captions:<name>."),
+    device: str = typer.Option("auto", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
+    batch_size: int = typer.Option(8, help="Clips per generate call."),
+    workers: int = typer.Option(2, help="Decoder threads running ahead of the model."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Caption again the clips whose row is an error "
+                                                                     "(degenerate output, failed generation)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Caption every clip with a vision-language model (sampled frames + a prompt); writes ROOT/captions/<name>."""
+    from curate.caption import caption as run
+    from curate.embed import parse_options
+
+    r = run(root, captioner, options=parse_options(option), name=name, device=device, batch_size=batch_size,
+            workers=workers, retry_errors=retry_errors, progress=RichProgress())
+    _finish(r, json_out)
+
+
+@app.command()
+@_guard
 def process(
     root: Path = ROOT_OPT,
     encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder plugin name (`curate plugins`)."),
@@ -404,7 +430,7 @@ def run(config: Path = typer.Argument(..., help="YAML file (see configs/); relat
 @app.command()
 @_guard
 def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
-    """List every registered encoder, splitter and scorer, with the plugin and package that registered it."""
+    """List every registered encoder, splitter, scorer and captioner, with the plugin and package that registered it."""
     from curate.plugins import all_components
 
     comps = all_components()
