@@ -232,6 +232,107 @@ def test_caption_only_the_given_clip_ids(colour_root):
     assert _captions(colour_root, "only-red").clip_id.tolist() == red
 
 
+# ----------------------------------------------------------------------------- generated captions flow on
+def _shard_records(subset_dir: Path) -> dict[str, dict]:
+    out = {}
+    for shard in sorted((subset_dir / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    rec = json.loads(tar.extractfile(m).read())
+                    out[rec["clip_id"]] = rec
+    return out
+
+
+def test_generated_captions_are_embedded_scored_filtered_searched_and_published(colour_root, tiny_clip):
+    import numpy as np
+
+    root = colour_root
+    colours = _clip_colours(root)
+    enc = ["-e", "clip", "-o", f"model_config={tiny_clip['model_config']}", "-o", f"weights={tiny_clip['weights']}",
+           "-o", "frames=2", "--device", "cpu"]
+    from curate.embed import embed
+    from curate.errors import CurateError
+    from curate.publish import publish
+    from curate.retrieval import evaluate
+    from curate.score import score
+    from curate.search import search
+
+    opts = {"model_config": tiny_clip["model_config"], "weights": tiny_clip["weights"], "frames": "2"}
+    embed(root, "clip", options=opts, device="cpu")
+    r = json.loads(curate("embed", "--root", root, *enc, "--caption", "captions:colour", "--json").stdout)
+    assert (r["name"], r["caption"], r["total"], r["ok"]) == ("clip_colour", "captions:colour", 2, 2)
+    assert (r["video_from"], r["video_reused"], r["without_caption"]) == ("clip", 2, 4)  # nothing decoded again
+    again = embed(root, "clip", options=opts, device="cpu", caption="captions:colour")
+    assert again.total == 0 and again.extra["without_caption"] == 4
+    meta = json.loads((root / "embeddings" / "clip_colour" / "_meta.json").read_text())
+    assert meta["caption"] == "captions:colour" and meta["options"] == json.loads(
+        (root / "embeddings" / "clip" / "_meta.json").read_text())["options"]
+    gen = pd.read_parquet(root / "embeddings" / "clip_colour").set_index("clip_id")
+    src = pd.read_parquet(root / "embeddings" / "clip").set_index("clip_id")
+    assert {colours[c] for c in gen.index} == {"red", "yellow"}
+    for cid in gen.index:
+        assert np.array_equal(gen.video_emb[cid], src.video_emb[cid])
+        assert not np.allclose(gen.text_emb[cid], src.text_emb[cid])  # the generated caption, not the source's
+
+    score(root)
+    sc = pd.read_parquet(root / "scores").set_index("clip_id")
+    for cid, col in colours.items():
+        if col in ("red", "yellow"):
+            want = float(np.dot(gen.video_emb[cid], gen.text_emb[cid]))
+            assert sc.clip_colour_sim[cid] == pytest.approx(want, abs=1e-5)
+        else:
+            assert np.isnan(sc.clip_colour_sim[cid]) and "no caption in captions/colour" in sc.clip_colour_sim_error[cid]
+    blue = next(c for c, col in colours.items() if col == "blue")
+    assert "cannot see blue" in sc.clip_colour_sim_error[blue]
+    assert sc.clip_sim.notna().all()  # the source captions are scored beside them
+    with pytest.raises(CurateError, match="curate embed"):
+        score(root, caption="captions:other")
+    curate("score", "--root", root, "--caption", "captions:colour", "-s", "alignment")
+
+    f = json.loads(curate("filter", "--root", root, "--subset", "gen", "--caption", "captions:colour",
+                          "--min-sim", "-1", "--json").stdout)
+    assert (f["total"], f["kept"]) == (6, 2) and f["options"]["caption"] == "captions:colour"
+    assert [(x["name"], x["column"]) for x in f["rules"]] == [("caption", "clip_colour_sim"), ("min_sim", "clip_colour_sim")]
+    assert f["dropped_by_rule"]["caption"] == 4
+
+    pub = json.loads(curate("publish", "--root", root, "--subset", "gen", "--json").stdout)
+    assert pub["published"] == 2 and pub["caption"] == "captions:colour"
+    sub = root / "subsets" / "gen"
+    recs = _shard_records(sub)
+    red = next(c for c, col in colours.items() if col == "red")
+    assert recs[red]["caption"] == "a plain red screen"
+    assert recs[red]["source_caption"].startswith("uploaded video number")
+    assert recs[red]["captions"]["colour"] == "a plain red screen" and recs[red]["captions"]["only-red"]
+    ann = pd.read_parquet(sub / "annotations.parquet").set_index("clip_id")
+    assert ann.caption_colour[red] == "a plain red screen" and ann.source_caption[red] == recs[red]["source_caption"]
+    card = (sub / "README.md").read_text()
+    assert "## Captions" in card and "### captions/colour (the `caption` field)" in card
+    assert "- captioner: `colour`" in card and '- prompt: "Name the colour of the clip."' in card
+    assert "- generation: max_new_tokens=16" in card and "captions embedded: captions:colour" in card
+    before = {p.name: p.stat().st_mtime_ns for p in (sub / "shards").glob("*.tar")}
+    assert publish(root, "gen").skipped == 2
+    publish(root, "gen", caption="source")
+    recs = _shard_records(sub)
+    assert recs[red]["caption"] == recs[red]["source_caption"] and recs[red]["captions"]["colour"]
+    assert {p.name: p.stat().st_mtime_ns for p in (sub / "shards").glob("*.tar")} != before  # rebuilt
+
+    hits = json.loads(curate("search", "a red screen", "--root", root, "-e", "clip_colour", "--device", "cpu",
+                             "--json").stdout)
+    assert hits["caption_source"] == "captions:colour" and len(hits["results"]) == 2
+    assert {h["caption"] for h in hits["results"]} == {"a plain red screen", "a plain yellow screen"}
+    assert all(h["source_caption"].startswith("uploaded video") for h in hits["results"])
+    shown = search(root, "a red screen", "clip", caption="captions:colour", device="cpu", k=6)
+    assert sum(h["caption"] is not None for h in shown["results"]) == 2
+
+    ev = json.loads(curate("eval-retrieval", "--root", root, "-e", "clip", "-e", "clip_colour", "--json").stdout)
+    assert ev["clips"] == 2  # clips with a source caption and a generated one, embedded in both sets
+    assert [(x["encoder"], x["caption"], x["captions"]) for x in ev["results"]] == [
+        ("clip", "source", 2), ("clip_colour", "captions:colour", 2)]
+    only = evaluate(root, caption="captions:colour")
+    assert [x["encoder"] for x in only["results"]] == ["clip_colour"]
+
+
 # ----------------------------------------------------------------------------- the built-in hf captioner
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory) -> Path:
