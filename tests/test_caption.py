@@ -232,6 +232,26 @@ def test_caption_only_the_given_clip_ids(colour_root):
     assert _captions(colour_root, "only-red").clip_id.tolist() == red
 
 
+def test_curate_run_yaml_has_a_caption_section(colour_root, tmp_path):
+    import yaml
+
+    from curate.errors import CurateError
+    from curate.pipeline import load_config, run_config
+
+    lst = colour_root.parent / "list.csv"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"root": "ds", "sources": str(lst), "split": {"detector": "none", "min_clip_s": 0.5},
+                                   "caption": {"captioner": "colour", "name": "yaml", "batch_size": 3,
+                                               "options": {"prompt": "Which colour?"}}}))
+    results = run_config(load_config(cfg))
+    cap = results[-1]
+    assert (cap.stage, cap.total, cap.ok) == ("caption", 6, 2)
+    assert set(_captions(tmp_path / "ds", "yaml").prompt) == {"Which colour?"}
+    cfg.write_text(yaml.safe_dump({"root": "ds", "caption": {"captioner": "colour", "frames": 4}}))
+    with pytest.raises(CurateError, match="unknown keys in caption"):
+        load_config(cfg)
+
+
 # ----------------------------------------------------------------------------- generated captions flow on
 def _shard_records(subset_dir: Path) -> dict[str, dict]:
     out = {}

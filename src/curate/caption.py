@@ -205,7 +205,10 @@ def caption(root: Root | str, captioner: str = "hf", *, options: dict[str, Any] 
         def flush() -> None:
             if rows:
                 t = rows_to_table(rows, caption_schema())
-                table.upsert(t) if redo else table.append(t)
+                if redo:  # error rows of an earlier run are replaced
+                    table.upsert(t)
+                else:
+                    table.append(t)
                 rows.clear()
                 crashpoint("caption-flush")
                 table.tidy()

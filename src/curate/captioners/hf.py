@@ -164,7 +164,6 @@ class HFCaptioner(Captioner):
         if self.backend == "vllm":
             self._load_vllm(path)
             return
-        import torch
         from transformers import AutoModelForImageTextToText
 
         self.device = resolve_device(self.device)
@@ -179,7 +178,6 @@ class HFCaptioner(Captioner):
         eos = gc.eos_token_id if gc.eos_token_id is not None else getattr(tok, "eos_token_id", None)
         self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         self._pad = gc.pad_token_id if gc.pad_token_id is not None else getattr(tok, "pad_token_id", None)
-        torch.set_grad_enabled(False)
 
     def _load_vllm(self, path: Path) -> None:  # pragma: no cover - needs vllm and a GPU
         from vllm import LLM
