@@ -187,7 +187,7 @@ def test_caption_stage_writes_rows_errors_and_is_idempotent(colour_root, fake_pl
     r = json.loads(curate("caption", "--root", colour_root, "--captioner", "colour", "--batch-size", "4",
                           "--json").stdout)
     assert (r["total"], r["ok"], r["error"]) == (6, 2, 4) and r["name"] == "colour"
-    assert r["captions_per_s"] > 0 and r["tokens"] == 8
+    assert r["captions_per_s"] > 0 and r["tokens"] == 24  # 4 + 4 + 16 (the degenerate green one)
     calls = [int(x) for x in fake_plugin.read_text().split()]
     assert calls[0] == 4  # batched across clips (sources); the batch with blue is retried clip by clip
     t = _captions(colour_root, "colour")

@@ -1,7 +1,7 @@
 """A tiny randomly initialised Qwen2.5-VL saved in the real Hugging Face format, built offline.
 
-config.json + model.safetensors + generation_config.json, a byte-level BPE tokenizer (tokenizer.json)
-trained here on a few sentences with Qwen's special tokens, the Qwen2-VL image and video processors and a
+config.json + model.safetensors + generation_config.json, a byte-level BPE tokenizer (tokenizer.json: the
+256 byte symbols and Qwen's special tokens), the Qwen2-VL image and video processors and a
 Qwen-style chat template: what `AutoProcessor` / `AutoModelForImageTextToText.from_pretrained(dir)` load
 from a real checkpoint, about 100 k parameters. Used by tests/test_caption.py, tests/test_dags.py and
 bench/bench_caption.py.
@@ -19,16 +19,13 @@ CHAT_TEMPLATE = (
     "{% elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-CORPUS = ["a red square on a black background", "describe this video clip in one or two sentences",
-          "the scene shows a man walking a dog in a park", "a television test pattern with color bars",
-          "a plain blue screen", "a person cooking in a kitchen", "cars drive along a city street at night"]
 
 
 def build_tiny_qwen2_5_vl(path: Path, *, seed: int = 0, pixels: int = 56 * 56) -> Path:
     """Write the checkpoint into ``path`` (created) and return it. ``pixels``: image/video frame area the
     processors resize to (56x56 -> 4 visual tokens per frame pair)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
         PreTrainedTokenizerFast,
         Qwen2_5_VLConfig,
@@ -40,11 +37,12 @@ def build_tiny_qwen2_5_vl(path: Path, *, seed: int = 0, pixels: int = 56 * 56) -
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    bpe = Tokenizer(models.BPE(unk_token=None))
+    # byte-level BPE with the 256 byte symbols and no merges: deterministic (a trained vocabulary is not: ties)
+    vocab = {t: i for i, t in enumerate([*SPECIAL, *sorted(pre_tokenizers.ByteLevel.alphabet())])}
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIAL,
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.add_special_tokens(SPECIAL)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     ids = {s: tok.convert_tokens_to_ids(s) for s in SPECIAL}
     processor = Qwen2_5_VLProcessor(
@@ -64,7 +62,7 @@ def build_tiny_qwen2_5_vl(path: Path, *, seed: int = 0, pixels: int = 56 * 56) -
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]  # as Qwen's checkpoints
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(path)
     return path

@@ -163,7 +163,8 @@ def caption(root: Root | str, captioner: str = "hf", *, options: dict[str, Any] 
     """Caption every ok clip (only ``clip_ids`` when given) not captioned yet under ``captions/<name>``.
 
     ``retry_errors`` redoes the clips whose earlier row is an error (a degenerate output, a failed
-    generation). Returns counts; ``extra`` has captions/s and tokens/s of this run's generation.
+    generation). Returns counts; ``extra`` has ``tokens`` (generated, degenerate outputs included),
+    ``generate_s`` and the captions/s and tokens/s of this run's generation.
     """
     from curate.plugins import get_captioner
 
@@ -220,10 +221,11 @@ def caption(root: Root | str, captioner: str = "hf", *, options: dict[str, Any] 
             gen_s += secs
             for r in out:
                 rows.append(r)
-                generated += r.get("seconds") is not None
+                if r.get("seconds") is not None:  # went through generation (ok or refused as degenerate)
+                    generated += 1
+                    tokens += r.get("tokens") or 0
                 if r["status"] == "ok":
                     result.ok += 1
-                    tokens += r["tokens"] or 0
                 else:
                     result.add_error(r["clip_id"], r["error"])
             progress.advance(len(batch))

@@ -85,6 +85,7 @@ class HFCaptioner(Captioner):
 
     def __init__(self, device: str | None = "auto", weights: str = DEFAULT_WEIGHTS, prompt: str = DEFAULT_PROMPT,
                  frames: int | str = 8, input: str = "images", max_new_tokens: int | str = 128,
+                 min_new_tokens: int | str = 0,
                  do_sample: bool | str = False, temperature: float | str = 0.7, top_p: float | str = 0.9,
                  num_beams: int | str = 1, repetition_penalty: float | str = 1.0, seed: int | str = 0,
                  dtype: str = "auto", size: int | str = 448, video_fps: float | str = 2.0,
@@ -105,6 +106,7 @@ class HFCaptioner(Captioner):
             raise CurateError(f"hf captioner dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         self.weights, self.prompt, self.input, self.backend = str(weights), str(prompt), input, backend
         self.frames, self.max_new_tokens, self.size = int(frames), int(max_new_tokens), int(size)
+        self.min_new_tokens = min(int(min_new_tokens), self.max_new_tokens)
         if self.frames < 1 or self.max_new_tokens < 1:
             raise CurateError("hf captioner frames and max_new_tokens must be at least 1")
         self.do_sample, self.temperature, self.top_p = parse_bool(do_sample), float(temperature), float(top_p)
@@ -120,6 +122,8 @@ class HFCaptioner(Captioner):
     def info(self) -> CaptionerInfo:
         gen: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
                                "num_beams": self.num_beams, "repetition_penalty": self.repetition_penalty}
+        if self.min_new_tokens:
+            gen["min_new_tokens"] = self.min_new_tokens
         if self.do_sample:
             gen.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
         return CaptionerInfo(self.name, self._arch, self.weights, self.prompt, self.frames, gen,
@@ -212,6 +216,8 @@ class HFCaptioner(Captioner):
                if hasattr(v, "to") else v for k, v in enc.items()}
         gen: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
                                "num_beams": self.num_beams, "repetition_penalty": self.repetition_penalty}
+        if self.min_new_tokens:
+            gen["min_new_tokens"] = self.min_new_tokens
         if self.do_sample:
             torch.manual_seed(self.seed)
             gen.update(temperature=self.temperature, top_p=self.top_p)
@@ -238,7 +244,7 @@ class HFCaptioner(Captioner):
         from PIL import Image
         from vllm import SamplingParams
 
-        sp = SamplingParams(max_tokens=self.max_new_tokens, temperature=self.temperature if self.do_sample else 0.0,
+        sp = SamplingParams(max_tokens=self.max_new_tokens, min_tokens=self.min_new_tokens, temperature=self.temperature if self.do_sample else 0.0,
                             top_p=self.top_p if self.do_sample else 1.0, seed=self.seed,
                             repetition_penalty=self.repetition_penalty)
         prompts = []

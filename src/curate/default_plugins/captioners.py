@@ -15,6 +15,7 @@ def register_captioners(register):
                  "input": "images (default: the frames as images, every family) or video (the model's video input)",
                  "video_fps": "with input=video: the frame rate the model is told (default 2)",
                  "max_new_tokens": "generation limit (default 128)",
+                 "min_new_tokens": "generate at least this many tokens (default 0; benchmarks)",
                  "do_sample": "false (default: greedy) or true",
                  "temperature": "with do_sample (default 0.7)", "top_p": "with do_sample (default 0.9)",
                  "seed": "with do_sample (default 0)", "num_beams": "beam search width (default 1)",
