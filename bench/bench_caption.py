@@ -10,8 +10,9 @@ Qwen2.5-VL the tests build (tests/tiny_vlm.py: real architecture and processor, 
 the figures measure curate's overhead: decoding, the processor, generate's loop); ``--weights`` points
 at a real model directory (e.g. Qwen2.5-VL-3B-Instruct) instead. One warm-up run on one clip loads the
 model first. ``--min-new-tokens`` (default = ``--max-new-tokens``) makes every caption the same length,
-so tokens/s compares across runs (a random model stops at random). Prints the stage's own figures (``captions_per_s`` and ``tokens_per_s`` of generation,
-``tokens`` generated) and the end-to-end clips/s of the stage (decoding included).
+so tokens/s compares across runs (a random model stops at random). Prints the stage's own figures
+(``captions_per_s`` and ``tokens_per_s`` of generation, ``tokens`` generated) and the end-to-end
+clips/s of the stage (decoding included).
 """
 
 from __future__ import annotations

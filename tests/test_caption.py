@@ -395,6 +395,10 @@ def test_hf_captioner_video_input_batches_and_determinism(colour_root, tiny_vlm)
     same = _captions(colour_root, "img-6").merge(_captions(colour_root, "tiny"), on="clip_id")
     assert (same.caption_x.fillna("") == same.caption_y.fillna("")).all()  # batch 6 in-process = batch 4 CLI
     assert caption_texts(colour_root, "vid-1") == dict(zip(a.clip_id[a.status == "ok"], a.caption[a.status == "ok"]))
+    # given room, this random model loops on one symbol: the real-model case of the repetition rule
+    r = caption(colour_root, "hf", options={**opts, "max_new_tokens": "32"}, name="loop", device="cpu", batch_size=6)
+    loop = _captions(colour_root, "loop")
+    assert r.error == 6 and loop.error.str.contains("repeated to the token limit").all() and (loop.tokens == 32).all()
 
 
 def test_hf_captioner_offline_and_vllm_errors_say_what_to_do(colour_root, tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """A tiny randomly initialised Qwen2.5-VL saved in the real Hugging Face format, built offline.
 
-config.json + model.safetensors + generation_config.json, a byte-level BPE tokenizer (tokenizer.json: the
-256 byte symbols and Qwen's special tokens), the Qwen2-VL image and video processors and a
+config.json + model.safetensors + generation_config.json, a byte-level BPE tokenizer (tokenizer.json:
+printable ASCII bytes and Qwen's special tokens), the Qwen2-VL image and video processors and a
 Qwen-style chat template: what `AutoProcessor` / `AutoModelForImageTextToText.from_pretrained(dir)` load
 from a real checkpoint, about 100 k parameters. Used by tests/test_caption.py, tests/test_dags.py and
 bench/bench_caption.py.
@@ -37,8 +37,9 @@ def build_tiny_qwen2_5_vl(path: Path, *, seed: int = 0, pixels: int = 56 * 56) -
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    # byte-level BPE with the 256 byte symbols and no merges: deterministic (a trained vocabulary is not: ties)
-    vocab = {t: i for i, t in enumerate([*SPECIAL, *sorted(pre_tokenizers.ByteLevel.alphabet())])}
+    # byte-level BPE over printable ASCII ('Ġ' is the space byte, 'Ċ' the newline) and no merges: deterministic
+    # (a trained vocabulary is not: ties), and whatever a random model generates decodes to readable text
+    vocab = {t: i for i, t in enumerate([*SPECIAL, "Ċ", "Ġ", *(chr(b) for b in range(33, 127))])}
     bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

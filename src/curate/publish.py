@@ -164,9 +164,13 @@ class _Generated:
         chosen = r.get("caption") if self.choice is None else captions.get(self.choice)
         return {"caption": chosen, "source_caption": r.get("caption"), "captions": captions}
 
-    def digest(self, group: list[dict]) -> str:
-        """Changes when any caption of the shard's clips (or the choice) changes: the shard is rebuilt."""
+    def digest(self, group: list[dict]) -> str | None:
+        """Changes when any generated caption of the shard's clips (or the choice) changes: the shard is
+        rebuilt. None without generated captions (as manifests written before captioning existed)."""
         import hashlib
+
+        if not self.names and self.choice is None:
+            return None
 
         blob = json.dumps([self.choice, [self.fields(r) for r in group]], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

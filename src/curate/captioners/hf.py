@@ -244,7 +244,8 @@ class HFCaptioner(Captioner):
         from PIL import Image
         from vllm import SamplingParams
 
-        sp = SamplingParams(max_tokens=self.max_new_tokens, min_tokens=self.min_new_tokens, temperature=self.temperature if self.do_sample else 0.0,
+        sp = SamplingParams(max_tokens=self.max_new_tokens, min_tokens=self.min_new_tokens,
+                            temperature=self.temperature if self.do_sample else 0.0,
                             top_p=self.top_p if self.do_sample else 1.0, seed=self.seed,
                             repetition_penalty=self.repetition_penalty)
         prompts = []
