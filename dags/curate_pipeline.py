@@ -1,6 +1,7 @@
 """curate_pipeline: a source list -> a published, curated video-text subset.
 
-register -> [ingest -> split] per batch of sources (mapped) -> embed (GPU) -> score (GPU) -> filter -> publish.
+register -> [ingest -> split] per batch of sources (mapped) -> embed (GPU) -> caption (GPU, optional) -> score (GPU)
+-> filter -> publish.
 With ``one_pass``, the split tasks leave their batch alone and embed splits and embeds in one decode per
 source (`curate process`) on the GPU worker.
 
@@ -102,19 +103,43 @@ def curate_pipeline():
         return ct.require_some(res, "embed")
 
     @task(**GPU)
-    def score(embedded: dict, params=None) -> dict:
+    def caption(embedded: dict, params=None) -> dict:
+        """With a ``captioner``: caption every clip (``curate caption``), then embed the generated captions with
+        the run's encoder (clip vectors copied from the embed task's set: ``curate embed --caption``)."""
+        if not params["captioner"]:
+            return {"stage": "caption", "skipped": True}
+        from curate.caption import caption as run
+        from curate.embed import embed as run_embed
+
+        root = ct.check_root(params["root"])
+        dirs = ct.allowed_dirs(root)
+        res = ct.require_some(ct.locked(run, root, params["captioner"], device=params["device"],
+                                        options=ct.check_encoder_options(params["captioner_options"], dirs)).as_dict(),
+                              "caption")
+        emb = ct.locked(run_embed, root, params["encoder"], name=f"{embedded['name']}_{res['name']}",
+                        caption=f"captions:{res['name']}", device=params["device"],
+                        options=ct.check_encoder_options(params["encoder_options"], dirs),
+                        batch_size=params["embed_batch_size"]).as_dict()
+        return {**res, "caption": f"captions:{res['name']}", "embedding_name": emb["name"]}
+
+    @task(**GPU)
+    def score(embedded: dict, captioned: dict, params=None) -> dict:
         from curate.score import score as run
 
         root = ct.check_root(params["root"])
         options = ct.check_scorer_options(params["scorer_options"], ct.allowed_dirs(root))
         res = ct.locked(run, root, scorers=params["scorers"], encoder=embedded["name"], options=options).as_dict()
+        if captioned.get("embedding_name"):  # alignment with the generated captions too
+            ct.locked(run, root, scorers=["alignment"], encoder=captioned["embedding_name"])
         return ct.require_some(res, "score")
 
     @task(task_id="filter")
-    def filter_clips(scored: dict, embedded: dict, params=None) -> dict:
+    def filter_clips(scored: dict, embedded: dict, captioned: dict, params=None) -> dict:
         from curate.filter import filter_clips as run
 
-        return run(ct.check_root(params["root"]), params["subset"], encoder=embedded["name"], **ct.filter_kwargs(params))
+        return run(ct.check_root(params["root"]), params["subset"],
+                   encoder=captioned.get("embedding_name") or embedded["name"], caption=captioned.get("caption"),
+                   **ct.filter_kwargs(params))
 
     @task(outlets=[ct.SUBSETS])
     def publish(summary: dict, params=None):
@@ -130,7 +155,8 @@ def curate_pipeline():
     done = batch.expand(b=batches)
     embedded = embed(batches)
     done >> embedded
-    publish(filter_clips(score(embedded), embedded))
+    captioned = caption(embedded)
+    publish(filter_clips(score(embedded, captioned), embedded, captioned))
 
 
 curate_pipeline()

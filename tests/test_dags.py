@@ -11,7 +11,7 @@ import airflow_helpers as h  # first: it configures Airflow before anything impo
 import pytest
 
 DAG_IDS = {"curate_pipeline", "curate_inbox", "curate_refilter"}
-GPU_TASKS = {"embed", "score"}
+GPU_TASKS = {"embed", "caption", "score"}
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +313,45 @@ def test_pipeline_one_pass_splits_and_embeds_on_the_gpu_task():
     assert split_out and all(x["one_pass"] for x in split_out)  # the split tasks did not split
     (embedded,) = h.xcom_values("curate_pipeline", run_id, "embed")
     assert embedded["stage"] == "process" and embedded["clips"] == len(clips) and embedded["embedded_separately"] == 0
+
+
+def test_pipeline_captions_clips_when_a_captioner_is_given():
+    """captioner=hf on a tiny random Qwen2.5-VL (real format): the caption task (GPU queue) captions every clip
+    and embeds the generated captions; score, filter and publish use them, and the card and the published
+    JSON carry them beside the source captions."""
+    import pandas as pd
+    from tiny_vlm import build_tiny_qwen2_5_vl
+
+    from curate.store import Root
+
+    model = h.MODELS / "tiny-qwen2.5-vl"
+    if not (model / "config.json").exists():
+        build_tiny_qwen2_5_vl(model)
+    root = h.ROOTS / "captioned"
+    conf = h.pipeline_conf(root, subset="cap", captioner="hf",
+                           captioner_options={"weights": str(model), "frames": 2, "max_new_tokens": 4, "size": 64})
+    state, run_id = h.run_dag("curate_pipeline", conf)
+    assert state == "success"
+    tis = {t: s for t, m, _, s in h.task_instances("curate_pipeline", run_id) if m == -1}
+    assert tis["caption"] == "success" and tis["publish"] == "success"
+    (captioned,) = h.xcom_values("curate_pipeline", run_id, "caption")
+    assert captioned["embedding_name"] == "clip_hf" and captioned["caption"] == "captions:hf"
+    r = Root(root)
+    caps = r.captions("hf").read()
+    clips = r.clips.read()
+    assert set(caps.clip_id) == set(clips[clips.status == "ok"].clip_id)
+    assert set(caps.model) == {"Qwen2_5_VLForConditionalGeneration"} and (caps.tokens <= 4).all()
+    ok = caps[caps.status == "ok"]
+    assert len(ok) >= 1 and caps.error[caps.status == "error"].str.len().gt(0).all()
+    assert set(r.embeddings("clip_hf").read().clip_id) == set(ok.clip_id)
+    assert "clip_hf_sim" in r.scores.read().columns
+    summary = json.loads((r.subset_dir("cap") / "filter.json").read_text())
+    assert summary["options"]["caption"] == "captions:hf" and summary["kept"] == len(ok)
+    ann = pd.read_parquet(r.subset_dir("cap") / "annotations.parquet")
+    assert set(ann.clip_id) == set(ok.clip_id)
+    assert (ann.caption == ann.caption_hf).all() and ann.source_caption.notna().all()
+    with tarfile.open(sorted((r.subset_dir("cap") / "shards").glob("*.tar"))[0]) as tar:
+        rec = json.loads(tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith(".json"))).read())
+    assert rec["caption"] == rec["captions"]["hf"] and rec["source_caption"]
+    card = (r.subset_dir("cap") / "README.md").read_text()
+    assert "### captions/hf (the `caption` field)" in card and "- captioner: `hf`" in card

@@ -53,39 +53,82 @@ def load_encoder(encoder: str, options: dict[str, Any] | None = None, device: st
     return enc
 
 
-def _meta(encoder_name: str, options: dict, enc) -> dict:
+def _meta(encoder_name: str, options: dict, enc, caption: str | None = None) -> dict:
     info = enc.info
-    return {"encoder": encoder_name, "options": options, "model": info.model, "weights": info.weights,
+    extra = {"caption": caption} if caption else {}
+    return {"encoder": encoder_name, "options": options, **extra, "model": info.model, "weights": info.weights,
             "embed_dim": info.embed_dim, "num_frames": info.num_frames, "frame_size": info.frame_size,
             "video_emb_shape": list(info.video_emb_shape),
             "similarity": "max_over_queries" if len(info.video_emb_shape) == 2 else "cosine",
             "score_range": getattr(enc, "score_range", ""), "extra": info.extra}
 
 
-def check_meta(root: Root, name: str, encoder: str, options: dict) -> None:
+def check_meta(root: Root, name: str, encoder: str, options: dict, caption: str | None = None) -> None:
+    """A second run into ``embeddings/<name>`` must use the same encoder, options and caption source."""
     meta = root.embedding_meta(name)
-    if meta and (meta.get("encoder") != encoder or meta.get("options") != options):
+    if meta and (meta.get("encoder") != encoder or meta.get("options") != options
+                 or meta.get("caption", "source") != (caption or "source")):
         raise CurateError(
-            f"embeddings/{name} were made with encoder {meta.get('encoder')!r} options {meta.get('options')}; "
-            f"this run asks for {encoder!r} options {options}. Pass --name NAME to keep both side by side, "
+            f"embeddings/{name} were made with encoder {meta.get('encoder')!r} options {meta.get('options')} "
+            f"caption {meta.get('caption', 'source')!r}; this run asks for {encoder!r} options {options} caption "
+            f"{caption or 'source'!r}. Pass --name NAME to keep both side by side, "
             f"or delete {root.path / 'embeddings' / name} to redo them."
         )
 
 
+def caption_source(root: Root, name: str) -> str | None:
+    """The captions set whose texts are the ``text_emb`` of ``embeddings/<name>`` (None: the clips table's
+    caption, from the source list); recorded in its ``_meta.json`` by ``curate embed --caption``."""
+    from curate.caption import parse_caption_source
+
+    return parse_caption_source(root.embedding_meta(name).get("caption"))
+
+
+def embedding_sets_for_caption(root: Root, caption: str | None) -> list[str]:
+    """Embedding sets whose ``text_emb`` embeds the caption source ``caption`` (``source`` / ``captions:NAME``)."""
+    from curate.caption import parse_caption_source
+
+    want = parse_caption_source(caption)
+    return [n for n in root.embedding_names() if caption_source(root, n) == want]
+
+
+def video_donor(root: Root, name: str, encoder: str, options: dict) -> str | None:
+    """Another embedding set made with the same encoder and options (so the same clip vectors): a set of
+    generated-caption embeddings copies its clip vectors instead of decoding and embedding the clips again."""
+    for other in root.embedding_names():
+        m = root.embedding_meta(other)
+        if other != name and m.get("encoder") == encoder and m.get("options") == options:
+            return other
+    return None
+
+
 def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | None = None, name: str | None = None,
-          device: str = "auto", batch_size: int = 32, workers: int = 2, clip_ids: Iterable[str] | None = None,
-          flush_every: int = 512, progress: Progress | None = None, encoder_obj=None) -> StageResult:
-    """Embed every ok clip not embedded yet under ``embeddings/<name>``; returns counts."""
+          caption: str | None = None, device: str = "auto", batch_size: int = 32, workers: int = 2,
+          clip_ids: Iterable[str] | None = None, flush_every: int = 512, progress: Progress | None = None,
+          encoder_obj=None) -> StageResult:
+    """Embed every ok clip not embedded yet under ``embeddings/<name>``; returns counts.
+
+    ``caption``: which text becomes ``text_emb``: ``"source"`` (default: the clips table's caption) or
+    ``"captions:NAME"`` (the captions `curate caption --name NAME` generated; ``name`` then defaults to
+    ``<encoder>_<NAME>``). Clips without an ok generated caption are left for a later run; clip vectors
+    are copied from a set made with the same encoder and options when there is one.
+    """
+    from curate.caption import caption_source_label, caption_texts, parse_caption_source, require_captions
+
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     options = {k: str(v) for k, v in (options or {}).items()}
-    name = name or encoder
+    cap_name = parse_caption_source(caption)
+    cap_label = caption_source_label(cap_name) if cap_name else None
+    name = name or (encoder if cap_name is None else f"{encoder}_{cap_name}")
     from curate.plugins import get_encoder
 
     get_encoder(encoder)  # an unknown name is an invocation error even when there is nothing to embed
-    result = StageResult("embed", extra={"encoder": encoder, "name": name})
+    if cap_name is not None:
+        require_captions(root, cap_name)
+    result = StageResult("embed", extra={"encoder": encoder, "name": name, **({"caption": cap_label} if cap_name else {})})
     with root.ensure().lock(f"embed-{name}"):
-        check_meta(root, name, encoder, options)
+        check_meta(root, name, encoder, options, cap_label)
         table = root.embeddings(name)
         table.repair()
         done = table.keys()
@@ -95,15 +138,20 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
             clips = clips[clips["clip_id"].isin(set(clip_ids))]
         result.skipped = int(clips["clip_id"].isin(done).sum())
         clips = clips[~clips["clip_id"].isin(done)]
+        texts = None
+        if cap_name is not None:  # generated captions: only clips that have one (the others wait for it)
+            texts = caption_texts(root, cap_name, clips["clip_id"].tolist())
+            has = clips["clip_id"].isin(texts)
+            result.extra["without_caption"] = int((~has).sum())
+            clips = clips[has]
         result.total = len(clips)
         if clips.empty:
             return result.done()
         enc = encoder_obj or load_encoder(encoder, options, device)
         meta_path = table.path / "_meta.json"
         if not meta_path.exists():
-            write_bytes_atomic(json.dumps(_meta(encoder, options, enc), indent=2, default=str), meta_path)
+            write_bytes_atomic(json.dumps(_meta(encoder, options, enc, cap_label), indent=2, default=str), meta_path)
         result.extra["weights"] = enc.info.weights
-        groups = clip_groups(root, clips["clip_id"].tolist())
         progress.start(len(clips), f"embed ({name})")
         rows: list[dict] = []
         def flush() -> None:
@@ -113,9 +161,24 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
                 crashpoint("embed-flush")
                 table.tidy()
 
+        todo = clips["clip_id"].tolist()
+        donor = video_donor(root, name, encoder, options) if cap_name is not None else None
+        if donor is not None:  # same encoder and options: copy the clip vectors, embed only the texts
+            copied: set[str] = set()
+            for batch in _donor_batches(root, donor, todo, batch_size):
+                for r in _embed_batch(enc, batch, texts=texts):
+                    rows.append(r)
+                    copied.add(r["clip_id"])
+                    result.ok += r["status"] == "ok"
+                progress.advance(len(batch))
+                if len(rows) >= flush_every:
+                    flush()
+            result.extra.update(video_from=donor, video_reused=len(copied))
+            todo = [c for c in todo if c not in copied]
+        groups = clip_groups(root, todo) if todo else []
         decoded = decode_clips(root, enc, groups, workers=workers, frames_per_clip=enc.info.num_frames)
         for batch in batches(decoded, batch_size):
-            for r in _embed_batch(enc, batch):
+            for r in _embed_batch(enc, batch, texts=texts):
                 rows.append(r)
                 if r["status"] == "ok":
                     result.ok += 1
@@ -129,17 +192,46 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
     return result.done()
 
 
-def _embed_batch(enc, batch: list[tuple[dict, Any, str | None]]) -> list[dict]:
+class _Vector:
+    """A clip vector copied from another embedding set (``_embed_batch`` passes it through unchanged)."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = values
+
+
+def _donor_batches(root: Root, donor: str, clip_ids: list[str], batch_size: int):
+    """Batches ``[(clip, _Vector, None)]`` of the ok clip vectors of ``embeddings/<donor>`` for ``clip_ids``."""
+    import pyarrow.dataset as pads
+
+    flt = (pads.field("status") == "ok") & pads.field("clip_id").isin(clip_ids)
+    batch: list = []
+    for rb in root.embeddings(donor).iter_batches(columns=["clip_id", "video_emb", "status"], filter=flt,
+                                                 batch_size=max(1, batch_size)):
+        for cid, vec in zip(rb.column("clip_id").to_pylist(), rb.column("video_emb").to_pylist()):
+            batch.append(({"clip_id": cid}, _Vector(vec), None))
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def _embed_batch(enc, batch: list[tuple[dict, Any, str | None]], texts: dict[str, str] | None = None) -> list[dict]:
+    """Rows for decoded clips ``(clip, input, decode error)``; ``texts`` (clip id -> text) replaces the clips'
+    own captions; an input that is a :class:`_Vector` is a clip vector copied from another set."""
     now = time.time()
     rows: list[dict] = []
     good = [(c, x) for c, x, err in batch if err is None]
+    if texts is not None:
+        good = [({**c, "caption": texts.get(c["clip_id"])}, x) for c, x in good]
     for c, _, err in batch:
         if err is not None:
             rows.append({"clip_id": c["clip_id"], "status": "error", "error": f"decode: {err}", "updated_at": now})
     if not good:
         return rows
+    copied = all(isinstance(x, _Vector) for _, x in good)
     try:
-        videos = enc.embed_video_batch([x for _, x in good])
+        videos = [x.values for _, x in good] if copied else enc.embed_video_batch([x for _, x in good])
     except Exception:
         videos = None  # isolate the failing clip(s) below
     captions = sorted({c["caption"] for c, _ in good if isinstance(c.get("caption"), str) and c["caption"]})

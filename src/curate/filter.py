@@ -48,7 +48,7 @@ THRESHOLDS = {
 }
 #: bounded read-ahead: pyarrow's defaults keep up to 16 batches x 4 files in flight (>1 GiB on 10M rows)
 SCAN = {"batch_readahead": 2, "fragment_readahead": 1}
-FILTER_OPTIONS = {*THRESHOLDS, "encoder", "where", "top_percent", "top_by", "max_per_source", "per_source_by",
+FILTER_OPTIONS = {*THRESHOLDS, "encoder", "caption", "where", "top_percent", "top_by", "max_per_source", "per_source_by",
                   "preset"}
 
 
@@ -58,7 +58,7 @@ class Rule:
     column: str
     op: str
     value: Any
-    kind: str = "threshold"  # threshold | where | top_percent | per_source
+    kind: str = "threshold"  # threshold | where | top_percent | per_source | caption
     extra: dict = field(default_factory=dict)
 
     def columns(self) -> list[str]:
@@ -70,6 +70,8 @@ class Rule:
         if self.kind == "where":
             return self.extra["compiled"].mask(cols)
         x = _float(cols[self.column])
+        if self.kind == "caption":  # scored against its generated caption: it has one
+            return ~np.isnan(x)
         with np.errstate(invalid="ignore"):
             if self.kind == "top_percent":
                 t, cid = self.value, self.extra["tie_clip_id"]
@@ -108,6 +110,33 @@ def sim_column(encoder: str | None, columns: list[str]) -> str:
     if not sims:
         raise CurateError("No alignment scores yet: run `curate embed` and `curate score` first.")
     raise CurateError(f"Several encoders were scored ({', '.join(sims)}): pass --encoder NAME.")
+
+
+def caption_rule(root: Root, options: dict[str, Any], columns: list[str]) -> Rule | None:
+    """With ``caption="captions:NAME"``: point ``options["encoder"]`` at the embedding set of those captions
+    and return the rule that keeps only clips scored against one (an ok generated caption)."""
+    from curate.caption import caption_source_label, parse_caption_source
+    from curate.embed import embedding_sets_for_caption
+
+    cap = parse_caption_source(options.get("caption"))
+    if cap is None:
+        options.pop("caption", None)
+        return None
+    label = caption_source_label(cap)
+    options["caption"] = label
+    sets = [n for n in embedding_sets_for_caption(root, label) if n in sim_encoders(columns)]
+    enc = options.get("encoder")
+    if enc and enc not in sets:
+        raise CurateError(f"--encoder {enc!r} does not score the captions {label!r} (sets that do: "
+                          f"{', '.join(sets) or 'none'}).")
+    if not enc:
+        if not sets:
+            raise CurateError(f"No alignment scores of {label!r}: run `curate embed --root {root.path} --encoder NAME "
+                              f"--caption {label}` and `curate score --root {root.path}` first.")
+        if len(sets) > 1:
+            raise CurateError(f"Several embedding sets score {label!r} ({', '.join(sets)}): pass --encoder NAME.")
+        options["encoder"] = enc = sets[0]
+    return Rule("caption", f"{enc}_sim", "has", label, "caption")
 
 
 def load_preset(preset: str) -> dict[str, Any]:
@@ -157,7 +186,8 @@ def _cols(batch: pa.RecordBatch, names: Iterable[str]) -> dict[str, np.ndarray]:
     return {n: batch.column(batch.schema.get_field_index(n)).to_numpy(zero_copy_only=False) for n in names}
 
 
-def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, min_sim: float | None = None,
+def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, caption: str | None = None,
+                 min_sim: float | None = None,
                  min_duration: float | None = None, max_duration: float | None = None,
                  where: str | list[str] | None = None, top_percent: float | None = None, top_by: str | None = None,
                  max_per_source: int | None = None, per_source_by: str | None = None, preset: str | None = None,
@@ -165,6 +195,8 @@ def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, m
     """Write the selection of ``subset`` and return its summary (total, kept, dropped per rule).
 
     ``thresholds`` takes the other keys of :data:`THRESHOLDS` (``min_aesthetic=4``, ``max_dup_sim=0.98``...).
+    ``caption="captions:NAME"`` makes generated captions the subset's captions (see :func:`caption_rule`);
+    ``filter.json`` records it in ``options.caption`` for publish.
     A ``preset`` (name or YAML path) supplies defaults that explicit arguments override.
     """
     root = Root(root) if not isinstance(root, Root) else root
@@ -172,7 +204,7 @@ def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, m
     if unknown:
         raise CurateError(f"Unknown filter option(s) {sorted(unknown)} (known: {sorted(FILTER_OPTIONS)})")
     options: dict[str, Any] = load_preset(preset) if preset else {}
-    given = dict(encoder=encoder, min_sim=min_sim, min_duration=min_duration, max_duration=max_duration, where=where,
+    given = dict(encoder=encoder, caption=caption, min_sim=min_sim, min_duration=min_duration, max_duration=max_duration, where=where,
                  top_percent=top_percent, top_by=top_by, max_per_source=max_per_source, per_source_by=per_source_by,
                  **thresholds)
     options.update({k: v for k, v in given.items() if v is not None and v != []})
@@ -180,7 +212,8 @@ def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, m
     if dataset is None:
         raise CurateError(f"{root.path} has no scores yet: run `curate score --root {root.path}` first.")
     columns = dataset.schema.names
-    rules = build_rules(columns, options)
+    has_caption = caption_rule(root, options, columns)
+    rules = ([has_caption] if has_caption else []) + build_rules(columns, options)
     top = _top_rule(dataset, rules, options, columns, batch_size)
     cap = _cap_rule(options, columns)
     out_dir = root.subset_dir(subset)

@@ -35,5 +35,14 @@ def register_scorers(register):
 
 
 @hookspec
+def register_captioners(register):
+    """Register clip captioners: ``register(name, factory, description=..., options={...})``.
+
+    ``factory(device=..., **options)`` returns a :class:`curate.captioners.Captioner` (sampled frames of a
+    batch of clips -> one caption each); ``options`` documents the ``-o key=value`` options it accepts.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add commands to the ``curate`` CLI (a :class:`typer.Typer`)."""

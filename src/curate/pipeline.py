@@ -1,8 +1,10 @@
 """`curate run CONFIG.yaml`: every stage from one YAML file (examples under ``configs/``).
 
-Top-level keys: ``root``, ``sources`` and one section per stage (``ingest``, ``split``, ``embed``
-(a mapping or a list of mappings, one per encoder), ``score``, ``filter``, ``publish``). A stage
-whose section is absent is skipped; relative paths are relative to the config file.
+Top-level keys: ``root``, ``sources`` and one section per stage (``ingest``, ``split``, ``caption``
+(a mapping or a list of mappings, one per captioner), ``embed`` (a mapping or a list of mappings, one
+per encoder; ``caption: captions:NAME`` embeds generated captions), ``score``, ``filter``, ``publish``).
+A stage whose section is absent is skipped; relative paths are relative to the config file. Stages run
+in that order (caption before embed, so an embed entry can embed the generated captions).
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ SECTIONS = {
     "ingest": {"workers", "max_height", "max_filesize", "max_duration", "retry_errors", "allow_local", "local_dirs",
                "socket_timeout", "retries", "backoff_s"},
     "split": {"detector", "options", "min_clip_s", "max_clip_s"},
-    "embed": {"encoder", "name", "options", "device", "batch_size", "workers"},
-    "score": {"scorers", "encoder", "options"},
-    "filter": {"subset", "encoder", "min_sim", "min_duration", "max_duration", "min_aesthetic", "min_motion",
+    "caption": {"captioner", "name", "options", "device", "batch_size", "workers", "retry_errors"},
+    "embed": {"encoder", "name", "caption", "options", "device", "batch_size", "workers"},
+    "score": {"scorers", "encoder", "options", "caption"},
+    "filter": {"subset", "encoder", "caption", "min_sim", "min_duration", "max_duration", "min_aesthetic", "min_motion",
                "max_motion", "max_dup_sim", "min_width", "min_height", "min_aspect", "max_aspect", "min_fps",
                "max_text_area", "max_text_boxes", "max_nsfw", "min_sharpness", "min_brightness", "max_brightness",
                "min_contrast", "max_black_frac", "max_frozen_frac", "max_letterbox", "max_pillarbox",
                "where", "top_percent", "top_by", "max_per_source", "per_source_by", "preset"},
-    "publish": {"subset", "shard_size", "workers", "cut"},
+    "publish": {"subset", "shard_size", "workers", "cut", "caption"},
 }
 TOP = {"root", "sources", *SECTIONS}
 
@@ -66,6 +69,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
 def run_config(cfg: dict[str, Any], progress_factory: Callable[[], Progress] = NullProgress,
                on_result: Callable[[StageResult | dict], None] = lambda r: None) -> list[StageResult | dict]:
     """Run the stages of a loaded config in order; returns each stage's result."""
+    from curate.caption import caption
     from curate.embed import embed
     from curate.filter import filter_clips
     from curate.ingest import ingest
@@ -85,6 +89,10 @@ def run_config(cfg: dict[str, Any], progress_factory: Callable[[], Progress] = N
         record(ingest(root, cfg.get("sources"), progress=progress_factory(), **(cfg.get("ingest") or {})))
     if "split" in cfg:
         record(split(root, progress=progress_factory(), **(cfg["split"] or {})))
+    caps = cfg.get("caption") or []
+    for c in caps if isinstance(caps, list) else [caps]:
+        c = dict(c)
+        record(caption(root, c.pop("captioner", "hf"), progress=progress_factory(), **c))
     embeds = cfg.get("embed") or []
     for e in embeds if isinstance(embeds, list) else [embeds]:
         e = dict(e)

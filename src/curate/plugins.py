@@ -31,6 +31,7 @@ DEFAULT_PLUGINS = (
     "curate.default_plugins.splitters",
     "curate.default_plugins.scorers",
     "curate.default_plugins.search",
+    "curate.default_plugins.captioners",
 )
 
 pm = pluggy.PluginManager("curate")
@@ -41,7 +42,7 @@ _loaded = False
 
 @dataclass
 class Component:
-    """A registered encoder, splitter or scorer: a name, a factory and where it came from."""
+    """A registered encoder, splitter, scorer or captioner: a name, a factory and where it came from."""
 
     kind: str
     name: str
@@ -137,9 +138,15 @@ def get_scorers() -> dict[str, Component]:
     return _collect("scorer", "register_scorers")
 
 
+def get_captioners() -> dict[str, Component]:
+    return _collect("captioner", "register_captioners")
+
+
 def all_components() -> list[Component]:
-    """Encoders, splitters, scorers; each kind sorted by name (pluggy calls hooks last-registered first)."""
-    return [c for reg in (get_encoders(), get_splitters(), get_scorers()) for c in sorted(reg.values(), key=lambda c: c.name)]
+    """Encoders, splitters, scorers, captioners; each kind sorted by name (pluggy calls hooks
+    last-registered first)."""
+    return [c for reg in (get_encoders(), get_splitters(), get_scorers(), get_captioners())
+            for c in sorted(reg.values(), key=lambda c: c.name)]
 
 
 def _get(kind: str, registry: dict[str, Component], name: str) -> Component:
@@ -159,3 +166,7 @@ def get_splitter(name: str) -> Component:
 
 def get_scorer(name: str) -> Component:
     return _get("scorer", get_scorers(), name)
+
+
+def get_captioner(name: str) -> Component:
+    return _get("captioner", get_captioners(), name)

@@ -46,8 +46,14 @@ def _primary_encoder(summary: dict, columns: list[str]) -> str | None:
 
 
 def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: int = 4, cut: str = "accurate",
-            progress: Progress | None = None) -> StageResult:
-    """Cut and package the clips selected by `curate filter` for ``subset``."""
+            caption: str | None = None, progress: Progress | None = None) -> StageResult:
+    """Cut and package the clips selected by `curate filter` for ``subset``.
+
+    Each clip's JSON carries ``caption`` (``caption``: ``source`` or ``captions:NAME``; by default what
+    ``curate filter --caption`` chose, else the source list's), ``source_caption`` (the source list's) and
+    ``captions`` (every generated caption of the clip, by captions-set name)."""
+    from curate.caption import caption_source_label, parse_caption_source
+
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     if cut not in ("accurate", "copy"):
@@ -59,6 +65,10 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
     result = StageResult("publish", extra={"subset": subset})
     with root.lock(f"publish-{subset}"):
         summary = json.loads((out / "filter.json").read_text()) if (out / "filter.json").exists() else {}
+        choice = parse_caption_source(caption if caption is not None else (summary.get("options") or {}).get("caption"))
+        if choice is not None and choice not in root.caption_names():
+            raise CurateError(f"No captions named {choice!r} under {root.path / 'captions'}: run `curate caption "
+                              f"--name {choice}` first, or publish with --caption source.")
         sel = pq.read_table(sel_path)
         score_cols = [c for c in sel.column_names if c not in ("clip_id", "source_id")]
         clips = root.clips.read_arrow(columns=["clip_id", "source_id", "start_s", "end_s", "start_frame", "end_frame",
@@ -70,6 +80,8 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
             sel.select(["clip_id", *score_cols]), "clip_id", join_type="left outer").sort_by("clip_id")
         enc = _primary_encoder(summary, sel.column_names)
         emb = _Embeddings(root, enc, t["clip_id"]) if enc else None
+        gen = _Generated(root, t["clip_id"], choice)
+        result.extra["caption"] = caption_source_label(choice)
         result.total = t.num_rows
         shards_dir = out / "shards"
         shards_dir.mkdir(parents=True, exist_ok=True)
@@ -84,17 +96,20 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
             expected.update({name, name.replace(".tar", ".json")})
             manifest_path = shards_dir / name.replace(".tar", ".json")
             ids = [r["clip_id"] for r in group]
+            digest = gen.digest(group)
             if (shards_dir / name).exists() and manifest_path.exists():
                 manifest = json.loads(manifest_path.read_text())
-                if manifest.get("clip_ids") == ids and manifest.get("cut") == cut:
+                if manifest.get("clip_ids") == ids and manifest.get("cut") == cut and \
+                        manifest.get("captions") == digest:
                     annotations.extend(manifest["annotations"])
                     result.skipped += len(group)
                     result.ok += sum(1 for a in manifest["annotations"] if a["status"] == "ok")
                     result.error += sum(1 for a in manifest["annotations"] if a["status"] != "ok")
                     progress.advance(len(group))
                     continue
-            ann = _write_shard(root, shards_dir / name, group, si, emb, score_cols, cut, workers, progress, result)
-            write_bytes_atomic(json.dumps({"clip_ids": ids, "cut": cut, "annotations": ann}, default=str), manifest_path)
+            ann = _write_shard(root, shards_dir / name, group, si, emb, score_cols, cut, workers, progress, result, gen)
+            write_bytes_atomic(json.dumps({"clip_ids": ids, "cut": cut, "captions": digest, "annotations": ann},
+                                          default=str), manifest_path)
             annotations.extend(ann)
         for p in shards_dir.iterdir():  # shards of an earlier, larger selection
             if p.name not in expected:
@@ -104,7 +119,7 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
         n_shards = len(expected) // 2
         result.extra.update(shards=n_shards, published=sum(1 for a in annotations if a["status"] == "ok"),
                             path=str(out))
-        card = dataset_card(root, subset, summary, annotations, enc, n_shards, cut)
+        card = dataset_card(root, subset, summary, annotations, enc, n_shards, cut, choice)
         write_bytes_atomic(card, out / "README.md")
         if (out / "report" / "report.md").exists():  # keep an earlier `curate report` in the new card
             from curate.report import embed_in_card
@@ -130,8 +145,39 @@ class _Embeddings:
         return self.vectors[i].values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(self.shape)
 
 
+class _Generated:
+    """The generated captions of the selected clips (every captions set of the root) and which caption the
+    ``caption`` field holds (``choice``: a captions-set name, or None for the source list's)."""
+
+    def __init__(self, root: Root, clip_ids: pa.ChunkedArray, choice: str | None) -> None:
+        from curate.caption import caption_texts
+
+        self.choice = choice
+        self.names = root.caption_names()
+        ids = clip_ids.to_pylist()
+        self.texts = {n: caption_texts(root, n, ids) for n in self.names} if ids else {}
+
+    def fields(self, r: dict) -> dict:
+        """``caption``, ``source_caption`` and ``captions`` ({set: text}) of one clip row."""
+        key = r["clip_id"]
+        captions = {n: self.texts[n][key] for n in self.names if key in self.texts.get(n, {})}
+        chosen = r.get("caption") if self.choice is None else captions.get(self.choice)
+        return {"caption": chosen, "source_caption": r.get("caption"), "captions": captions}
+
+    def digest(self, group: list[dict]) -> str | None:
+        """Changes when any generated caption of the shard's clips (or the choice) changes: the shard is
+        rebuilt. None without generated captions (as manifests written before captioning existed)."""
+        import hashlib
+
+        if not self.names and self.choice is None:
+            return None
+
+        blob = json.dumps([self.choice, [self.fields(r) for r in group]], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, emb: dict, score_cols: list[str],
-                 cut: str, workers: int, progress: Progress, result: StageResult) -> list[dict]:
+                 cut: str, workers: int, progress: Progress, result: StageResult, gen: _Generated) -> list[dict]:
     tmpdir = Path(tempfile.mkdtemp(prefix=".tmp-cut-", dir=path.parent))
     try:
         def do_cut(r: dict) -> tuple[dict, Path | None, str | None]:
@@ -155,7 +201,8 @@ def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, em
                 scores = {c: r.get(c) for c in score_cols if c in r and not c.endswith("_error")}
                 meta = json.loads(r["meta"]) if r.get("meta") else {}
                 offset = r.get("segment_start_s") or 0.0
-                record = {"key": key, "clip_id": key, "caption": r.get("caption"), "source_id": r["source_id"],
+                caps = gen.fields(r)
+                record = {"key": key, "clip_id": key, **caps, "source_id": r["source_id"],
                           "url": r.get("url"), "title": r.get("title"), "start_s": r["start_s"], "end_s": r["end_s"],
                           "duration_s": r["duration_s"], "url_start_s": offset + r["start_s"],
                           "url_end_s": offset + r["end_s"], "scores": scores, "meta": meta}
@@ -171,7 +218,9 @@ def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, em
                 else:
                     result.add_error(key, err)
                 ann.append({"clip_id": key, "shard": path.name, "status": "ok" if err is None else "error",
-                            "error": err, "caption": r.get("caption"), "source_id": r["source_id"],
+                            "error": err, "caption": caps["caption"], "source_caption": caps["source_caption"],
+                            **{f"caption_{n}": caps["captions"].get(n) for n in gen.names},
+                            "source_id": r["source_id"],
                             "url": r.get("url"), "start_s": r["start_s"], "end_s": r["end_s"],
                             "duration_s": r["duration_s"], "url_start_s": offset + r["start_s"],
                             "url_end_s": offset + r["end_s"], **scores})
@@ -208,8 +257,33 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def captions_section(root: Root, annotations: list[dict], choice: str | None) -> list[str]:
+    """The card's ``## Captions`` section: where the caption field comes from, and which captioner, model,
+    weights, prompt and generation options made every generated captions set."""
+    ok = [a for a in annotations if a["status"] == "ok"]
+    lines = ["## Captions", ""]
+    lines.append("The `caption` field holds " + ("the caption of the source list (`source_caption`)." if choice is None
+                 else f"the captions generated as `captions/{choice}` (the source list's caption is in "
+                      "`source_caption`)."))
+    names = root.caption_names()
+    if names:
+        lines.append("Every generated caption of a clip is in its JSON under `captions.<name>` "
+                     "(`caption_<name>` in `annotations.parquet`).")
+    lines.append("")
+    for name in names:
+        m = root.caption_meta(name)
+        have = sum(1 for a in ok if a.get(f"caption_{name}") is not None)
+        gen = ", ".join(f"{k}={v}" for k, v in (m.get("generation") or {}).items())
+        lines += [f"### captions/{name}" + (" (the `caption` field)" if name == choice else ""), "",
+                  f"- captioner: `{m.get('captioner')}`", f"- model: `{m.get('model')}`",
+                  f"- weights: {m.get('weights')}", f"- prompt: \"{m.get('prompt')}\"",
+                  f"- frames per clip: {m.get('num_frames')}", f"- generation: {gen or 'n/a'}",
+                  f"- published clips with this caption: {have} of {len(ok)}", ""]
+    return lines
+
+
 def dataset_card(root: Root, subset: str, summary: dict, annotations: list[dict], enc: str | None, shards: int,
-                 cut: str) -> str:
+                 cut: str, caption: str | None = None) -> str:
     published = sum(1 for a in annotations if a["status"] == "ok")
     failed = len(annotations) - published
     lines = [f"# {subset}", "", f"Curated with curate from `{root.path}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
@@ -235,13 +309,16 @@ def dataset_card(root: Root, subset: str, summary: dict, annotations: list[dict]
                   f"- encoder: `{m.get('encoder')}`", f"- model: `{m.get('model')}`", f"- weights: {m.get('weights')}",
                   f"- frames per clip: {m.get('num_frames')}, frame size: {m.get('frame_size')}",
                   f"- embedding shape: {m.get('video_emb_shape')}, similarity: {m.get('similarity')}",
+                  f"- captions embedded: {m.get('caption', 'source')}",
                   f"- score range: {m.get('score_range') or 'n/a'}", ""]
         if m.get("weights") == "random":
             lines += ["> **weights: random** — this encoder ran with randomly initialised weights, so its scores",
                       "> say nothing about caption alignment. Use it only to test the pipeline.", ""]
+    lines += captions_section(root, annotations, caption)
     lines += ["## Format", "", "WebDataset shards under `shards/`: per clip `<key>.mp4` (cut "
               + ("frame-accurately, H.264" if cut == "accurate" else "by stream copy at keyframes") + "), `<key>.json` "
-              "(caption, scores, source url, start/end seconds), `<key>.npy` (clip embedding). "
+              "(caption, source_caption, generated captions, scores, source url, start/end seconds), `<key>.npy` "
+              "(clip embedding). "
               "`annotations.parquet` holds the same fields, one row per clip.", "",
               "```python", "import webdataset as wds",
               f"ds = wds.WebDataset('{root.path}/subsets/{subset}/shards/shard-{{00000..{max(0, shards - 1):05d}}}.tar')",

@@ -180,27 +180,49 @@ def load_pairs(root, name: str, clip_ids: Iterable[str] | None = None):
 
 
 def evaluate(root, names: Sequence[str] | None = None, *, subset: str | None = None, max_clips: int | None = None,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, caption: str | None = None) -> dict[str, Any]:
     """Text->video and video->text metrics of each embedding set over the same clips.
 
-    Clips count when they carry a caption (clips table) and have an ok clip embedding and a caption
-    embedding in *every* named set (so rows compare like with like); ``subset`` restricts them to a
-    published subset; ``max_clips`` draws that many of them at random (seeded) before grouping.
+    Each set is evaluated against the captions its text embeddings embed (the source list's, or the
+    generated ``captions:NAME`` of `curate embed --caption`). Clips count when they carry such a caption
+    for every named set and have an ok clip embedding and caption embedding in *every* named set (so
+    rows compare like with like); ``subset`` restricts them to a published subset; ``max_clips`` draws
+    that many of them at random (seeded) before grouping. ``caption`` selects the sets whose text
+    embeddings are that caption source (all of them when ``names`` is empty).
     """
     import pyarrow.compute as pc
 
+    from curate.caption import caption_source_label, caption_texts
+    from curate.embed import caption_source, embedding_sets_for_caption
     from curate.search import published_clip_ids
     from curate.store import Root
 
     root = Root(root) if not isinstance(root, Root) else root
-    names = list(names or root.embedding_names())
+    names = list(names or [])
+    if caption is not None:
+        sets = embedding_sets_for_caption(root, caption)
+        wrong = [n for n in names if n not in sets]
+        if wrong:
+            raise CurateError(f"embeddings {', '.join(wrong)} do not embed the captions {caption!r} "
+                              f"(sets that do: {', '.join(sets) or 'none'}).")
+        names = names or sets
+        if not names:
+            raise CurateError(f"No embedding set has text embeddings of {caption!r}: run `curate embed "
+                              f"--caption {caption}` first.")
+    names = names or root.embedding_names()
     if not names:
         raise CurateError(f"No embedding sets under {root.path}/embeddings: run `curate embed` first.")
+    sources = {name: caption_source(root, name) for name in names}
     clips = root.clips.read_arrow(columns=["clip_id", "caption", "status"])
-    ok = pc.fill_null(pc.and_(pc.equal(clips["status"], "ok"), pc.is_valid(clips["caption"])), False)
-    clips = clips.filter(ok)
-    caption_of = {c: s for c, s in zip(clips["clip_id"].to_pylist(), clips["caption"].to_pylist()) if s and s.strip()}
-    allowed = set(caption_of)
+    clips = clips.filter(pc.fill_null(pc.equal(clips["status"], "ok"), False))
+    texts_of: dict[str | None, dict[str, str]] = {}
+    for src in dict.fromkeys(sources.values()):
+        pairs = zip(clips["clip_id"].to_pylist(), clips["caption"].to_pylist()) if src is None else \
+            caption_texts(root, src).items()
+        texts_of[src] = {c: s for c, s in pairs if isinstance(s, str) and s.strip()}
+    allowed = set(clips["clip_id"].to_pylist())
+    for t in texts_of.values():
+        allowed &= set(t)
     if subset is not None:
         allowed &= set(published_clip_ids(root, subset).to_pylist())
     loaded = {}
@@ -218,10 +240,11 @@ def evaluate(root, names: Sequence[str] | None = None, *, subset: str | None = N
         pos = {c: i for i, c in enumerate(ids)}
         sel = np.asarray([pos[c] for c in common], dtype=np.int64)
         meta = root.embedding_meta(name)
+        caption_of = texts_of[sources[name]]
         r = evaluate_arrays(text[sel], video[sel], [caption_of[c] for c in common]) if len(sel) else \
             {"clips": 0, "captions": 0, "t2v": metrics([]), "v2t": metrics([])}
         results.append({"encoder": name, "model": meta.get("model"), "weights": meta.get("weights"),
-                        "similarity": meta.get("similarity"), **r})
+                        "similarity": meta.get("similarity"), "caption": caption_source_label(sources[name]), **r})
     return {"root": str(root.path), "subset": subset, "clips": len(common), "results": results,
             "ties": f"against the query (eps={TIE_EPS})",
             "duplicates": "one text query per distinct caption, answered by its best-ranked clip"}

@@ -22,8 +22,13 @@ DEFAULT_SCORERS = ("technical", "alignment")
 
 
 def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder: str | None = None,
-          options: dict[str, dict[str, Any]] | None = None, progress: Progress | None = None) -> StageResult:
+          options: dict[str, dict[str, Any]] | None = None, caption: str | None = None,
+          progress: Progress | None = None) -> StageResult:
     """Run ``scorers`` (``alignment`` limited to ``encoder`` when given) and merge their columns.
+
+    ``caption`` (``source`` or ``captions:NAME``) limits ``alignment`` to the embedding sets whose text
+    embeddings are that caption source (``curate embed --caption``); each set's ``<name>_sim`` always
+    scores the captions its ``text_emb`` embeds.
 
     The scores table is one part sorted by clip id; each scorer's new columns are merged into it in one
     streaming pass (old rows batch by batch, the scorer's rows sorted alongside), so memory holds the
@@ -33,6 +38,7 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     result = StageResult("score")
+    aligned = alignment_sets(root, encoder, caption) if caption is not None else None
     with root.ensure().lock("score"):
         root.scores.repair()
         _one_sorted_part(root.scores)
@@ -41,9 +47,15 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
         del clips
         result.total = len(ids)
         names = list(scorers)
+        if aligned is not None and "alignment" in names:  # one alignment run per set of that caption source
+            i = names.index("alignment")
+            names[i:i + 1] = [("alignment", n) for n in aligned]
         progress.start(len(names), "score")
         for sname in names:
+            sname, only = sname if isinstance(sname, tuple) else (sname, None)
             opts = dict((options or {}).get(sname, {}))
+            if only:
+                opts["encoder"] = only
             if sname in ("alignment", "dedup") and encoder:
                 opts.setdefault("encoder", encoder)
             scorer = get_scorer(sname).create(**opts)
@@ -56,6 +68,25 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
             progress.advance()
         _count_errors(root, ids, result)
     return result.done()
+
+
+def alignment_sets(root: Root, encoder: str | None, caption: str) -> list[str]:
+    """The embedding sets ``score --caption`` aligns: those whose text embeddings are ``caption``."""
+    from curate.caption import caption_source_label, parse_caption_source
+    from curate.embed import embedding_sets_for_caption
+    from curate.errors import CurateError
+
+    label = caption_source_label(parse_caption_source(caption))
+    sets = embedding_sets_for_caption(root, caption)
+    if encoder:
+        if encoder not in sets:
+            raise CurateError(f"embeddings/{encoder} does not embed the captions {label!r}: drop --encoder, or embed "
+                              f"them with `curate embed --caption {label}`.")
+        sets = [encoder]
+    if not sets:
+        raise CurateError(f"No embedding set has text embeddings of {label!r}: run `curate embed --root {root.path} "
+                          f"--encoder NAME --caption {label}` first.")
+    return sets
 
 
 #: rows of the scores table merged per step (memory: one such batch plus the scorer's output)

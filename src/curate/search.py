@@ -485,14 +485,16 @@ PUBLIC_FIELDS = ("rank", "clip_id", "score", "source_id", "url", "start_s", "end
 def search(root: Root | str, query: str | None, name: str, *, k: int = 10, subset: str | None = None,
            method: str = "auto", device: str = "auto", nprobe: int = DEFAULT_NPROBE,
            index_threshold: int = DEFAULT_INDEX_THRESHOLD, rebuild_index: bool = False,
-           query_vector: np.ndarray | None = None, log: Log | None = None) -> dict[str, Any]:
+           query_vector: np.ndarray | None = None, caption: str | None = None, log: Log | None = None) -> dict[str, Any]:
     """Rank the clips of ``embeddings/<name>`` (restricted to a published ``subset``) against ``query``.
 
     ``method``: ``auto`` (index above ``index_threshold`` candidate clips when faiss is installed,
     exact below), ``exact`` or ``index`` (built first when missing or stale; exact with a warning
     when faiss is not installed). ``query_vector`` skips the text encoder (benchmarks, tests).
-    Returns a JSON-ready dict: query, embeddings, encoder, subset, k, method, candidates, seconds,
-    warnings, results (rank, clip_id, score, source_id, url, start_s, end_s, caption).
+    ``caption`` (``source`` or ``captions:NAME``) is the caption the results show; by default the one the
+    set's text embeddings embed. Returns a JSON-ready dict: query, embeddings, encoder, subset, k, method,
+    candidates, seconds, warnings, caption_source, results (rank, clip_id, score, source_id, url, start_s,
+    end_s, caption; plus source_caption when the caption is a generated one).
     """
     root = _root(root)
     log = log or (lambda m: None)
@@ -506,6 +508,7 @@ def search(root: Root | str, query: str | None, name: str, *, k: int = 10, subse
     if query is not None and len(query) > MAX_QUERY_CHARS:
         raise CurateError(f"The query is longer than {MAX_QUERY_CHARS} characters.")
     es = embedding_set(root, name)
+    cap = _shown_caption(root, name, caption)
     warnings: list[str] = []
     if es.meta.get("weights") == "random" and query_vector is None:
         warnings.append(f"embeddings/{name} were made with random weights: the query is embedded by a newly "
@@ -540,15 +543,31 @@ def search(root: Root | str, query: str | None, name: str, *, k: int = 10, subse
     if used == "exact":
         ids, scores = exact_topk(root, name, qv, k, allowed=allowed)
     info = describe_clips(root, ids)
+    from curate.caption import caption_source_label, caption_texts
+
+    generated = caption_texts(root, cap, ids) if cap is not None and ids else {}
     results = []
     for rank, (cid, s) in enumerate(zip(ids, scores.tolist()), start=1):
         c = info.get(cid, {})
         results.append({"rank": rank, "clip_id": cid, "score": float(s), "source_id": c.get("source_id"),
                         "url": c.get("url"), "start_s": c.get("start_s"), "end_s": c.get("end_s"),
-                        "caption": c.get("caption")})
+                        "caption": generated.get(cid) if cap is not None else c.get("caption"),
+                        **({"source_caption": c.get("caption")} if cap is not None else {})})
     return {"query": query, "embeddings": name, "encoder": es.meta.get("encoder"), "subset": subset, "k": k,
             "method": used, "candidates": candidates, "seconds": round(time.perf_counter() - t0, 4),
-            "embed_seconds": round(t_embed, 4), "warnings": warnings, "results": results}
+            "embed_seconds": round(t_embed, 4), "warnings": warnings, "caption_source": caption_source_label(cap),
+            "results": results}
+
+
+def _shown_caption(root: Root, name: str, caption: str | None) -> str | None:
+    """The captions set whose texts search results show (None: the source list's caption)."""
+    from curate.caption import parse_caption_source, require_captions
+    from curate.embed import caption_source
+
+    cap = caption_source(root, name) if caption is None else parse_caption_source(caption)
+    if cap is not None:
+        require_captions(root, cap)
+    return cap
 
 
 def search_subset(root: Root | str, subset: str, query: str, encoder: str, k: int = 10, *,

@@ -32,6 +32,11 @@ def stage_counts(root: Root | str) -> dict[str, dict[str, Any]]:
         e = e.filter(pc.is_in(e["clip_id"], value_set=ok_clips))
         ok, err = _count(e["status"], "ok"), _count(e["status"], "error")
         out[f"embed:{name}"] = {"ok": ok, "error": err, "pending": n_ok - ok - err}
+    for name in root.caption_names():
+        c = root.captions(name).read_arrow(columns=["clip_id", "status"])
+        c = c.filter(pc.is_in(c["clip_id"], value_set=ok_clips))
+        ok, err = _count(c["status"], "ok"), _count(c["status"], "error")
+        out[f"caption:{name}"] = {"ok": ok, "error": err, "pending": n_ok - ok - err}
     if root.scores.exists():
         s = root.scores.read_arrow()
         s = s.filter(pc.is_in(s["clip_id"], value_set=ok_clips))

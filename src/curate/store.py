@@ -66,6 +66,14 @@ def embedding_schema() -> pa.Schema:
     ])
 
 
+def caption_schema() -> pa.Schema:
+    """``captions/<name>``: one generated caption per clip (see :mod:`curate.caption`)."""
+    return pa.schema([
+        ("clip_id", STR), ("caption", STR), ("captioner", STR), ("model", STR), ("weights", STR), ("prompt", STR),
+        ("generation", STR), ("tokens", I64), ("seconds", F64), ("status", STR), ("error", STR), ("updated_at", F64),
+    ])
+
+
 def _part_name() -> str:
     return f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
 
@@ -402,6 +410,22 @@ class Root:
         p = self.inside("embeddings", _safe_name(name), "_meta.json")
         return json.loads(p.read_text()) if p.exists() else {}
 
+    def captions(self, name: str) -> Table:
+        """``captions/<name>``: the captions one captioner configuration generated (curate caption)."""
+        return Table(self.inside("captions", _safe_name(name)), "clip_id", caption_schema())
+
+    def caption_names(self) -> list[str]:
+        d = self.path / "captions"
+        return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
+
+    def caption_meta(self, name: str) -> dict:
+        """The configuration that made ``captions/<name>`` (captioner, options, model, weights, prompt, ...)."""
+        p = self.inside("captions", _safe_name(name), "_meta.json")
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def write_caption_meta(self, name: str, meta: dict) -> None:
+        write_bytes_atomic(json.dumps(meta, indent=2, default=str), self.inside("captions", _safe_name(name), "_meta.json"))
+
     def subset_dir(self, name: str) -> Path:
         return self.inside("subsets", _safe_name(name))
 
@@ -503,6 +527,11 @@ class SharedRun:
                 return True
             except OSError:
                 return False
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a safe subset / embedding-set / captions-set name, else a :class:`CurateError`."""
+    return _safe_name(name)
 
 
 def _safe_name(name: str) -> str:

@@ -157,6 +157,15 @@ def pipeline_params() -> dict[str, Param]:
                             description="Sources per mapped ingest/split task (raised automatically so that "
                                         "the number of batches stays within [core] max_map_length)."),
         "shard_size": Param(1000, type="integer", minimum=1, description="Clips per WebDataset shard."),
+        "captioner": Param(None, type=["null", "string"], pattern=NAME_PATTERN,
+                           description="Captioner plugin (hf, ...) for the optional caption task on the GPU queue: "
+                                       "every clip gets a generated caption, embedded with the run's encoder; "
+                                       "min_sim then applies to it and it is the published caption (null: no "
+                                       "captioning)."),
+        "captioner_options": Param({}, type="object", additionalProperties={"type": ["string", "number", "boolean"]},
+                                   description="Captioner options, e.g. {\"weights\": \"/models/Qwen2.5-VL-3B-Instruct\", "
+                                               "\"frames\": 8, \"max_new_tokens\": 96}; local paths must be under "
+                                               "CURATE_ALLOWED_DIRS."),
         "scorers": Param(["technical", "alignment"], type="array", items={"type": "string", "pattern": NAME_PATTERN},
                          description="Scorer plugins run by the score task: technical, alignment, aesthetic, "
                                      "motion, dedup, text (on-screen text, OCR), nsfw, quality, or third-party "

@@ -38,6 +38,9 @@ def register_commands(cli):
         rebuild_index: bool = typer.Option(False, "--rebuild-index", help="Rebuild the index before searching."),
         contact_sheet: Path | None = typer.Option(None, "--contact-sheet", help="Write a PNG grid of the middle "
                                                                                    "frame of each hit here."),
+        caption: str | None = typer.Option(None, "--caption", help="Caption shown with each hit: source or "
+                                                                    "captions:NAME (default: the captions the set's "
+                                                                    "text embeddings embed)."),
         json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
         """Find the clips that best match a text query (cosine; max over queries for query-stack encoders)."""
@@ -50,7 +53,7 @@ def register_commands(cli):
             raise CurateError(f"{root} does not exist.")
         method = "index" if (use_index or rebuild_index) and not exact else ("exact" if exact else "auto")
         r = search(root, query, encoder, k=k, subset=subset, method=method, device=device, nprobe=nprobe,
-                   index_threshold=index_threshold, rebuild_index=rebuild_index,
+                   index_threshold=index_threshold, rebuild_index=rebuild_index, caption=caption,
                    log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
         for w in r["warnings"]:
             console.print(f"[yellow]warning:[/] {escape(w)}")
@@ -80,6 +83,9 @@ def register_commands(cli):
         max_clips: int | None = typer.Option(None, help="Evaluate on this many clips drawn at random (seeded), "
                                                            "like the 10k-clip galleries of the CLIP4Clip cards."),
         seed: int = typer.Option(0, help="Seed of the --max-clips draw."),
+        caption: str | None = typer.Option(None, "--caption", help="Evaluate the sets whose text embeddings are this "
+                                                                    "caption source (source, or captions:NAME from "
+                                                                    "`curate embed --caption`)."),
         markdown: bool = typer.Option(False, "--markdown", help="Print the table as Markdown (model-card layout)."),
         json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     ) -> None:
@@ -88,7 +94,7 @@ def register_commands(cli):
 
         if not Path(root).is_dir():
             raise CurateError(f"{root} does not exist.")
-        ev = evaluate(root, encoder or None, subset=subset, max_clips=max_clips, seed=seed)
+        ev = evaluate(root, encoder or None, subset=subset, max_clips=max_clips, seed=seed, caption=caption)
         if json_out:
             out.print_json(json.dumps(ev, default=str))
             return

@@ -66,10 +66,26 @@ class AlignmentScorer(Scorer):
         for name in self.names(root):
             sims, errs = self._scores(root, name, clip_ids)
             ids = clip_ids.to_pylist()
+            self._no_caption_reasons(root, name, ids, sims, errs)
             out = out.append_column(f"{name}_sim", pa.array([sims.get(i) for i in ids], pa.float64()))
             out = out.append_column(f"{name}_sim_error", pa.array(
                 [errs.get(i) if i not in sims else None for i in ids], pa.string()))
         return out
+
+    @staticmethod
+    def _no_caption_reasons(root: Root, name: str, ids: list[str], sims: dict, errs: dict) -> None:
+        """A set of generated-caption embeddings has no row for a clip without an ok generated caption: say so."""
+        from curate.caption import caption_errors
+        from curate.embed import caption_source
+
+        cap = caption_source(root, name)
+        missing = [i for i in ids if i not in sims and i not in errs] if cap is not None else []
+        if not missing:
+            return
+        why = caption_errors(root, cap, missing)
+        for i in missing:
+            errs[i] = (f"no caption in captions/{cap}: {why[i]}" if i in why
+                       else f"no caption in captions/{cap} yet (run `curate caption`, then `curate embed --caption`)")
 
     @staticmethod
     def _scores(root: Root, name: str, clip_ids: pa.Array) -> tuple[dict[str, float], dict[str, str]]:

@@ -1,0 +1,286 @@
+"""Caption: run a captioner plugin (a vision-language model) over every clip -> ``ROOT/captions/<name>/``.
+
+Raw web video has no clip-level captions (a title describes a whole video), so InternVid, Panda-70M and
+Open-Sora captioned every clip with a VLM and then scored how well each caption matches its clip. This
+stage writes one row per clip: ``clip_id, caption, captioner, model, weights, prompt, generation``
+(JSON of the generation options), ``tokens`` (generated), ``seconds`` (the clip's share of its batch's
+generation time), ``status, error``. Frames are decoded by :func:`curate.frames.decode_clips` in
+threads ahead of the model, clips are batched across sources, and the configuration is recorded in
+``_meta.json`` (running again with other options asks for another ``--name``).
+
+Degenerate outputs never pass as captions: an empty caption, the prompt echoed back, or a phrase
+repeated until generation hit ``max_new_tokens`` becomes an error row that says which.
+
+Downstream stages name a caption source as ``source`` (the clips table's caption, from the source list)
+or ``captions:NAME`` (this stage's output): ``curate embed --caption captions:NAME`` embeds the
+generated texts as the ``text_emb`` of an embedding set (reusing the clip vectors of a set made with
+the same encoder and options), which ``score``, ``filter``, ``search``, ``eval-retrieval`` and
+``publish`` then follow.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from curate.errors import CurateError
+from curate.faults import crashpoint
+from curate.frames import batches, clip_groups, decode_clips
+from curate.progress import NullProgress, Progress, StageResult
+from curate.store import Root, caption_schema, rows_to_table
+
+#: the clips table's own caption (from the source list), as opposed to ``captions:NAME``
+SOURCE = "source"
+
+
+def parse_caption_source(spec: str | None) -> str | None:
+    """``None``/``""``/``"source"`` -> None (the clips table's caption); ``"captions:NAME"`` -> ``NAME``."""
+    if spec in (None, "", SOURCE):
+        return None
+    s = str(spec).strip()
+    if s.startswith("captions:") and len(s) > len("captions:"):
+        from curate.store import check_name
+
+        return check_name(s[len("captions:"):])
+    raise CurateError(f"Caption source {spec!r}: use 'source' (the source list's caption) or 'captions:NAME' "
+                      "(a set made by `curate caption --name NAME`).")
+
+
+def caption_source_label(name: str | None) -> str:
+    return SOURCE if name is None else f"captions:{name}"
+
+
+def require_captions(root: Root | str, name: str) -> None:
+    root = Root(root) if not isinstance(root, Root) else root
+    if name not in root.caption_names() or not root.captions(name).exists():
+        have = ", ".join(root.caption_names()) or "none"
+        raise CurateError(f"No captions named {name!r} under {root.path / 'captions'} (have: {have}). "
+                          f"Run `curate caption --root {root.path} --captioner NAME --name {name}` first.")
+
+
+def caption_texts(root: Root | str, name: str, clip_ids: Iterable[str] | None = None) -> dict[str, str]:
+    """clip id -> generated caption, for the ok rows of ``captions/<name>`` (only ``clip_ids`` when given)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    root = Root(root) if not isinstance(root, Root) else root
+    table = root.captions(name)
+    flt = pads.field("status") == "ok"
+    if clip_ids is not None:
+        flt = flt & pads.field("clip_id").isin(list(clip_ids))
+    t = table.read_arrow(columns=["clip_id", "caption", "status"], filter=flt)
+    t = t.filter(pc.is_valid(t["caption"]))
+    return dict(zip(t["clip_id"].to_pylist(), t["caption"].to_pylist()))
+
+
+def caption_errors(root: Root | str, name: str, clip_ids: Iterable[str]) -> dict[str, str]:
+    """clip id -> error of the error rows of ``captions/<name>`` among ``clip_ids``."""
+    import pyarrow.dataset as pads
+
+    root = Root(root) if not isinstance(root, Root) else root
+    t = root.captions(name).read_arrow(columns=["clip_id", "error", "status"],
+                                        filter=(pads.field("status") == "error") & pads.field("clip_id").isin(list(clip_ids)))
+    return dict(zip(t["clip_id"].to_pylist(), t["error"].to_pylist()))
+
+
+# ----------------------------------------------------------------------------- degenerate outputs
+def _norm(s: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", s.lower())).strip()
+
+
+def repeated_tail(text: str, max_period: int = 200) -> tuple[str, int] | None:
+    """The shortest phrase whose repetition makes up the end of ``text`` (at least 3 times and half the
+    text; the last repetition may be cut off): ``(phrase, characters covered)``, or None."""
+    s = re.sub(r"\s+", " ", text.strip())
+    n = len(s)
+    for p in range(1, min(max_period, n // 3) + 1):
+        run = 0
+        for i in range(n - 1, p - 1, -1):
+            if s[i] != s[i - p]:
+                break
+            run += 1
+        span = run + p
+        if span >= 3 * p and span >= n / 2:
+            return s[n - span:n - span + p], span
+    return None
+
+
+def degenerate_reason(text: str, *, prompt: str = "", tokens: int | None = None, truncated: bool | None = None,
+                      max_new_tokens: int | None = None) -> str | None:
+    """Why a generated caption is unusable, or None: empty, the prompt echoed, a phrase repeated to the
+    token limit (``truncated``, or ``tokens >= max_new_tokens``; when neither is known, a phrase that
+    repeats at least 4 times over 80% of the text)."""
+    t = (text or "").strip()
+    if not any(ch.isalnum() for ch in t):
+        return "empty caption" if not t else f"empty caption (only {t[:20]!r})"
+    nt, np_ = _norm(t), _norm(prompt or "")
+    if np_ and (nt == np_ or nt.startswith(np_ + " ")):
+        return "the model echoed the prompt"
+    if truncated is None and tokens is not None and max_new_tokens:
+        truncated = tokens >= int(max_new_tokens)
+    rep = repeated_tail(t)
+    if rep is None:
+        return None
+    phrase, span = rep
+    if truncated or (truncated is None and span >= 0.8 * len(t) and span >= 4 * len(phrase)):
+        limit = f" ({tokens} tokens)" if tokens is not None else ""
+        return f"degenerate: {phrase.strip()[:60]!r} repeated to the token limit{limit}"
+    return None
+
+
+# ----------------------------------------------------------------------------- the stage
+def load_captioner(captioner: str, options: dict[str, Any] | None = None, device: str = "auto"):
+    """Create a captioner from its plugin."""
+    from curate.plugins import get_captioner
+
+    return get_captioner(captioner).create(device=device, **dict(options or {}))
+
+
+def _meta(captioner: str, options: dict, cap, batch_size: int) -> dict:
+    info = cap.info
+    return {"captioner": captioner, "options": options, "model": info.model, "weights": info.weights,
+            "prompt": info.prompt, "num_frames": info.num_frames, "generation": info.generation,
+            "batch_size": batch_size, "extra": info.extra}
+
+
+def check_meta(root: Root, name: str, captioner: str, options: dict) -> None:
+    meta = root.caption_meta(name)
+    if meta and (meta.get("captioner") != captioner or meta.get("options") != options):
+        raise CurateError(
+            f"captions/{name} were made with captioner {meta.get('captioner')!r} options {meta.get('options')}; "
+            f"this run asks for {captioner!r} options {options}. Pass --name NAME to keep both side by side, "
+            f"or delete {root.path / 'captions' / name} to redo them."
+        )
+
+
+def caption(root: Root | str, captioner: str = "hf", *, options: dict[str, Any] | None = None,
+            name: str | None = None, device: str = "auto", batch_size: int = 8, workers: int = 2,
+            clip_ids: Iterable[str] | None = None, retry_errors: bool = False, flush_every: int = 64,
+            progress: Progress | None = None, captioner_obj=None) -> StageResult:
+    """Caption every ok clip (only ``clip_ids`` when given) not captioned yet under ``captions/<name>``.
+
+    ``retry_errors`` redoes the clips whose earlier row is an error (a degenerate output, a failed
+    generation). Returns counts; ``extra`` has ``tokens`` (generated, degenerate outputs included),
+    ``generate_s`` and the captions/s and tokens/s of this run's generation.
+    """
+    from curate.plugins import get_captioner
+
+    root = Root(root) if not isinstance(root, Root) else root
+    progress = progress or NullProgress()
+    options = {k: str(v) for k, v in (options or {}).items()}
+    name = name or captioner
+    get_captioner(captioner)  # an unknown name is an invocation error even when there is nothing to do
+    result = StageResult("caption", extra={"captioner": captioner, "name": name})
+    with root.ensure().lock(f"caption-{name}"):
+        check_meta(root, name, captioner, options)
+        table = root.captions(name)
+        table.repair()
+        import pyarrow.compute as pc
+
+        old = table.read_arrow(columns=["clip_id", "status"])
+        ok_done = set(old.filter(pc.equal(old["status"], "ok"))["clip_id"].to_pylist())
+        err_done = set(old["clip_id"].to_pylist()) - ok_done
+        done = ok_done if retry_errors else ok_done | err_done
+        clips = root.clips.read_arrow(columns=["clip_id", "status"])
+        ids = clips.filter(pc.equal(clips["status"], "ok"))["clip_id"].to_pylist()
+        if clip_ids is not None:
+            wanted = set(clip_ids)
+            ids = [c for c in ids if c in wanted]
+        todo = [c for c in ids if c not in done]
+        result.skipped = len(ids) - len(todo)
+        result.total = len(todo)
+        if not todo:
+            return result.done()
+        cap = captioner_obj or load_captioner(captioner, options, device)
+        info = cap.info
+        if not root.caption_meta(name):
+            root.write_caption_meta(name, _meta(captioner, options, cap, batch_size))
+        result.extra.update(model=info.model, weights=info.weights)
+        redo = set(todo) & err_done
+        rows: list[dict] = []
+        gen_s, tokens, generated = 0.0, 0, 0
+
+        def flush() -> None:
+            if rows:
+                t = rows_to_table(rows, caption_schema())
+                if redo:  # error rows of an earlier run are replaced
+                    table.upsert(t)
+                else:
+                    table.append(t)
+                rows.clear()
+                crashpoint("caption-flush")
+                table.tidy()
+
+        progress.start(len(todo), f"caption ({name})")
+        decoded = decode_clips(root, cap, clip_groups(root, todo), workers=workers, frames_per_clip=info.num_frames)
+        for batch in batches(decoded, batch_size):
+            out, secs = caption_batch_rows(cap, captioner, batch)
+            gen_s += secs
+            for r in out:
+                rows.append(r)
+                if r.get("seconds") is not None:  # went through generation (ok or refused as degenerate)
+                    generated += 1
+                    tokens += r.get("tokens") or 0
+                if r["status"] == "ok":
+                    result.ok += 1
+                else:
+                    result.add_error(r["clip_id"], r["error"])
+            progress.advance(len(batch))
+            if len(rows) >= flush_every:
+                flush()
+        flush()
+        table.maybe_compact()
+        result.extra.update(generate_s=round(gen_s, 3), tokens=tokens,
+                            captions_per_s=round(generated / gen_s, 4) if gen_s else None,
+                            tokens_per_s=round(tokens / gen_s, 2) if gen_s else None)
+    return result.done()
+
+
+def caption_batch_rows(cap, captioner: str, batch: list[tuple[dict, Any, str | None]]) -> tuple[list[dict], float]:
+    """Rows for one batch of decoded clips ``(clip, input | None, decode error | None)`` and the seconds
+    spent generating. A failing batch is retried clip by clip, so one bad clip is one error row."""
+    info = cap.info
+    gen_json = json.dumps(info.generation, sort_keys=True, default=str)
+    now = time.time()
+    base = {"captioner": captioner, "model": info.model, "weights": info.weights, "prompt": info.prompt,
+            "generation": gen_json, "updated_at": now}
+    rows: list[dict] = []
+    good = [(c, x) for c, x, err in batch if err is None]
+    for c, _, err in batch:
+        if err is not None:
+            rows.append({**base, "clip_id": c["clip_id"], "status": "error", "error": f"decode: {err}"})
+    if not good:
+        return rows, 0.0
+    t0 = time.perf_counter()
+    try:
+        outs: list[Any] = list(cap.caption_batch([x for _, x in good]))
+        if len(outs) != len(good):
+            raise RuntimeError(f"caption_batch returned {len(outs)} captions for {len(good)} clips")
+        share = [(time.perf_counter() - t0) / len(good)] * len(good)
+    except Exception:  # isolate the failing clip(s)
+        outs, share = [], []
+        for _, x in good:
+            t1 = time.perf_counter()
+            try:
+                outs.append(cap.caption_batch([x])[0])
+            except Exception as e:
+                outs.append(e)
+            share.append(time.perf_counter() - t1)
+    secs = time.perf_counter() - t0
+    max_new = info.generation.get("max_new_tokens")
+    for (c, _), o, s in zip(good, outs, share):
+        row = {**base, "clip_id": c["clip_id"], "seconds": s, "status": "ok", "error": None}
+        if isinstance(o, Exception):
+            rows.append({**row, "status": "error", "error": f"captioner: {type(o).__name__}: {str(o)[:300]}"})
+            continue
+        text, ntok, trunc = (o, None, None) if isinstance(o, str) else (o.text, o.tokens, o.truncated)
+        text = (text or "").strip()
+        row.update(caption=text, tokens=ntok)
+        why = degenerate_reason(text, prompt=info.prompt, tokens=ntok, truncated=trunc, max_new_tokens=max_new)
+        if why:
+            row.update(status="error", error=why)
+        rows.append(row)
+    return rows, secs

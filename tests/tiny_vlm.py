@@ -1,0 +1,69 @@
+"""A tiny randomly initialised Qwen2.5-VL saved in the real Hugging Face format, built offline.
+
+config.json + model.safetensors + generation_config.json, a byte-level BPE tokenizer (tokenizer.json:
+printable ASCII bytes and Qwen's special tokens), the Qwen2-VL image and video processors and a
+Qwen-style chat template: what `AutoProcessor` / `AutoModelForImageTextToText.from_pretrained(dir)` load
+from a real checkpoint, about 100 k parameters. Used by tests/test_caption.py, tests/test_dags.py and
+bench/bench_caption.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+           "<|video_pad|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen2_5_vl(path: Path, *, seed: int = 0, pixels: int = 56 * 56) -> Path:
+    """Write the checkpoint into ``path`` (created) and return it. ``pixels``: image/video frame area the
+    processors resize to (56x56 -> 4 visual tokens per frame pair)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    # byte-level BPE over printable ASCII ('Ġ' is the space byte, 'Ċ' the newline) and no merges: deterministic
+    # (a trained vocabulary is not: ties), and whatever a random model generates decodes to readable text
+    vocab = {t: i for i, t in enumerate([*SPECIAL, "Ċ", "Ġ", *(chr(b) for b in range(33, 127))])}
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.add_special_tokens(SPECIAL)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    ids = {s: tok.convert_tokens_to_ids(s) for s in SPECIAL}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels),
+        video_processor=Qwen2VLVideoProcessor(size={"shortest_edge": pixels, "longest_edge": pixels}),
+        tokenizer=tok, chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(path)
+    cfg = Qwen2_5_VLConfig(
+        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+                     "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+                     "pad_token_id": ids["<|endoftext|>"]},
+        vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+                       "fullatt_block_indexes": [0], "window_size": 56},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(cfg)
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]  # as Qwen's checkpoints
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(path)
+    return path
