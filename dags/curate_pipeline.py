@@ -1,15 +1,22 @@
 """curate_pipeline: a source list -> a published, curated video-text subset.
 
-register -> [ingest -> split] per batch of sources (mapped) -> embed (GPU) -> caption (GPU, optional) -> score (GPU)
--> filter -> publish.
-With ``one_pass``, the split tasks leave their batch alone and embed splits and embeds in one decode per
-source (`curate process`) on the GPU worker.
+register -> per batch of sources (one mapped task group): ingest -> split -> embed (GPU) -> score (GPU,
+per-clip scorers) -> maintain (once) -> caption (GPU, optional) -> score (root-scope scorers) -> filter ->
+cut (mapped, per group of WebDataset shards) -> publish (annotations, card, asset).
+
+Each batch runs on its own: its embed starts as soon as its split is done (no barrier after all splits),
+so N GPU workers (queue ``gpu``, pool ``gpu``) embed N batches at once. Per-batch tasks take no lock on
+the root: a batch owns its sources' rows and only appends them; table maintenance (compaction) and what
+needs the whole root (dedup, alignment, filter, the card, the asset) run once, after the batches. With
+``one_pass``, the split tasks leave their batch alone and the batch's embed task splits and embeds in one
+decode per source (`curate process`) on the GPU worker.
 
 Every task is a thin shell over one curate stage (``curate.ingest.ingest`` ... ``curate.publish.publish``);
-the stages are idempotent, so clearing and re-running any task only finishes what is missing. Bad sources
-end as error rows and the run goes on; a batch fails only when none of its sources got through.
-The published subset is the asset ``curate://<subset>`` (announced through the alias ``curate_subsets``)
-with counts and thresholds in the event's extra. See the README's Airflow section for params and settings.
+the stages are idempotent, so clearing and re-running any task (or Airflow retrying one whose worker died)
+only finishes what is missing. Bad sources end as error rows and the run goes on; a batch fails only when
+none of its sources got through. The published subset is the asset ``curate://<subset>`` (announced
+through the alias ``curate_subsets``) with counts and thresholds in the event's extra. See the README's
+Airflow section for params and settings.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from curate.airflow import tasks as ct
 
 GPU = ct.gpu_task_kwargs()
-#: mapped ingest/split batches of one run active at once (they share the work safely on one root)
+#: mapped ingest/split tasks of one run active at once (GPU tasks are bounded by the gpu pool instead)
 PARALLEL = int(ct.setting("CURATE_PARALLEL_BATCHES", "4") or 4)
 
 
@@ -74,38 +81,55 @@ def curate_pipeline():
                             max_clip_s=params["max_clip_s"]).as_dict()
             return ct.require_some(res, f"split of batch {b['index']}")
 
-        return split(b, ingest(b))
+        @task(**GPU, map_index_template="{{ curate_label }}")
+        def embed(b: dict, split_done: dict, params=None) -> dict:
+            """This batch's clips (per-batch work: no root lock, appends only)."""
+            ct.label(f"batch {b['index']}")
+            root = ct.check_root(params["root"])
+            options = ct.check_encoder_options(params["encoder_options"], ct.allowed_dirs(root))
+            common = dict(options=options, name=params["embedding_name"], device=params["device"],
+                          batch_size=params["embed_batch_size"], source_ids=b["source_ids"])
+            if params["one_pass"]:
+                from curate.process import process
 
-    # all_done: one failed batch does not stop the others from being embedded and published
-    @task(**GPU, trigger_rule="all_done")
-    def embed(batches: list[dict], params=None) -> dict:
-        from curate.embed import embed as run
+                res = process(root, params["encoder"], detector=params["detector"], min_clip_s=params["min_clip_s"],
+                              max_clip_s=params["max_clip_s"], workers=params["decode_workers"], **common).as_dict()
+                return ct.require_some(res, f"process of batch {b['index']}")
+            from curate.embed import embed as run
+
+            return ct.require_some(run(root, params["encoder"], **common).as_dict(), f"embed of batch {b['index']}")
+
+        @task(**GPU, task_id="score", map_index_template="{{ curate_label }}")
+        def score_clips(b: dict, embedded: dict, params=None) -> dict:
+            """The per-clip scorers (aesthetic, motion, ...) over this batch's clips, staged for the root step."""
+            from curate.score import score as run
+
+            ct.label(f"batch {b['index']}")
+            root = ct.check_root(params["root"])
+            options = ct.check_scorer_options(params["scorer_options"], ct.allowed_dirs(root))
+            return run(root, scorers=params["scorers"], encoder=embedded["name"], options=options,
+                       source_ids=b["source_ids"]).as_dict()
+
+        return score_clips(b, embed(b, split(b, ingest(b))))
+
+    # all_done: one failed batch does not stop the others from being scored and published
+    @task(trigger_rule="all_done")
+    def maintain(batches: list[dict], params=None) -> dict:
+        """Once, after the batches: compact the tables they appended to (no per-batch task does)."""
+        from curate.store import maintain as run
 
         if not batches:  # all_done also fires when register failed: its XCom is then missing
-            raise AirflowFailException("register did not produce batches of sources: nothing to embed")
+            raise AirflowFailException("register did not produce batches of sources: nothing to score")
         root = ct.check_root(params["root"])
         ids = [s for b in batches for s in b["source_ids"]]
-        options = ct.check_encoder_options(params["encoder_options"], ct.allowed_dirs(root))
-        if params["one_pass"]:
-            from curate.process import process
-
-            res = ct.locked(process, root, params["encoder"], options=options, name=params["embedding_name"],
-                            detector=params["detector"], min_clip_s=params["min_clip_s"],
-                            max_clip_s=params["max_clip_s"], device=params["device"],
-                            batch_size=params["embed_batch_size"], workers=params["decode_workers"]).as_dict()
-            if ct.run_clip_count(root, ids) == 0:
-                raise AirflowFailException(f"no source of this run produced a clip: {res.get('errors')}")
-            return res
         if ct.run_clip_count(root, ids) == 0:
             raise AirflowFailException("no source of this run produced a clip (see the failed batches)")
-        res = ct.locked(run, root, params["encoder"], options=options, name=params["embedding_name"],
-                        device=params["device"], batch_size=params["embed_batch_size"]).as_dict()
-        return ct.require_some(res, "embed")
+        return {"tables": run(root), "clips": ct.run_clip_count(root, ids)}
 
     @task(**GPU)
-    def caption(embedded: dict, params=None) -> dict:
+    def caption(maintained: dict, params=None) -> dict:
         """With a ``captioner``: caption every clip (``curate caption``), then embed the generated captions with
-        the run's encoder (clip vectors copied from the embed task's set: ``curate embed --caption``)."""
+        the run's encoder (clip vectors copied from the batches' embedding set: ``curate embed --caption``)."""
         if not params["captioner"]:
             return {"stage": "caption", "skipped": True}
         from curate.caption import caption as run
@@ -116,33 +140,54 @@ def curate_pipeline():
         res = ct.require_some(ct.locked(run, root, params["captioner"], device=params["device"],
                                         options=ct.check_encoder_options(params["captioner_options"], dirs)).as_dict(),
                               "caption")
-        emb = ct.locked(run_embed, root, params["encoder"], name=f"{embedded['name']}_{res['name']}",
+        emb = ct.locked(run_embed, root, params["encoder"], name=f"{ct.embedding_name(params)}_{res['name']}",
                         caption=f"captions:{res['name']}", device=params["device"],
                         options=ct.check_encoder_options(params["encoder_options"], dirs),
                         batch_size=params["embed_batch_size"]).as_dict()
         return {**res, "caption": f"captions:{res['name']}", "embedding_name": emb["name"]}
 
-    @task(**GPU)
-    def score(embedded: dict, captioned: dict, params=None) -> dict:
+    @task
+    def score(captioned: dict, params=None) -> dict:
+        """Merge the batches' per-clip scores, then run the root-scope scorers (alignment, dedup, ...) once."""
         from curate.score import score as run
 
         root = ct.check_root(params["root"])
         options = ct.check_scorer_options(params["scorer_options"], ct.allowed_dirs(root))
-        res = ct.locked(run, root, scorers=params["scorers"], encoder=embedded["name"], options=options).as_dict()
+        res = ct.locked(run, root, scorers=params["scorers"], encoder=ct.embedding_name(params), options=options,
+                        scope="root").as_dict()
         if captioned.get("embedding_name"):  # alignment with the generated captions too
             ct.locked(run, root, scorers=["alignment"], encoder=captioned["embedding_name"])
         return ct.require_some(res, "score")
 
     @task(task_id="filter")
-    def filter_clips(scored: dict, embedded: dict, captioned: dict, params=None) -> dict:
+    def filter_clips(scored: dict, captioned: dict, params=None) -> dict:
         from curate.filter import filter_clips as run
 
         return run(ct.check_root(params["root"]), params["subset"],
-                   encoder=captioned.get("embedding_name") or embedded["name"], caption=captioned.get("caption"),
-                   **ct.filter_kwargs(params))
+                   encoder=captioned.get("embedding_name") or ct.embedding_name(params),
+                   caption=captioned.get("caption"), **ct.filter_kwargs(params))
+
+    @task
+    def plan_cut(summary: dict, params=None) -> list[dict]:
+        """The groups of WebDataset shards that the mapped cut tasks write, one group each."""
+        from curate.publish import shard_count
+
+        n = shard_count(ct.check_root(params["root"]), params["subset"], params["shard_size"])
+        return ct.cut_tasks(n, params["publish_tasks"])
+
+    @task(map_index_template="{{ curate_label }}")
+    def cut(part: dict, params=None) -> dict:
+        """Cut this group's clips and write its shards (per-batch work: its own files, no lock)."""
+        from curate.publish import publish as run
+
+        ct.label(f"shards {part['index']}/{part['of']}")
+        res = run(ct.check_root(params["root"]), params["subset"], shard_size=params["shard_size"],
+                  shard=(part["index"], part["of"])).as_dict()
+        return ct.require_some(res, f"cut of shards {part['index']}/{part['of']}")
 
     @task(outlets=[ct.SUBSETS])
     def publish(summary: dict, params=None):
+        """Once: shards a cut task did not write, annotations.parquet, the card, the asset event."""
         from curate.publish import publish as run
 
         root = ct.check_root(params["root"])
@@ -153,10 +198,12 @@ def curate_pipeline():
 
     batches = register()
     done = batch.expand(b=batches)
-    embedded = embed(batches)
-    done >> embedded
-    captioned = caption(embedded)
-    publish(filter_clips(score(embedded, captioned), embedded, captioned))
+    maintained = maintain(batches)
+    done >> maintained
+    captioned = caption(maintained)
+    summary = filter_clips(score(captioned), captioned)
+    cuts = cut.expand(part=plan_cut(summary))
+    cuts >> publish(summary)
 
 
 curate_pipeline()

@@ -11,7 +11,7 @@ import airflow_helpers as h  # first: it configures Airflow before anything impo
 import pytest
 
 DAG_IDS = {"curate_pipeline", "curate_inbox", "curate_refilter"}
-GPU_TASKS = {"embed", "caption", "score"}
+GPU_TASKS = {"batch.embed", "batch.score", "caption"}  # per batch on the GPU workers; caption once, optional
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,8 @@ def test_gpu_queue_and_pool_only_on_gpu_tasks(bag):
         else:
             assert t.queue == default_queue and t.pool == "default_pool", t.task_id
         assert getattr(t, "executor", None) is None, t.task_id
-    assert GPU_TASKS <= seen and {"register", "batch.ingest", "batch.split", "filter", "publish"} <= seen
+    assert GPU_TASKS <= seen and {"register", "batch.ingest", "batch.split", "maintain", "score", "filter", "cut",
+                                  "publish"} <= seen
     for dag_id in ("curate_inbox", "curate_refilter"):
         assert all(t.pool == "default_pool" for t in _serialized(bag.get_dag(dag_id)).tasks)
 
@@ -95,7 +96,7 @@ def test_gpu_queue_and_pool_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("CURATE_GPU_POOL_SLOTS", "2")
     dag = h.dagbag().get_dag("curate_pipeline")
     got = {t.task_id: (t.queue, t.pool, t.pool_slots) for t in dag.tasks}
-    assert got["embed"] == got["score"] == ("a100", "gpus", 2)
+    assert got["batch.embed"] == got["batch.score"] == ("a100", "gpus", 2)
     assert got["filter"][1] == "default_pool"
 
 
@@ -124,8 +125,13 @@ def test_pipeline_end_to_end():
     assert tis[("batch.ingest", 2)] == ("batch 2 (1 source)", "failed")
     assert tis[("batch.split", 0)] == ("batch 0 (1 source ingested)", "success")
     assert tis[("batch.split", 2)][1] == "upstream_failed"
-    for task_id in ("register", "embed", "score", "filter", "publish"):
+    for m in (0, 1):  # each batch embeds (and scores) its own clips as soon as it is split
+        assert tis[("batch.embed", m)] == (f"batch {m}", "success")
+        assert tis[("batch.score", m)][1] == "success"
+    assert tis[("batch.embed", 2)][1] == "upstream_failed"
+    for task_id in ("register", "maintain", "score", "filter", "publish"):
         assert tis[(task_id, -1)][1] == "success", task_id
+    assert tis[("cut", 0)] == ("shards 0/2", "success") and tis[("cut", 1)][1] == "success"  # one per shard
 
     root = Root(run["root"])
     src = root.sources.read()
@@ -311,8 +317,9 @@ def test_pipeline_one_pass_splits_and_embeds_on_the_gpu_task():
     assert (r.subset_dir("one") / "annotations.parquet").exists()
     split_out = h.xcom_values("curate_pipeline", run_id, "batch.split")
     assert split_out and all(x["one_pass"] for x in split_out)  # the split tasks did not split
-    (embedded,) = h.xcom_values("curate_pipeline", run_id, "embed")
-    assert embedded["stage"] == "process" and embedded["clips"] == len(clips) and embedded["embedded_separately"] == 0
+    embedded = h.xcom_values("curate_pipeline", run_id, "batch.embed")  # one per batch that got through
+    assert len(embedded) == 2 and all(e["stage"] == "process" and e["embedded_separately"] == 0 for e in embedded)
+    assert sum(e["clips"] for e in embedded) == len(clips)
 
 
 def test_pipeline_captions_clips_when_a_captioner_is_given():

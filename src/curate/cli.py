@@ -94,6 +94,18 @@ def _guard(fn):
     return wrapper
 
 
+SHARD_HELP = ("Work on shard I of N only (e.g. 3/8; I from 0): the sources whose id hashes to I, so N processes "
+              "(Slurm array tasks, one per GPU) share the root and together do what one run does. Per-batch "
+              "work takes no lock and leaves table maintenance to the next run without --shard.")
+SOURCE_IDS_HELP = "Work only on the source ids listed in this file (one per line; with --shard: those of the shard)."
+
+
+def _sources(root: Path, shard: str | None, source_ids: Path | None) -> list[str] | None:
+    from curate.shard import select_sources
+
+    return select_sources(root, shard, source_ids)
+
+
 def _size(v: str | None) -> int | None:
     if not v:
         return None
@@ -149,6 +161,8 @@ def split(
                                                                  "device=cpu, weights=PATH)."),
     min_clip_s: float = typer.Option(1.0, help="Drop scenes shorter than this (seconds)."),
     max_clip_s: float = typer.Option(60.0, help="Cut scenes longer than this into equal pieces (seconds; 0 = no limit)."),
+    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
+    source_ids: Path | None = typer.Option(None, "--source-ids", help=SOURCE_IDS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Detect scenes in every ingested source and write clip rows [start, end) to ROOT/clips."""
@@ -158,8 +172,8 @@ def split(
     opts = parse_options(option)
     if threshold is not None:
         opts["threshold"] = threshold
-    r = run(root, detector=detector, options=opts, min_clip_s=min_clip_s, max_clip_s=max_clip_s or None,
-            progress=RichProgress())
+    r = run(root, source_ids=_sources(root, shard, source_ids), detector=detector, options=opts,
+            min_clip_s=min_clip_s, max_clip_s=max_clip_s or None, progress=RichProgress())
     _finish(r, json_out)
 
 
@@ -180,6 +194,8 @@ def embed(
     device: str = typer.Option("auto", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
     batch_size: int = typer.Option(32, help="Clips per forward pass."),
     workers: int = typer.Option(2, help="Decoder threads running ahead of the model."),
+    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
+    source_ids: Path | None = typer.Option(None, "--source-ids", help=SOURCE_IDS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Embed every clip (sampled frames) and its caption with an encoder; writes ROOT/embeddings/<name>."""
@@ -187,7 +203,8 @@ def embed(
     from curate.embed import parse_options
 
     r = run(root, encoder, options=parse_options(option), name=name, caption=caption, device=device,
-            batch_size=batch_size, workers=workers, progress=RichProgress())
+            batch_size=batch_size, workers=workers, source_ids=_sources(root, shard, source_ids),
+            progress=RichProgress())
     _finish(r, json_out)
 
 
@@ -236,6 +253,8 @@ def process(
     batch_size: int = typer.Option(32, help="Clips per forward pass."),
     workers: int = typer.Option(1, help="Sources decoded at a time (each its own ffmpeg and detector thread); "
                                         "on a many-core GPU node about cores/4 keeps the encoder fed."),
+    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
+    source_ids: Path | None = typer.Option(None, "--source-ids", help=SOURCE_IDS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Split and embed in ONE decode pass per source (= split, then embed -o decoder=ffmpeg)."""
@@ -248,7 +267,7 @@ def process(
     r = run(root, encoder, options=parse_options(option), name=name, detector=detector,
             detector_options=det_opts or None, min_clip_s=min_clip_s,
             max_clip_s=max_clip_s or None, device=device, batch_size=batch_size, workers=workers,
-            progress=RichProgress())
+            source_ids=_sources(root, shard, source_ids), progress=RichProgress())
     _finish(r, json_out)
 
 
@@ -267,6 +286,11 @@ def score(
     caption: str | None = typer.Option(None, "--caption", help="Alignment only of the embedding sets whose text "
                                                                 "embeddings are this caption source (source, or "
                                                                 "captions:NAME embedded with `curate embed --caption`)."),
+    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP + " Only per-clip scorers (aesthetic, "
+                                                                         "motion, text, nsfw, quality) run per "
+                                                                         "shard; the next run without --shard "
+                                                                         "merges them."),
+    source_ids: Path | None = typer.Option(None, "--source-ids", help=SOURCE_IDS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Compute score columns into ROOT/scores: alignment (<encoder>_sim), technical, aesthetic, motion, dedup,
@@ -283,7 +307,13 @@ def score(
         else:
             raise CurateError(f"Option {k!r}: with several scorers, prefix it with the scorer (e.g. aesthetic.{k}).")
         opts.setdefault(name, {})[key] = v
-    r = run(root, scorers=scorer, encoder=encoder, options=opts, caption=caption, progress=RichProgress())
+    r = run(root, scorers=scorer, encoder=encoder, options=opts, caption=caption, source_ids=_sources(root, shard, source_ids),
+            progress=RichProgress())
+    left = r.extra.get("root_scope") or []
+    if left and not json_out:
+        console.print(f"[yellow]not run per shard[/] (they need the whole root): {escape(', '.join(left))}; run "
+                      f"`curate score --root {escape(str(root))} -s {' -s '.join(map(escape, left))}` once the shards "
+                      "are done")
     _finish(r, json_out)
 
 
@@ -376,12 +406,17 @@ def publish(
                                                                 "captions:NAME (default: what `curate filter --caption` "
                                                                 "chose, else source). Every generated caption is "
                                                                 "published beside it either way."),
+    shard: str | None = typer.Option(None, "--shard", help="Write only WebDataset shards K with K %% N == I (e.g. "
+                                                           "3/8): N processes cut one subset together; then one run "
+                                                           "without --shard writes annotations.parquet and the card."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Cut the kept clips and write WebDataset shards, annotations.parquet and a README.md dataset card."""
     from curate.publish import publish as run
+    from curate.shard import parse_shard
 
-    r = run(root, subset, shard_size=shard_size, workers=workers, cut=cut, caption=caption, progress=RichProgress())
+    r = run(root, subset, shard_size=shard_size, workers=workers, cut=cut, caption=caption, shard=parse_shard(shard),
+            progress=RichProgress())
     _finish(r, json_out)
 
 

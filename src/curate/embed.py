@@ -14,12 +14,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import pyarrow.dataset as ds
 
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.frames import batches, clip_groups, decode_clips
 from curate.progress import NullProgress, Progress, StageResult
-from curate.store import Root, embedding_schema, rows_to_table, write_bytes_atomic
+from curate.store import Root, embedding_schema, maintain, rows_to_table, write_bytes_atomic
 
 
 def parse_options(pairs: Iterable[str]) -> dict[str, str]:
@@ -104,19 +105,24 @@ def video_donor(root: Root, name: str, encoder: str, options: dict) -> str | Non
 
 def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | None = None, name: str | None = None,
           caption: str | None = None, device: str = "auto", batch_size: int = 32, workers: int = 2,
-          clip_ids: Iterable[str] | None = None, flush_every: int = 512, progress: Progress | None = None,
-          encoder_obj=None) -> StageResult:
+          clip_ids: Iterable[str] | None = None, source_ids: Iterable[str] | None = None, flush_every: int = 512,
+          progress: Progress | None = None, encoder_obj=None) -> StageResult:
     """Embed every ok clip not embedded yet under ``embeddings/<name>``; returns counts.
 
     ``caption``: which text becomes ``text_emb``: ``"source"`` (default: the clips table's caption) or
     ``"captions:NAME"`` (the captions `curate caption --name NAME` generated; ``name`` then defaults to
     ``<encoder>_<NAME>``). Clips without an ok generated caption are left for a later run; clip vectors
     are copied from a set made with the same encoder and options when there is one.
+
+    ``source_ids`` makes it per-batch work (a mapped Airflow task, ``curate embed --shard i/n``): only those
+    sources' clips, no lock on the root (a batch owns its sources' clips: batches never write one row),
+    only appends, no table maintenance (:func:`curate.store.maintain` runs once after the batches). Without
+    it the run covers the whole root, holds the ``embed-<name>`` lock (a second whole-root run fails
+    clearly) and maintains the table at its end.
     """
-    from curate.caption import caption_source_label, caption_texts, parse_caption_source, require_captions
+    from curate.caption import caption_source_label, parse_caption_source, require_captions
 
     root = Root(root) if not isinstance(root, Root) else root
-    progress = progress or NullProgress()
     options = {k: str(v) for k, v in (options or {}).items()}
     cap_name = parse_caption_source(caption)
     cap_label = caption_source_label(cap_name) if cap_name else None
@@ -126,70 +132,94 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
     get_encoder(encoder)  # an unknown name is an invocation error even when there is nothing to embed
     if cap_name is not None:
         require_captions(root, cap_name)
-    result = StageResult("embed", extra={"encoder": encoder, "name": name, **({"caption": cap_label} if cap_name else {})})
+    kw = dict(options=options, name=name, cap_name=cap_name, cap_label=cap_label, device=device,
+              batch_size=batch_size, workers=workers, clip_ids=clip_ids, flush_every=flush_every,
+              progress=progress or NullProgress(), encoder_obj=encoder_obj)
+    if source_ids is not None:  # per-batch: no root lock, appends only
+        return _embed(root.ensure(), encoder, source_ids=set(source_ids), **kw)
     with root.ensure().lock(f"embed-{name}"):
-        check_meta(root, name, encoder, options, cap_label)
-        table = root.embeddings(name)
-        table.repair()
-        done = table.keys()
-        clips = root.clips.read(columns=["clip_id", "source_id", "start_frame", "end_frame", "caption", "status"])
-        clips = clips[clips["status"] == "ok"]
-        if clip_ids is not None:
-            clips = clips[clips["clip_id"].isin(set(clip_ids))]
-        result.skipped = int(clips["clip_id"].isin(done).sum())
-        clips = clips[~clips["clip_id"].isin(done)]
-        texts = None
-        if cap_name is not None:  # generated captions: only clips that have one (the others wait for it)
-            texts = caption_texts(root, cap_name, clips["clip_id"].tolist())
-            has = clips["clip_id"].isin(texts)
-            result.extra["without_caption"] = int((~has).sum())
-            clips = clips[has]
-        result.total = len(clips)
-        if clips.empty:
-            return result.done()
-        enc = encoder_obj or load_encoder(encoder, options, device)
-        meta_path = table.path / "_meta.json"
-        if not meta_path.exists():
-            write_bytes_atomic(json.dumps(_meta(encoder, options, enc, cap_label), indent=2, default=str), meta_path)
-        result.extra["weights"] = enc.info.weights
-        progress.start(len(clips), f"embed ({name})")
-        rows: list[dict] = []
-        def flush() -> None:
-            if rows:
-                table.append(rows_to_table(rows, embedding_schema()))
-                rows.clear()
-                crashpoint("embed-flush")
-                table.tidy()
+        result = _embed(root, encoder, source_ids=None, **kw)
+        maintain(root, [f"embeddings/{name}"])
+    return result
 
-        todo = clips["clip_id"].tolist()
-        donor = video_donor(root, name, encoder, options) if cap_name is not None else None
-        if donor is not None:  # same encoder and options: copy the clip vectors, embed only the texts
-            copied: set[str] = set()
-            for batch in _donor_batches(root, donor, todo, batch_size):
-                for r in _embed_batch(enc, batch, texts=texts):
-                    rows.append(r)
-                    copied.add(r["clip_id"])
-                    result.ok += r["status"] == "ok"
-                progress.advance(len(batch))
-                if len(rows) >= flush_every:
-                    flush()
-            result.extra.update(video_from=donor, video_reused=len(copied))
-            todo = [c for c in todo if c not in copied]
-        groups = clip_groups(root, todo) if todo else []
-        decoded = decode_clips(root, enc, groups, workers=workers, frames_per_clip=enc.info.num_frames)
-        for batch in batches(decoded, batch_size):
+
+def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_name: str | None,
+           cap_label: str | None, device: str, batch_size: int, workers: int, clip_ids: Iterable[str] | None,
+           source_ids: set[str] | None, flush_every: int, progress: Progress, encoder_obj) -> StageResult:
+    from curate.caption import caption_texts
+
+    result = StageResult("embed", extra={"encoder": encoder, "name": name, **({"caption": cap_label} if cap_name else {})})
+    check_meta(root, name, encoder, options, cap_label)
+    table = root.embeddings(name)
+    clips = root.clips.read(columns=["clip_id", "source_id", "start_frame", "end_frame", "caption", "status"],
+                            filter=ds.field("source_id").isin(sorted(source_ids)) if source_ids is not None else None)
+    clips = clips[clips["status"] == "ok"]
+    if clip_ids is not None:
+        clips = clips[clips["clip_id"].isin(set(clip_ids))]
+    done = embedded_ids(table, clips["clip_id"].tolist() if source_ids is not None else None)
+    result.skipped = int(clips["clip_id"].isin(done).sum())
+    clips = clips[~clips["clip_id"].isin(done)]
+    texts = None
+    if cap_name is not None:  # generated captions: only clips that have one (the others wait for it)
+        texts = caption_texts(root, cap_name, clips["clip_id"].tolist())
+        has = clips["clip_id"].isin(texts)
+        result.extra["without_caption"] = int((~has).sum())
+        clips = clips[has]
+    result.total = len(clips)
+    if clips.empty:
+        return result.done()
+    enc = encoder_obj or load_encoder(encoder, options, device)
+    meta_path = table.path / "_meta.json"
+    if not meta_path.exists():  # batches may write it at once: same content, atomic rename
+        write_bytes_atomic(json.dumps(_meta(encoder, options, enc, cap_label), indent=2, default=str), meta_path)
+    result.extra["weights"] = enc.info.weights
+    progress.start(len(clips), f"embed ({name})")
+    rows: list[dict] = []
+
+    def flush() -> None:
+        if rows:
+            table.append(rows_to_table(rows, embedding_schema()))
+            rows.clear()
+            crashpoint("embed-flush")
+
+    todo = clips["clip_id"].tolist()
+    donor = video_donor(root, name, encoder, options) if cap_name is not None else None
+    if donor is not None:  # same encoder and options: copy the clip vectors, embed only the texts
+        copied: set[str] = set()
+        for batch in _donor_batches(root, donor, todo, batch_size):
             for r in _embed_batch(enc, batch, texts=texts):
                 rows.append(r)
-                if r["status"] == "ok":
-                    result.ok += 1
-                else:
-                    result.add_error(r["clip_id"], r["error"])
+                copied.add(r["clip_id"])
+                result.ok += r["status"] == "ok"
             progress.advance(len(batch))
             if len(rows) >= flush_every:
                 flush()
-        flush()
-        table.maybe_compact()
+        result.extra.update(video_from=donor, video_reused=len(copied))
+        todo = [c for c in todo if c not in copied]
+    groups = clip_groups(root, todo) if todo else []
+    decoded = decode_clips(root, enc, groups, workers=workers, frames_per_clip=enc.info.num_frames)
+    for batch in batches(decoded, batch_size):
+        for r in _embed_batch(enc, batch, texts=texts):
+            rows.append(r)
+            if r["status"] == "ok":
+                result.ok += 1
+            else:
+                result.add_error(r["clip_id"], r["error"])
+        progress.advance(len(batch))
+        if len(rows) >= flush_every:
+            flush()
+    flush()
     return result.done()
+
+
+def embedded_ids(table, clip_ids: list[str] | None = None) -> set[str]:
+    """Clip ids already in an embedding table (only among ``clip_ids`` when given: a batch reads its own)."""
+    if clip_ids is None:
+        return table.keys()
+    if not clip_ids or not table.exists():
+        return set()
+    t = table.read_arrow(columns=["clip_id"], filter=ds.field("clip_id").isin(clip_ids))
+    return set(t["clip_id"].to_pylist())
 
 
 class _Vector:

@@ -18,10 +18,12 @@ decodes without deblocking (faster); on hard cuts both give the same scenes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,7 @@ from curate.frames import _ahead, decode_streams, sample_stream
 from curate.media import yuv_to_rgb
 from curate.progress import NullProgress, Progress, StageResult
 from curate.split import ClipAppender, clip_row, error_row, failure_message, shape_scenes, transition_rows, transitions_table
-from curate.store import Root, embedding_schema, rows_to_table, write_bytes_atomic
+from curate.store import Root, embedding_schema, maintain, rows_to_table, write_bytes_atomic
 
 #: frames of the scene in progress kept in RAM; a longer scene goes on in a file under ROOT/.tmp
 SCENE_RAM_BYTES = 256 << 20
@@ -120,11 +122,14 @@ class _SceneFrames:
 def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | None = None, name: str | None = None,
             detector: str = "auto", detector_options: dict[str, Any] | None = None, min_clip_s: float = 1.0,
             max_clip_s: float | None = 60.0, device: str = "auto", batch_size: int = 32, flush_every: int = 512,
-            workers: int = 1, progress: Progress | None = None, encoder_obj=None) -> StageResult:
+            workers: int = 1, source_ids: Iterable[str] | None = None, progress: Progress | None = None,
+            encoder_obj=None) -> StageResult:
     """Split and embed every ingested source not split yet, decoding each source once.
 
     ``workers`` sources are decoded at a time (each by its own ffmpeg, its detector in a thread): one
-    decode of one source rarely keeps a many-core GPU node busy."""
+    decode of one source rarely keeps a many-core GPU node busy. ``source_ids`` makes it per-batch work
+    (as :func:`curate.embed.embed`): only those sources, no ``embed-<name>`` lock, appends only, no table
+    maintenance; without it the whole root, under the lock, maintained at the end."""
 
     from curate.embed import embed
     from curate.plugins import get_encoder, get_splitter
@@ -143,19 +148,19 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
         raise CurateError(raise_msg)
     detector = getattr(splitter, "name", detector)  # what `auto` picked: the clips record it
     result = StageResult("process", extra={"encoder": encoder, "name": name, "detector": detector})
-    with root.ensure().shared_run("split") as run, root.lock(f"embed-{name}"):
-        if run.first:
-            with root.write_lock("clips"):
-                root.clips.repair()
-        run.ready()
+    wanted = set(source_ids) if source_ids is not None else None
+    # the whole root: one run per embedding set (the lock), maintained at the end; per batch: neither
+    exclusive = root.ensure().lock(f"embed-{name}") if wanted is None else contextlib.nullcontext()
+    with root.shared_run("split") as run, exclusive:
+        run.ready()  # (split's protocol: concurrent runs share the sources, each claimed by one of them)
         check_meta(root, name, encoder, options)
         table = root.embeddings(name)
-        table.repair()
         appender = ClipAppender(root)
         done = appender.done
         sources = [s for s in root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames",
                                                                 "width", "height", "duration_s", "caption"]).to_pylist()
-                   if s["status"] == "ok" and s["source_id"] not in done]
+                   if s["status"] == "ok" and s["source_id"] not in done
+                   and (wanted is None or s["source_id"] in wanted)]
         result.total = len(sources)
         if sources and hasattr(splitter, "load"):
             splitter.load()  # a bad weights file stops here, not as an error row on every source
@@ -194,7 +199,6 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
             if len(rows) >= flush_every:
                 table.append(rows_to_table(rows, embedding_schema()))
                 rows.clear()
-                table.tidy()
 
         for kind, src, payload in _sources_ahead(sources, items, workers, size=2 * batch_size):  # ahead of the model
             sid = src["source_id"]
@@ -228,13 +232,15 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
             run_batch()
         if rows:
             table.append(rows_to_table(rows, embedding_schema()))
-        with root.write_lock("clips"):
-            root.clips.maybe_compact()
-            transitions_table(root).maybe_compact()
-        table.maybe_compact()
         result.extra["clips"] = clips_written
-    # clips of sources split before (by `curate split`) still need embeddings: the usual way
-    leftover = embed(root, encoder, options=options, name=name, device=device, batch_size=batch_size, encoder_obj=enc)
+    if wanted is None:
+        maintain(root, ["clips"])
+        with root.write_lock("clips"):
+            transitions_table(root).maybe_compact()
+    # clips of sources split before (by `curate split`) still need embeddings: the usual way (it maintains
+    # the embedding table at the end of a whole-root run)
+    leftover = embed(root, encoder, options=options, name=name, device=device, batch_size=batch_size, encoder_obj=enc,
+                     source_ids=wanted)
     result.extra["embedded_separately"] = leftover.total
     return result.done()
 

@@ -46,14 +46,19 @@ def _primary_encoder(summary: dict, columns: list[str]) -> str | None:
 
 
 def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: int = 4, cut: str = "accurate",
-            caption: str | None = None, progress: Progress | None = None) -> StageResult:
+            caption: str | None = None, shard: tuple[int, int] | None = None,
+            progress: Progress | None = None) -> StageResult:
     """Cut and package the clips selected by `curate filter` for ``subset``.
 
     Each clip's JSON carries ``caption`` (``caption``: ``source`` or ``captions:NAME``; by default what
     ``curate filter --caption`` chose, else the source list's), ``source_caption`` (the source list's) and
-    ``captions`` (every generated caption of the clip, by captions-set name)."""
-    from curate.caption import caption_source_label, parse_caption_source
+    ``captions`` (every generated caption of the clip, by captions-set name).
 
+    ``shard=(i, n)`` makes it per-batch work (mapped Airflow tasks, ``curate publish --shard i/n``): it
+    writes only the WebDataset shards ``k`` with ``k % n == i`` (each shard a file of its own, with its
+    manifest: no two tasks write one file, no lock), nothing else. Without it (the root-scope step, run
+    once after them) it writes every shard not written yet, removes shards of an earlier, larger
+    selection, then ``annotations.parquet`` and the card, under the ``publish-<subset>`` lock."""
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     if cut not in ("accurate", "copy"):
@@ -63,54 +68,14 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
     if not sel_path.exists():
         raise CurateError(f"Subset {subset!r} has no selection: run `curate filter --root {root.path} --subset {subset} ...` first.")
     result = StageResult("publish", extra={"subset": subset})
+    if shard is not None:
+        _write_shards(root, out, shard_size, workers, cut, caption, shard, progress, result)
+        result.extra.update(shard=f"{shard[0]}/{shard[1]}", path=str(out))
+        return result.done()
     with root.lock(f"publish-{subset}"):
-        summary = json.loads((out / "filter.json").read_text()) if (out / "filter.json").exists() else {}
-        choice = parse_caption_source(caption if caption is not None else (summary.get("options") or {}).get("caption"))
-        if choice is not None and choice not in root.caption_names():
-            raise CurateError(f"No captions named {choice!r} under {root.path / 'captions'}: run `curate caption "
-                              f"--name {choice}` first, or publish with --caption source.")
-        sel = pq.read_table(sel_path)
-        score_cols = [c for c in sel.column_names if c not in ("clip_id", "source_id")]
-        clips = root.clips.read_arrow(columns=["clip_id", "source_id", "start_s", "end_s", "start_frame", "end_frame",
-                                               "duration_s", "caption"])
-        clips = clips.filter(pc.is_in(clips["clip_id"], value_set=sel["clip_id"]))
-        srcs = root.sources.read_arrow(columns=["source_id", "url", "title", "meta", "media_path", "fps", "start_s"])
-        srcs = srcs.rename_columns([c if c != "start_s" else "segment_start_s" for c in srcs.column_names])
-        t = clips.join(srcs, "source_id", join_type="left outer").join(
-            sel.select(["clip_id", *score_cols]), "clip_id", join_type="left outer").sort_by("clip_id")
-        enc = _primary_encoder(summary, sel.column_names)
-        emb = _Embeddings(root, enc, t["clip_id"]) if enc else None
-        gen = _Generated(root, t["clip_id"], choice)
-        result.extra["caption"] = caption_source_label(choice)
-        result.total = t.num_rows
+        summary, enc, choice, annotations, expected = _write_shards(root, out, shard_size, workers, cut, caption, None,
+                                                                    progress, result)
         shards_dir = out / "shards"
-        shards_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in shards_dir.glob(".tmp-*"):  # left by a crash: never visible as a shard
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        progress.start(t.num_rows, f"publish ({subset})")
-        annotations: list[dict] = []
-        expected = set()
-        for si, start in enumerate(range(0, t.num_rows, shard_size)):
-            group = t.slice(start, shard_size).to_pylist()  # Python rows of one shard at a time
-            name = f"shard-{si:05d}.tar"
-            expected.update({name, name.replace(".tar", ".json")})
-            manifest_path = shards_dir / name.replace(".tar", ".json")
-            ids = [r["clip_id"] for r in group]
-            digest = gen.digest(group)
-            if (shards_dir / name).exists() and manifest_path.exists():
-                manifest = json.loads(manifest_path.read_text())
-                if manifest.get("clip_ids") == ids and manifest.get("cut") == cut and \
-                        manifest.get("captions") == digest:
-                    annotations.extend(manifest["annotations"])
-                    result.skipped += len(group)
-                    result.ok += sum(1 for a in manifest["annotations"] if a["status"] == "ok")
-                    result.error += sum(1 for a in manifest["annotations"] if a["status"] != "ok")
-                    progress.advance(len(group))
-                    continue
-            ann = _write_shard(root, shards_dir / name, group, si, emb, score_cols, cut, workers, progress, result, gen)
-            write_bytes_atomic(json.dumps({"clip_ids": ids, "cut": cut, "captions": digest, "annotations": ann},
-                                          default=str), manifest_path)
-            annotations.extend(ann)
         for p in shards_dir.iterdir():  # shards of an earlier, larger selection
             if p.name not in expected:
                 p.unlink()
@@ -126,6 +91,73 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
 
             embed_in_card(out / "README.md", (out / "report" / "report.md").read_text(), prefix="report/")
     return result.done()
+
+
+def shard_count(root: Root | str, subset: str, shard_size: int) -> int:
+    """How many WebDataset shards the subset's selection makes (what ``--shard i/n`` splits among ``n``)."""
+    root = Root(root) if not isinstance(root, Root) else root
+    sel = root.subset_dir(subset) / "selection.parquet"
+    rows = pq.ParquetFile(sel).metadata.num_rows if sel.exists() else 0
+    return -(-rows // max(1, int(shard_size)))
+
+
+def _write_shards(root: Root, out: Path, shard_size: int, workers: int, cut: str, caption: str | None,
+                  shard: tuple[int, int] | None, progress: Progress, result: StageResult):
+    """Write the shards (all, or those of ``shard``) that are missing or out of date; returns (filter summary,
+    primary encoder, caption choice, annotations of those shards, file names of every shard)."""
+    from curate.caption import caption_source_label, parse_caption_source
+
+    summary = json.loads((out / "filter.json").read_text()) if (out / "filter.json").exists() else {}
+    choice = parse_caption_source(caption if caption is not None else (summary.get("options") or {}).get("caption"))
+    if choice is not None and choice not in root.caption_names():
+        raise CurateError(f"No captions named {choice!r} under {root.path / 'captions'}: run `curate caption "
+                          f"--name {choice}` first, or publish with --caption source.")
+    sel = pq.read_table(out / "selection.parquet")
+    score_cols = [c for c in sel.column_names if c not in ("clip_id", "source_id")]
+    clips = root.clips.read_arrow(columns=["clip_id", "source_id", "start_s", "end_s", "start_frame", "end_frame",
+                                           "duration_s", "caption"], filter=pc.field("clip_id").isin(sel["clip_id"].combine_chunks()))
+    srcs = root.sources.read_arrow(columns=["source_id", "url", "title", "meta", "media_path", "fps", "start_s"])
+    srcs = srcs.rename_columns([c if c != "start_s" else "segment_start_s" for c in srcs.column_names])
+    t = clips.join(srcs, "source_id", join_type="left outer").join(
+        sel.select(["clip_id", *score_cols]), "clip_id", join_type="left outer").sort_by("clip_id")
+    enc = _primary_encoder(summary, sel.column_names)
+    starts = list(range(0, t.num_rows, shard_size))
+    mine = [si for si in range(len(starts)) if shard is None or si % shard[1] == shard[0]]
+    wanted_ids = pa.concat_arrays([t["clip_id"].slice(starts[si], shard_size).combine_chunks() for si in mine]) \
+        if mine else pa.array([], pa.string())
+    emb = _Embeddings(root, enc, wanted_ids) if enc else None
+    gen = _Generated(root, wanted_ids, choice)
+    result.extra["caption"] = caption_source_label(choice)
+    result.total = sum(min(shard_size, t.num_rows - starts[si]) for si in mine)
+    shards_dir = out / "shards"
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    if shard is None:
+        for tmp in shards_dir.glob(".tmp-*"):  # left by a crash: never visible as a shard
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    progress.start(result.total, f"publish ({out.name})")
+    annotations: list[dict] = []
+    expected = {n for si in range(len(starts)) for n in (f"shard-{si:05d}.tar", f"shard-{si:05d}.json")}
+    for si in mine:
+        group = t.slice(starts[si], shard_size).to_pylist()  # Python rows of one shard at a time
+        name = f"shard-{si:05d}.tar"
+        manifest_path = shards_dir / name.replace(".tar", ".json")
+        ids = [r["clip_id"] for r in group]
+        digest = gen.digest(group)
+        if (shards_dir / name).exists() and manifest_path.exists():
+            manifest = json.loads(manifest_path.read_text())
+            if manifest.get("clip_ids") == ids and manifest.get("cut") == cut and \
+                    manifest.get("captions") == digest:
+                annotations.extend(manifest["annotations"])
+                result.skipped += len(group)
+                result.ok += sum(1 for a in manifest["annotations"] if a["status"] == "ok")
+                result.error += sum(1 for a in manifest["annotations"] if a["status"] != "ok")
+                progress.advance(len(group))
+                continue
+        ann = _write_shard(root, shards_dir / name, group, si, emb, score_cols, cut, workers, progress, result, gen)
+        write_bytes_atomic(json.dumps({"clip_ids": ids, "cut": cut, "captions": digest, "annotations": ann},
+                                      default=str), manifest_path)
+        annotations.extend(ann)
+    return summary, enc, choice, annotations, expected
 
 
 class _Embeddings:

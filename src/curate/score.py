@@ -13,16 +13,37 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
+from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.progress import NullProgress, Progress, StageResult
-from curate.store import Root, _has_duplicates, _part_name, conform, write_batches_atomic
+from curate.store import Root, Table, _has_duplicates, _part_name, conform, write_batches_atomic
 
 DEFAULT_SCORERS = ("technical", "alignment")
+SCOPES = ("clip", "root")
+
+
+def scope_of(scorer) -> str:
+    """``"clip"``: the scorer scores each clip from its own pixels, so it runs per batch of sources (mapped
+    Airflow tasks, ``curate score --shard i/n``); ``"root"``: it needs the whole root (dedup, alignment over
+    every embedding set, cheap table joins) and runs once. Declared by ``Scorer.scope``; a scorer that
+    does not declare it is per clip when it is incremental."""
+    scope = getattr(scorer, "scope", None) or ("clip" if getattr(scorer, "incremental", False) else "root")
+    if scope not in SCOPES:
+        raise ValueError(f"scorer {getattr(scorer, 'name', scorer)!r}: scope must be 'clip' or 'root', not {scope!r}")
+    return scope
+
+
+def staged(root: Root, scorer: str) -> Table:
+    """``ROOT/score_parts/<scorer>``: rows of a per-clip scorer appended by batches, merged into ``scores`` by the
+    next whole-root score run (the batches never rewrite the shared scores table)."""
+    return Table(root.inside("score_parts", scorer), "clip_id")
 
 
 def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder: str | None = None,
           options: dict[str, dict[str, Any]] | None = None, caption: str | None = None,
+          source_ids: Iterable[str] | None = None, scope: str | None = None,
           progress: Progress | None = None) -> StageResult:
     """Run ``scorers`` (``alignment`` limited to ``encoder`` when given) and merge their columns.
 
@@ -32,33 +53,36 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
 
     The scores table is one part sorted by clip id; each scorer's new columns are merged into it in one
     streaming pass (old rows batch by batch, the scorer's rows sorted alongside), so memory holds the
-    scorer's own output and one batch of the table, never the whole table."""
-    from curate.plugins import get_scorer
+    scorer's own output and one batch of the table, never the whole table.
 
+    ``source_ids`` makes it per-batch work: only the clip-scope scorers (:func:`scope_of`), only those
+    sources' clips, appended to ``ROOT/score_parts/<scorer>`` without any lock; root-scope scorers are
+    left for the whole-root run (listed in ``extra["root_scope"]``). A whole-root run first merges what
+    batches staged, then runs the scorers (``scope="root"``: only the root-scope ones, e.g. on a machine
+    without the models of the per-clip scorers)."""
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
+    if scope is not None and scope not in SCOPES:
+        raise CurateError(f"scope must be 'clip' or 'root', not {scope!r}")
+    names: list = list(scorers)
+    if caption is not None and "alignment" in names:  # one alignment run per set of that caption source
+        i = names.index("alignment")
+        names[i:i + 1] = [("alignment", n) for n in alignment_sets(root, encoder, caption)]
+    made = _make_scorers(names, encoder, options)
+    if source_ids is not None:
+        return _score_batch(root.ensure(), made, set(source_ids), progress)
     result = StageResult("score")
-    aligned = alignment_sets(root, encoder, caption) if caption is not None else None
     with root.ensure().lock("score"):
         root.scores.repair()
         _one_sorted_part(root.scores)
+        result.extra["merged_from_batches"] = merge_staged(root)
         clips = root.clips.read_arrow(columns=["clip_id", "status"])
         ids = clips.filter(pc.equal(clips["status"], "ok"))["clip_id"].combine_chunks()
         del clips
         result.total = len(ids)
-        names = list(scorers)
-        if aligned is not None and "alignment" in names:  # one alignment run per set of that caption source
-            i = names.index("alignment")
-            names[i:i + 1] = [("alignment", n) for n in aligned]
-        progress.start(len(names), "score")
-        for sname in names:
-            sname, only = sname if isinstance(sname, tuple) else (sname, None)
-            opts = dict((options or {}).get(sname, {}))
-            if only:
-                opts["encoder"] = only
-            if sname in ("alignment", "dedup") and encoder:
-                opts.setdefault("encoder", encoder)
-            scorer = get_scorer(sname).create(**opts)
+        todo_scorers = [(n, s) for n, s in made if scope is None or scope_of(s) == scope]
+        progress.start(len(todo_scorers), "score")
+        for _, scorer in todo_scorers:
             todo = ids
             if scorer.incremental and root.scores.exists():
                 todo = pending_ids(root, ids, scorer.columns(root))
@@ -87,6 +111,74 @@ def alignment_sets(root: Root, encoder: str | None, caption: str) -> list[str]:
         raise CurateError(f"No embedding set has text embeddings of {label!r}: run `curate embed --root {root.path} "
                           f"--encoder NAME --caption {label}` first.")
     return sets
+
+
+def _make_scorers(names: list[str], encoder: str | None, options: dict[str, dict[str, Any]] | None) -> list:
+    from curate.plugins import get_scorer
+
+    out = []
+    for sname in names:
+        sname, only = sname if isinstance(sname, tuple) else (sname, None)  # ("alignment", one embedding set)
+        opts = dict((options or {}).get(sname, {}))
+        if only:
+            opts["encoder"] = only
+        if sname in ("alignment", "dedup") and encoder:
+            opts.setdefault("encoder", encoder)
+        out.append((sname, get_scorer(sname).create(**opts)))  # cheap: scorers load models on first use
+    return out
+
+
+def _score_batch(root: Root, made: list, source_ids: set[str], progress: Progress) -> StageResult:
+    """Per-batch scoring: the clip-scope scorers over the batch's clips, appended to ``score_parts``."""
+    result = StageResult("score", extra={"root_scope": [n for n, s in made if scope_of(s) != "clip"]})
+    clips = root.clips.read_arrow(columns=["clip_id", "status"], filter=ds.field("source_id").isin(sorted(source_ids)))
+    ids = clips.filter(pc.equal(clips["status"], "ok"))["clip_id"].combine_chunks()
+    result.total = len(ids)
+    todo_scorers = [(n, s) for n, s in made if scope_of(s) == "clip"]
+    progress.start(len(todo_scorers), "score (batch)")
+    bad: set[str] = set()
+    for sname, scorer in todo_scorers:
+        todo = pending_ids(root, ids, scorer.columns(root)) if root.scores.exists() else ids
+        part = staged(root, sname)
+        if len(todo) and part.exists():  # a retried batch: rows it staged before are kept, not redone
+            have = part.read_arrow(columns=["clip_id"], filter=ds.field("clip_id").isin(todo))["clip_id"]
+            todo = todo.filter(pc.invert(pc.is_in(todo, value_set=have.combine_chunks())))
+        if len(todo):
+            new = scorer.compute(root, todo)
+            crashpoint("score-batch")
+            part.append(new)
+            for c in (c for c in new.column_names if c.endswith("_error")):
+                hit = pc.is_valid(new[c])
+                bad.update(new["clip_id"].filter(hit).to_pylist())
+                for row in new.filter(hit).slice(0, max(0, 5 - len(result.errors))).to_pylist():
+                    result.errors.append(f"{row['clip_id']}: {c}: {row[c]}")
+        progress.advance()
+    result.error = len(bad)
+    result.ok = result.total - result.error
+    return result.done()
+
+
+def merge_staged(root: Root) -> int:
+    """Merge rows that batches staged under ``ROOT/score_parts/<scorer>`` into ``scores``: only rows of clips
+    still without a value (nor an error) in that scorer's first column, so a whole-root rescore is never
+    undone and a second merge writes nothing. Returns the rows merged."""
+    d = root.path / "score_parts"
+    merged = 0
+    for name in sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []:
+        part = staged(root, name)
+        if not part.exists():
+            continue
+        rows = part.read_arrow()
+        cols = [c for c in rows.column_names if c != "clip_id" and not c.endswith("_error")]
+        if not cols or rows.num_rows == 0:
+            continue
+        ids = rows["clip_id"].combine_chunks()
+        todo = pending_ids(root, ids, cols) if root.scores.exists() else ids
+        rows = rows.filter(pc.is_in(rows["clip_id"], value_set=todo))
+        if rows.num_rows:
+            merge_into_scores(root, rows)
+            merged += rows.num_rows
+    return merged
 
 
 #: rows of the scores table merged per step (memory: one such batch plus the scorer's output)

@@ -548,3 +548,39 @@ def _safe_name(name: str) -> str:
 def rows_to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
     rows = list(rows)
     return pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
+
+
+def maintain(root: Root | str | os.PathLike, tables: Iterable[str] | None = None) -> list[str]:
+    """Table maintenance of a root, run ONCE after its writers are done (never inside per-batch work).
+
+    Per-batch work (mapped Airflow tasks, ``--shard i/n`` processes) only appends new rows, each batch
+    its own sources' rows, so it needs no lock and leaves many small parts; this merges them (size-tiered,
+    then into one part when they are still many), drops temporary files a killed writer left and resolves
+    keys a crash left twice. ``tables``: names such as ``"clips"`` or ``"embeddings/clip"`` (default: every
+    table of the root). Whole-root runs of the stages call it at their end; the pipeline DAG's
+    ``maintain`` task calls it after the batches. Returns the tables it looked at.
+    """
+    root = root if isinstance(root, Root) else Root(root)
+    if tables is None:
+        tables = ["sources", "clips", *(f"embeddings/{n}" for n in root.embedding_names())]
+        staged = root.path / "score_parts"
+        tables += sorted(f"score_parts/{p.name}" for p in staged.iterdir() if p.is_dir()) if staged.is_dir() else []
+    done = []
+    for name in tables:
+        kind, _, sub = name.partition("/")
+        if kind in ("sources", "clips"):
+            table = getattr(root, kind)
+        elif kind == "embeddings":
+            table = root.embeddings(sub)
+        elif kind == "score_parts":
+            table = Table(root.inside("score_parts", _safe_name(sub)), "clip_id")
+        else:
+            raise CurateError(f"maintain: unknown table {name!r}")
+        if not table.exists():
+            continue
+        with root.write_lock(name.replace("/", "-")):  # the lock split/ingest take around their appends
+            table.repair()
+            table.tidy()
+            table.maybe_compact()
+        done.append(name)
+    return done

@@ -157,6 +157,9 @@ def pipeline_params() -> dict[str, Param]:
                             description="Sources per mapped ingest/split task (raised automatically so that "
                                         "the number of batches stays within [core] max_map_length)."),
         "shard_size": Param(1000, type="integer", minimum=1, description="Clips per WebDataset shard."),
+        "publish_tasks": Param(None, type=["null", "integer"], minimum=1,
+                               description="Mapped cut tasks that write the WebDataset shards side by side "
+                                           "(null: one per shard, at most [core] max_map_length)."),
         "captioner": Param(None, type=["null", "string"], pattern=NAME_PATTERN,
                            description="Captioner plugin (hf, ...) for the optional caption task on the GPU queue: "
                                        "every clip gets a generated caption, embedded with the run's encoder; "
@@ -249,7 +252,9 @@ def retry_policy() -> ExceptionRetryPolicy:
 
 
 def default_args(retries: int = 2) -> dict[str, Any]:
-    return {"retries": retries, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": 2.0,
+    """Retries of every curate task; ``CURATE_RETRY_DELAY_S`` (default 30) is the first retry's delay."""
+    delay = float(setting("CURATE_RETRY_DELAY_S", "30") or 30)
+    return {"retries": retries, "retry_delay": timedelta(seconds=delay), "retry_exponential_backoff": 2.0,
             "max_retry_delay": timedelta(minutes=30), "retry_policy": retry_policy()}
 
 
@@ -310,6 +315,17 @@ def make_batches(ids: Iterable[str], batch_size: int, max_len: int | None = None
     max_len = max(1, max_len or max_map_length())
     size = max(1, int(batch_size), math.ceil(len(ids) / max_len))
     return [{"index": i, "source_ids": ids[j:j + size]} for i, j in enumerate(range(0, len(ids), size))]
+
+
+def cut_tasks(n_shards: int, tasks: int | None = None, max_len: int | None = None) -> list[dict[str, int]]:
+    """``{"index": i, "of": n}`` for the mapped cut tasks: task i writes the shards k with k % n == i."""
+    n = max(1, min(int(tasks or n_shards or 1), n_shards or 1, max_len or max_map_length()))
+    return [{"index": i, "of": n} for i in range(n)]
+
+
+def embedding_name(params: dict[str, Any]) -> str:
+    """The embedding set of a run: ``embedding_name``, else the encoder's name."""
+    return params.get("embedding_name") or params["encoder"]
 
 
 def source_status(root: str, ids: Sequence[str]) -> dict[str, int]:

@@ -23,6 +23,11 @@ class Scorer:
     name: ClassVar[str] = "scorer"
     #: True for scorers that look at pixels: the score stage passes them only clips they have not scored yet
     incremental: ClassVar[bool] = False
+    #: "clip": each clip is scored from its own pixels/rows, so the scorer runs per batch of sources (mapped
+    #: Airflow tasks on the GPU workers, ``curate score --shard i/n``); "root": it needs the whole root
+    #: (dedup, alignment over every embedding set) and runs once, after the batches. None: "clip" when
+    #: ``incremental``, else "root" (see :func:`curate.score.scope_of`).
+    scope: ClassVar[str | None] = None
 
     def columns(self, root: Root) -> list[str]:
         """The columns this scorer writes on this root."""
@@ -34,6 +39,7 @@ class Scorer:
 
 class TechnicalScorer(Scorer):
     name = "technical"
+    scope = "root"  # a join of two tables: cheap, once
 
     def columns(self, root: Root) -> list[str]:
         return ["source_id", "duration_s", "width", "height", "aspect", "fps"]
@@ -51,6 +57,7 @@ class AlignmentScorer(Scorer):
     """``<name>_sim``: cosine of clip and caption embeddings (max over queries for query stacks)."""
 
     name = "alignment"
+    scope = "root"  # reads stored embeddings (no model): once, over every embedding set
 
     def __init__(self, encoder: str | None = None) -> None:
         self.encoder = encoder

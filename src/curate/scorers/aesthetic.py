@@ -54,6 +54,7 @@ def load_predictor(weights: str):
 class AestheticScorer(Scorer):
     name = "aesthetic"
     incremental = True
+    scope = "clip"  # decodes each clip: per batch, on the GPU workers
 
     def __init__(self, weights: str = DEFAULT_WEIGHTS, clip_model: str = "ViT-L-14", clip_weights: str = "openai",
                  model_config: str | None = None, recipe: str = "internvid", frames: int | str | None = None,

@@ -28,6 +28,7 @@ from curate.store import Root
 
 class DedupScorer(Scorer):
     name = "dedup"
+    scope = "root"  # compares every clip of the root with every other
 
     def __init__(self, encoder: str | None = None, by: str | None = None, block: int | str = 4096) -> None:
         self.encoder, self.by, self.block = encoder, by, int(block)

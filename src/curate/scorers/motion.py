@@ -19,6 +19,7 @@ from curate.store import Root
 class MotionScorer(Scorer):
     name = "motion"
     incremental = True
+    scope = "clip"  # decodes each clip: per batch, on the GPU workers
 
     def __init__(self, pairs: int | str = 4, width: int | str = 160, workers: int | str = 2) -> None:
         self.pairs, self.width, self.workers = int(pairs), int(width), int(workers)
