@@ -1,0 +1,264 @@
+"""Scale-out on the real thing: curate_pipeline on a CeleryExecutor cluster (PostgreSQL, Redis, scheduler,
+dag-processor, API server, one default-queue worker and two gpu-queue workers, all on 127.0.0.1), and the
+same split of work from the CLI (``--shard i/n``) in several processes.
+
+Both must give exactly the tables one process gives over the same inputs; the cluster must spread the
+embed tasks over both gpu workers at once, keep gpu-queue tasks off the default worker, and survive a gpu
+worker SIGKILLed in the middle of an embed task (Airflow retries it on the other one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from conftest import TINY_CLIP_CONFIG, curate
+
+REPO = Path(__file__).resolve().parents[1]
+#: six sources of two shots each (one batch per source: six batches)
+SHOTS = [[("testsrc2", 20), ("mandelbrot", 20)], [("smptebars", 20), ("red", 16)], [("gradient", 20), ("rgbtestsrc", 18)],
+         [("mandelbrot", 18), ("testsrc2", 20)], [("rgbtestsrc", 20), ("smptebars", 20)], [("red", 18), ("gradient", 20)]]
+SCORERS = ["technical", "alignment", "motion"]  # motion decodes clips: per batch, on the gpu workers
+ENC_OPTS = {"frames": "2"}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Six tiny videos, their source list and a tiny random CLIP (model_config + weights)."""
+    import csv
+
+    import open_clip
+    import torch
+
+    from curate.samples import make_video
+
+    d = tmp_path_factory.mktemp("inputs")
+    rows = []
+    for i, shots in enumerate(SHOTS):
+        p = d / f"v{i}.mp4"
+        make_video(p, shots, fps=10, size=(96, 64))
+        rows.append({"url": str(p), "caption": f"video {i}: {shots[0][0]} then {shots[1][0]}"})
+    lst = d / "sources.csv"
+    with open(lst, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["url", "caption"])
+        w.writeheader()
+        w.writerows(rows)
+    cfg = d / "curate-tiny-clip.json"
+    cfg.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(cfg)
+    torch.manual_seed(0)
+    weights = d / "tiny_clip.pt"
+    torch.save(open_clip.create_model(cfg.stem, pretrained=None).state_dict(), weights)
+    return {"dir": d, "list": lst, "options": {**ENC_OPTS, "model_config": str(cfg), "weights": str(weights)}}
+
+
+def _opts(options: dict) -> list[str]:
+    return [a for k, v in options.items() for a in ("-o", f"{k}={v}")]
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory):
+    """One process, the whole root, stage after stage: what every split of the work must equal."""
+    root = tmp_path_factory.mktemp("reference") / "root"
+    curate("ingest", inputs["list"], "--root", root)
+    curate("split", "--root", root, "--min-clip-s", "0.5", "--max-clip-s", "3")
+    curate("embed", "--root", root, *_opts(inputs["options"]), "--device", "cpu", "--batch-size", "8")
+    curate("score", "--root", root, *[a for s in SCORERS for a in ("-s", s)])
+    curate("filter", "--root", root, "--subset", "s", "--min-sim", "-1", "--min-duration", "0.5")
+    curate("publish", "--root", root, "--subset", "s", "--shard-size", "2")
+    return root
+
+
+# ----------------------------------------------------------------------------- comparing roots
+def _raw(path: Path) -> pa.Table:
+    """Every row of a table directory as stored (no dedup by key): what a duplicate would show in."""
+    return ds.dataset(str(path), format="parquet").to_table()
+
+
+def _rows(table: pa.Table, key: str) -> list[dict]:
+    t = table.drop_columns([c for c in ("updated_at",) if c in table.column_names])
+    return sorted(t.to_pylist(), key=lambda r: r[key])
+
+
+def _close(a, b, path: str) -> None:
+    if isinstance(a, float) and isinstance(b, float):
+        assert abs(a - b) <= 1e-6, (path, a, b)
+    elif isinstance(a, list) and isinstance(b, list) and a and isinstance(a[0], float):
+        assert len(a) == len(b) and np.allclose(a, b, rtol=0, atol=1e-6), path
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), (path, sorted(a), sorted(b))
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    else:
+        assert a == b, (path, a, b)
+
+
+def assert_same_tables(root: Path, ref: Path, subset: str = "s") -> None:
+    """sources, clips, embeddings (1e-6), scores, the published subset: equal to the reference's, no key twice."""
+    for name, key in [("sources", "source_id"), ("clips", "clip_id"), ("embeddings/clip", "clip_id"),
+                      ("scores", "clip_id")]:
+        got, want = _raw(root / name), _raw(ref / name)
+        assert got.num_rows == len(set(got[key].to_pylist())), f"{name}: a key stored twice"
+        assert sorted(got.column_names) == sorted(want.column_names), name
+        g, w = _rows(got.select(sorted(got.column_names)), key), _rows(want.select(sorted(got.column_names)), key)
+        assert [r[key] for r in g] == [r[key] for r in w], f"{name}: other keys"
+        for a, b in zip(g, w):
+            _close(a, b, f"{name}[{a[key]}]")
+    sub, ref_sub = root / "subsets" / subset, ref / "subsets" / subset
+    got_ann, want_ann = pq.read_table(sub / "annotations.parquet"), pq.read_table(ref_sub / "annotations.parquet")
+    for a, b in zip(_rows(got_ann, "clip_id"), _rows(want_ann, "clip_id"), strict=True):
+        _close(a, b, f"annotations[{a['clip_id']}]")
+    shards = sorted(p.name for p in (sub / "shards").iterdir())
+    assert shards == sorted(p.name for p in (ref_sub / "shards").iterdir())
+    for name in (s for s in shards if s.endswith(".tar")):
+        with tarfile.open(sub / "shards" / name) as a, tarfile.open(ref_sub / "shards" / name) as b:
+            assert a.getnames() == b.getnames(), name
+            for m in a.getnames():
+                x, y = a.extractfile(m).read(), b.extractfile(m).read()
+                if m.endswith(".json"):
+                    _close(json.loads(x), json.loads(y), f"{name}/{m}")
+                elif m.endswith(".npy"):
+                    import io
+
+                    _close(np.load(io.BytesIO(x)).ravel().tolist(), np.load(io.BytesIO(y)).ravel().tolist(), m)
+                else:
+                    assert x == y, f"{name}/{m}"
+
+
+# ----------------------------------------------------------------------------- the CLI, sharded
+def _parallel(commands: list[list]) -> list[dict]:
+    """Run curate commands at once (as N shells or Slurm array tasks would); their --json summaries."""
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "curate.cli", *map(str, c), "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for c in commands]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for c, p, (o, e) in zip(commands, procs, outs):
+        assert p.returncode == 0, f"curate {' '.join(map(str, c))} -> {p.returncode}\n{o}\n{e}"
+    return [json.loads(o) for o, _ in outs]
+
+
+def test_sharded_cli_processes_equal_one_process(inputs, reference, tmp_path):
+    """2 processes split, embed and score one root together (--shard i/2), 2 cut the subset (--shard i/2):
+    the same tables as one process, each source in exactly one shard."""
+    root = tmp_path / "root"
+    curate("ingest", inputs["list"], "--root", root)
+    n = 2
+    split = _parallel([["split", "--root", root, "--min-clip-s", "0.5", "--max-clip-s", "3", "--shard", f"{i}/{n}"]
+                       for i in range(n)])
+    assert sum(s["total"] for s in split) == len(SHOTS)  # every source in one shard
+    emb = _parallel([["embed", "--root", root, *_opts(inputs["options"]), "--device", "cpu", "--batch-size", "8",
+                      "--shard", f"{i}/{n}"] for i in range(n)])
+    n_clips = len(pq.read_table(reference / "clips"))
+    assert sum(e["ok"] for e in emb) == n_clips and all(e["skipped"] == 0 for e in emb)
+    _parallel([["score", "--root", root, "-s", "motion", "--shard", f"{i}/{n}"] for i in range(n)])
+    assert not (root / "scores").exists()  # per-shard scores are staged, the shared table is not touched
+    curate("score", "--root", root, *[a for s in SCORERS for a in ("-s", s)])  # merges them, runs the rest
+    curate("filter", "--root", root, "--subset", "s", "--min-sim", "-1", "--min-duration", "0.5")
+    _parallel([["publish", "--root", root, "--subset", "s", "--shard-size", "2", "--shard", f"{i}/2"] for i in range(2)])
+    assert not (root / "subsets" / "s" / "annotations.parquet").exists()
+    last = json.loads(curate("publish", "--root", root, "--subset", "s", "--shard-size", "2", "--json").stdout)
+    assert last["skipped"] == last["total"] > 0  # the shard processes cut everything; this run only finalises
+    assert_same_tables(root, reference)
+
+    ids = root / "ids.txt"  # --source-ids: an explicit batch file works the same way
+    ids.write_text("# nothing left to do for these\n" + "\n".join(pq.read_table(root / "sources")["source_id"].to_pylist()))
+    again = json.loads(curate("embed", "--root", root, *_opts(inputs["options"]), "--device", "cpu",
+                              "--source-ids", ids, "--json").stdout)
+    assert again["total"] == 0 and again["skipped"] == n_clips
+
+
+def test_shard_option_is_checked():
+    p = curate("embed", "--root", "/nonexistent-root", "--shard", "3/3", check=False)
+    assert p.returncode != 0 and "0 <= I < N" in (p.stdout + p.stderr)
+
+
+# ----------------------------------------------------------------------------- the cluster
+@pytest.fixture(scope="module")
+def cluster(inputs, tmp_path_factory):
+    from curate.airflow.localcluster import LocalCluster, find_binaries
+
+    if find_binaries() is None:
+        pytest.skip("redis-server and PostgreSQL's initdb/postgres are not installed (scripts/system-deps.sh)")
+    base = tmp_path_factory.mktemp("cluster")
+    roots = base / "roots"
+    roots.mkdir()
+    env = {"CURATE_ROOTS": os.pathsep.join(str(roots / n) for n in ("run", "fault")),
+           "CURATE_ALLOWED_DIRS": str(inputs["dir"]), "CURATE_RETRY_DELAY_S": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    c = LocalCluster(base, dags_folder=REPO / "dags", gpu_workers=2, default_concurrency=2, heartbeat_timeout_s=15,
+                     env=env)
+    c.start()
+    c.roots = roots
+    yield c
+    c.stop()
+
+
+def _conf(inputs, root: Path) -> dict:
+    return {"sources": str(inputs["list"]), "root": str(root), "subset": "s", "encoder": "clip",
+            "encoder_options": inputs["options"], "device": "cpu", "embed_batch_size": 8, "min_sim": -1.0,
+            "min_duration": 0.5, "min_clip_s": 0.5, "max_clip_s": 3.0, "batch_size": 1, "shard_size": 2,
+            "scorers": SCORERS}
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["start_date"] < b["end_date"] and b["start_date"] < a["end_date"]
+
+
+def _logs(c) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in sorted(c.logs.glob("*.log")))
+
+
+def test_cluster_spreads_batches_over_gpu_workers_and_equals_one_process(cluster, inputs, reference):
+    run_id = cluster.trigger("curate_pipeline", _conf(inputs, cluster.roots / "run"), "scale-out")
+    state = cluster.wait_run("curate_pipeline", run_id, timeout_s=400)
+    tis = cluster.task_instances("curate_pipeline", run_id)
+    assert state == "success", [(t["task_id"], t["map_index"], t["state"], t["hostname"]) for t in tis]
+    embeds = [t for t in tis if t["task_id"] == "batch.embed"]
+    assert len(embeds) == len(SHOTS) >= 6 and {t["state"] for t in embeds} == {"success"}
+    assert {t["hostname"] for t in embeds} == {"gpu1", "gpu2"}  # both gpu workers embedded batches
+    assert any(_overlap(a, b) for a in embeds for b in embeds if a["hostname"] != b["hostname"]), \
+        "no two embed tasks ran at the same time"
+    for t in tis:  # gpu-queue tasks only on gpu workers, the rest only on the default worker
+        assert (t["queue"] == "gpu") == (t["hostname"] in ("gpu1", "gpu2")), t
+        assert t["hostname"] in ("default", "gpu1", "gpu2"), t
+    assert {t["task_id"] for t in tis if t["queue"] == "gpu"} == {"batch.embed", "batch.score"}
+    assert sum(t["task_id"] == "maintain" for t in tis) == 1 and sum(t["task_id"] == "score" for t in tis) == 1
+    assert_same_tables(cluster.roots / "run", reference)
+
+
+def test_cluster_survives_a_gpu_worker_killed_mid_embed(cluster, inputs, reference):
+    """SIGKILL a gpu worker (and the task it runs) while it embeds: the scheduler notices the missing
+    heartbeats, Airflow retries the task on the other gpu worker, and the tables are as if nothing happened."""
+    killed: dict = {}
+
+    def kill_when_gpu2_embeds() -> None:
+        if killed:
+            return
+        rows = cluster.query("select map_index from task_instance where dag_id = 'curate_pipeline' and run_id = %s "
+                             "and task_id = 'batch.embed' and state = 'running' and hostname = 'gpu2'", (run_id,))
+        if rows:
+            killed["map_index"] = rows[0][0]
+            killed["pids"] = cluster.kill_worker("gpu2")
+
+    run_id = cluster.trigger("curate_pipeline", _conf(inputs, cluster.roots / "fault"), "fault")
+    state = cluster.wait_run("curate_pipeline", run_id, timeout_s=400, on_poll=kill_when_gpu2_embeds)
+    tis = cluster.task_instances("curate_pipeline", run_id)
+    assert killed, "gpu2 never ran an embed task (nothing was killed)"
+    assert state == "success", _logs(cluster)
+    tries = [t for t in tis if t["task_id"] == "batch.embed" and t["map_index"] == killed["map_index"]]
+    assert [t["hostname"] for t in tries][0] == "gpu2" and tries[0]["state"] == "failed"
+    assert tries[-1]["state"] == "success" and tries[-1]["hostname"] == "gpu1" and len(tries) >= 2
+    assert_same_tables(cluster.roots / "fault", reference)  # nothing lost, nothing twice
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
