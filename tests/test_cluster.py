@@ -193,6 +193,7 @@ def cluster(inputs, tmp_path_factory):
     roots.mkdir()
     env = {"CURATE_ROOTS": os.pathsep.join(str(roots / n) for n in ("run", "fault")),
            "CURATE_ALLOWED_DIRS": str(inputs["dir"]), "CURATE_RETRY_DELAY_S": "1",
+           "CURATE_INBOX_SCHEDULE": "none",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     c = LocalCluster(base, dags_folder=REPO / "dags", gpu_workers=2, default_concurrency=2, heartbeat_timeout_s=15,
                      env=env)

@@ -1,0 +1,141 @@
+"""Embed throughput of curate_pipeline on a real CeleryExecutor cluster with 1 and 2 gpu-queue workers,
+and the scheduling overhead per mapped task.
+
+    PYTHONPATH=src .venv/bin/python bench/bench_cluster.py [--sources 8] [--shots 6] [--json out.json]
+
+Starts the local cluster of ``scripts/cluster.sh`` (PostgreSQL, Redis, scheduler, dag-processor, API
+server, one default worker with 2 slots, gpu workers with 1 slot and one torch thread each), runs the
+pipeline on ``--sources`` ffmpeg-made videos of ``--shots`` 2 s shots each (``batch_size`` 1: one batch per
+source; a tiny random CLIP on CPU), first with one gpu worker, then with a second one started, each run
+on a fresh root. From the metadata DB and the tasks' results:
+
+- embed throughput: clips embedded / (last ``batch.embed`` end - first ``batch.embed`` start);
+- per mapped task: the time Airflow adds around the stage (task duration minus the stage's own
+  ``seconds``: process start, imports, the execution API) and the queue delay (task start minus the end
+  of the task it waited for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+PATTERNS = ["testsrc2", "mandelbrot", "smptebars", "gradient", "rgbtestsrc", "red", "blue", "green"]
+TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2}}
+
+
+def make_inputs(d: Path, sources: int, shots: int) -> dict:
+    import open_clip
+    import torch
+
+    from curate.samples import make_video
+
+    d.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(sources):
+        seq = [(PATTERNS[(i + k) % len(PATTERNS)], 20 + (i + k) % 5) for k in range(shots)]
+        p = d / f"v{i}.mp4"
+        make_video(p, seq, fps=10, size=(160, 96))
+        rows.append({"url": str(p), "caption": f"video {i}"})
+    with open(d / "sources.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["url", "caption"])
+        w.writeheader()
+        w.writerows(rows)
+    cfg = d / "bench-tiny-clip.json"
+    cfg.write_text(json.dumps(TINY))
+    open_clip.add_model_config(cfg)
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(cfg.stem, pretrained=None).state_dict(), d / "tiny.pt")
+    return {"list": str(d / "sources.csv"), "options": {"model_config": str(cfg), "weights": str(d / "tiny.pt"),
+                                                        "frames": "4"}}
+
+
+def xcoms(c, run_id: str, task_id: str) -> dict[int, dict]:
+    """The JSON return values of a mapped task, by map index (the stage's own seconds are in them)."""
+    rows = c.query("select map_index, value from xcom where dag_id = 'curate_pipeline' and run_id = %s "
+                   "and task_id = %s and key = 'return_value'", (run_id, task_id))
+    out = {}
+    for m, v in rows:
+        v = v if isinstance(v, dict) else json.loads(v if isinstance(v, str) else bytes(v).decode())
+        out[m] = v
+    return out
+
+
+def measure(c, run_id: str) -> dict:
+    tis = [t for t in c.task_instances("curate_pipeline", run_id) if t["state"] == "success"]
+    by = {(t["task_id"], t["map_index"]): t for t in tis}
+    emb = [t for t in tis if t["task_id"] == "batch.embed"]
+    res = xcoms(c, run_id, "batch.embed")
+    clips = sum(r.get("ok", 0) for r in res.values())
+    span = (max(t["end_date"] for t in emb) - min(t["start_date"] for t in emb)).total_seconds()
+    overhead, delay = [], []
+    for task, upstream in (("batch.split", "batch.ingest"), ("batch.embed", "batch.split"),
+                           ("batch.score", "batch.embed")):
+        out = xcoms(c, run_id, task)
+        for t in (t for t in tis if t["task_id"] == task):
+            dur = (t["end_date"] - t["start_date"]).total_seconds()
+            if t["map_index"] in out:
+                overhead.append(dur - float(out[t["map_index"]].get("seconds", 0)))
+            up = by.get((upstream, t["map_index"]))
+            if up is not None:
+                delay.append((t["start_date"] - up["end_date"]).total_seconds())
+    return {"clips": clips, "embed_tasks": len(emb), "embed_span_s": round(span, 1),
+            "clips_per_s": round(clips / span, 2) if span else None,
+            "embed_task_s_median": round(statistics.median((t["end_date"] - t["start_date"]).total_seconds()
+                                                           for t in emb), 2),
+            "hosts": sorted({t["hostname"] for t in emb}),
+            "overhead_per_task_s_median": round(statistics.median(overhead), 2) if overhead else None,
+            "queue_delay_s_median": round(statistics.median(delay), 2) if delay else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sources", type=int, default=8)
+    ap.add_argument("--shots", type=int, default=6)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+
+    from curate.airflow.localcluster import LocalCluster
+
+    base = Path(tempfile.mkdtemp(prefix="curate-bench-cluster-"))
+    inputs = make_inputs(base / "inputs", a.sources, a.shots)
+    roots = base / "roots"
+    env = {"CURATE_ROOTS": os.pathsep.join(str(roots / n) for n in ("one", "two")),
+           "CURATE_ALLOWED_DIRS": str(base / "inputs"), "CURATE_INBOX_SCHEDULE": "none",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    out = {"machine": f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.1f}",
+           "sources": a.sources, "shots": a.shots}
+    t0 = time.time()
+    with LocalCluster(base / "cluster", dags_folder=REPO / "dags", gpu_workers=1, env=env) as c:
+        out["cluster_start_s"] = round(time.time() - t0, 1)
+        for n, name in ((1, "one"), (2, "two")):
+            if n == 2:
+                c.start_worker("gpu2", "gpu", concurrency=1)
+                c.airflow("pools", "set", "gpu", "2", "GPU slots")
+            conf = {"sources": inputs["list"], "root": str(roots / name), "subset": "s", "encoder": "clip",
+                    "encoder_options": inputs["options"], "device": "cpu", "embed_batch_size": 16,
+                    "min_sim": -1.0, "min_clip_s": 0.5, "max_clip_s": 3.0, "batch_size": 1, "shard_size": 50}
+            t1 = time.time()
+            run_id = c.trigger("curate_pipeline", conf, f"bench-{n}")
+            state = c.wait_run("curate_pipeline", run_id, timeout_s=1800)
+            out[f"gpu_workers_{n}"] = {"state": state, "run_wall_s": round(time.time() - t1, 1), **measure(c, run_id)}
+            print(json.dumps({f"gpu_workers_{n}": out[f"gpu_workers_{n}"]}), flush=True)
+    out["load_average_end"] = round(os.getloadavg()[0], 1)
+    print(json.dumps(out, indent=2))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
