@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-PATTERNS = ["testsrc2", "mandelbrot", "smptebars", "gradient", "rgbtestsrc", "red", "blue", "green"]
+PATTERNS = ["testsrc2", "mandelbrot", "smptebars", "gradient", "rgbtestsrc", "red", "blue"]
 TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2}}
 
