@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from curate.errors import CurateError
@@ -151,8 +152,9 @@ def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_
     result = StageResult("embed", extra={"encoder": encoder, "name": name, **({"caption": cap_label} if cap_name else {})})
     check_meta(root, name, encoder, options, cap_label)
     table = root.embeddings(name)
+    mine = ds.field("source_id").isin(pa.array(sorted(source_ids), pa.string())) if source_ids is not None else None
     clips = root.clips.read(columns=["clip_id", "source_id", "start_frame", "end_frame", "caption", "status"],
-                            filter=ds.field("source_id").isin(sorted(source_ids)) if source_ids is not None else None)
+                            filter=mine)
     clips = clips[clips["status"] == "ok"]
     if clip_ids is not None:
         clips = clips[clips["clip_id"].isin(set(clip_ids))]
@@ -218,7 +220,7 @@ def embedded_ids(table, clip_ids: list[str] | None = None) -> set[str]:
         return table.keys()
     if not clip_ids or not table.exists():
         return set()
-    t = table.read_arrow(columns=["clip_id"], filter=ds.field("clip_id").isin(clip_ids))
+    t = table.read_arrow(columns=["clip_id"], filter=ds.field("clip_id").isin(pa.array(clip_ids, pa.string())))
     return set(t["clip_id"].to_pylist())
 
 

@@ -131,7 +131,8 @@ def _make_scorers(names: list[str], encoder: str | None, options: dict[str, dict
 def _score_batch(root: Root, made: list, source_ids: set[str], progress: Progress) -> StageResult:
     """Per-batch scoring: the clip-scope scorers over the batch's clips, appended to ``score_parts``."""
     result = StageResult("score", extra={"root_scope": [n for n, s in made if scope_of(s) != "clip"]})
-    clips = root.clips.read_arrow(columns=["clip_id", "status"], filter=ds.field("source_id").isin(sorted(source_ids)))
+    mine = ds.field("source_id").isin(pa.array(sorted(source_ids), pa.string()))
+    clips = root.clips.read_arrow(columns=["clip_id", "status"], filter=mine)
     ids = clips.filter(pc.equal(clips["status"], "ok"))["clip_id"].combine_chunks()
     result.total = len(ids)
     todo_scorers = [(n, s) for n, s in made if scope_of(s) == "clip"]
