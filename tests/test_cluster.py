@@ -233,7 +233,7 @@ def test_cluster_spreads_batches_over_gpu_workers_and_equals_one_process(cluster
     for t in tis:  # gpu-queue tasks only on gpu workers, the rest only on the default worker
         assert (t["queue"] == "gpu") == (t["hostname"] in ("gpu1", "gpu2")), t
         assert t["hostname"] in ("default", "gpu1", "gpu2"), t
-    assert {t["task_id"] for t in tis if t["queue"] == "gpu"} == {"batch.embed", "batch.score"}
+    assert {t["task_id"] for t in tis if t["queue"] == "gpu"} == {"batch.embed", "batch.score", "caption"}
     assert sum(t["task_id"] == "maintain" for t in tis) == 1 and sum(t["task_id"] == "score" for t in tis) == 1
     assert_same_tables(cluster.roots / "run", reference)
 
