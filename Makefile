@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 OFFLINE ?= 0
 DEMO_ROOT ?= demo_root
 
-.PHONY: install system-deps demo test lint bench clean
+.PHONY: install system-deps demo test lint bench clean cluster
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@$(MAKE) --no-print-directory system-deps
@@ -33,6 +33,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# a local CeleryExecutor cluster (PostgreSQL, Redis, scheduler, API server, default + gpu workers) on 127.0.0.1
+cluster: install
+	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/cluster.sh --dir $(or $(CLUSTER_DIR),/tmp/curate-cluster) $(CLUSTER_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests dags plugins bench
