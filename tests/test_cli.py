@@ -90,3 +90,25 @@ def test_shipped_configs_are_valid():
     assert configs
     for c in configs:
         load_config(c)
+
+
+def test_run_splits_and_embeds_in_one_decode_unless_told_not_to(tmp_path, source_list, tiny_clip):
+    from curate.pipeline import run_config
+    from curate.store import Root
+
+    base = {"sources": str(source_list), "split": {"detector": "content", "min_clip_s": 0.5, "max_clip_s": 3.0},
+            "embed": [{"encoder": "clip", "options": tiny_clip, "device": "cpu"}]}
+    one = run_config({**base, "root": str(tmp_path / "one")})
+    two = run_config({**base, "root": str(tmp_path / "two"), "one_pass": False})
+    assert [r.stage for r in one] == ["ingest", "process"]
+    assert [r.stage for r in two] == ["ingest", "split", "embed"]
+
+    def ok_clips(name):
+        c = Root(tmp_path / name).clips.read(columns=["clip_id", "status"])
+        return sorted(c[c.status == "ok"].clip_id)
+
+    assert ok_clips("one") == ok_clips("two") and ok_clips("one")
+    e = Root(tmp_path / "one").embeddings("clip").read(columns=["clip_id", "status"])
+    assert sorted(e[e.status == "ok"].clip_id) == ok_clips("one")
+    assert Root(tmp_path / "one").embedding_meta("clip")["options"]["decoder"] == "ffmpeg"
+    assert "decoder" not in Root(tmp_path / "two").embedding_meta("clip")["options"]

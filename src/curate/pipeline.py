@@ -5,6 +5,11 @@ Top-level keys: ``root``, ``sources`` and one section per stage (``ingest``, ``s
 per encoder; ``caption: captions:NAME`` embeds generated captions), ``score``, ``filter``, ``publish``).
 A stage whose section is absent is skipped; relative paths are relative to the config file. Stages run
 in that order (caption before embed, so an embed entry can embed the generated captions).
+
+``one_pass`` (default true): when the config has a split section and its first embed entry can run with
+it, the two run as `curate process` (one decode per source: scene detection, frame sampling and the
+encoder fed from the same frames, with ``decoder=ffmpeg``), the start-up and the model load paid once.
+``one_pass: false`` runs split, then embed with decord. See :func:`one_pass_embed`.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ SECTIONS = {
                "where", "top_percent", "top_by", "max_per_source", "per_source_by", "preset"},
     "publish": {"subset", "shard_size", "workers", "cut", "caption"},
 }
-TOP = {"root", "sources", *SECTIONS}
+TOP = {"root", "sources", "one_pass", *SECTIONS}
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -66,6 +71,22 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def one_pass_embed(cfg: dict[str, Any], embeds: list[dict]) -> dict | None:
+    """The embed entry that `curate run` runs together with split in one decode per source (`curate process`),
+    or None: needs ``one_pass`` (default true), a split section, a first embed entry that embeds the clips'
+    own captions (no ``caption:``) without ``decoder=decord``, and a splitter that can be fed frame by frame."""
+    from curate.plugins import get_splitter
+    from curate.process import feeds_one_pass
+
+    if not cfg.get("one_pass", True) or "split" not in cfg or not embeds:
+        return None
+    e, s = embeds[0], cfg.get("split") or {}
+    if e.get("caption") or str((e.get("options") or {}).get("decoder", "ffmpeg")) != "ffmpeg":
+        return None
+    splitter = get_splitter(s.get("detector", "auto")).create(**(s.get("options") or {}))
+    return e if feeds_one_pass(splitter) else None
+
+
 def run_config(cfg: dict[str, Any], progress_factory: Callable[[], Progress] = NullProgress,
                on_result: Callable[[StageResult | dict], None] = lambda r: None) -> list[StageResult | dict]:
     """Run the stages of a loaded config in order; returns each stage's result."""
@@ -87,14 +108,22 @@ def run_config(cfg: dict[str, Any], progress_factory: Callable[[], Progress] = N
 
     if cfg.get("sources") or "ingest" in cfg:
         record(ingest(root, cfg.get("sources"), progress=progress_factory(), **(cfg.get("ingest") or {})))
-    if "split" in cfg:
+    embeds = cfg.get("embed") or []
+    embeds = list(embeds if isinstance(embeds, list) else [embeds])
+    first = one_pass_embed(cfg, embeds)
+    if first is not None:  # split + the first embedding set in one decode per source
+        from curate.process import process
+
+        e, s = dict(embeds.pop(0)), dict(cfg.get("split") or {})
+        record(process(root, e.pop("encoder", "clip"), detector_options=s.pop("options", None),
+                       progress=progress_factory(), **s, **{k: v for k, v in e.items() if k != "workers"}))
+    elif "split" in cfg:
         record(split(root, progress=progress_factory(), **(cfg["split"] or {})))
     caps = cfg.get("caption") or []
     for c in caps if isinstance(caps, list) else [caps]:
         c = dict(c)
         record(caption(root, c.pop("captioner", "hf"), progress=progress_factory(), **c))
-    embeds = cfg.get("embed") or []
-    for e in embeds if isinstance(embeds, list) else [embeds]:
+    for e in embeds:
         e = dict(e)
         enc = e.pop("encoder", "clip")
         record(embed(root, enc, progress=progress_factory(), **e))

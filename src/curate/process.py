@@ -119,6 +119,11 @@ class _SceneFrames:
             self.disk = None
 
 
+def feeds_one_pass(splitter) -> bool:
+    """Whether a splitter (a created one) can be fed frame by frame from the one decode pass of `process`."""
+    return hasattr(splitter, "tracker")
+
+
 def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | None = None, name: str | None = None,
             detector: str = "auto", detector_options: dict[str, Any] | None = None, min_clip_s: float = 1.0,
             max_clip_s: float | None = 60.0, device: str = "auto", batch_size: int = 32, flush_every: int = 512,
@@ -140,7 +145,7 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
     name = name or encoder
     get_encoder(encoder)
     splitter = get_splitter(detector).create(**(detector_options or {}))
-    if not hasattr(splitter, "tracker"):
+    if not feeds_one_pass(splitter):
         raise_msg = (f"splitter {detector!r} cannot be fed frame by frame (it has no tracker): use `curate split` "
                      "then `curate embed`")
         from curate.errors import CurateError
