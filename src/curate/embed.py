@@ -8,7 +8,6 @@ another name to keep embeddings of two configurations of one encoder side by sid
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -19,7 +18,7 @@ from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.frames import batches, clip_groups, decode_clips
 from curate.progress import NullProgress, Progress, StageResult
-from curate.store import Root, embedding_schema, rows_to_table, write_bytes_atomic
+from curate.store import Root, embedding_schema, rows_to_table
 
 
 def parse_options(pairs: Iterable[str]) -> dict[str, str]:
@@ -72,7 +71,7 @@ def check_meta(root: Root, name: str, encoder: str, options: dict, caption: str 
             f"embeddings/{name} were made with encoder {meta.get('encoder')!r} options {meta.get('options')} "
             f"caption {meta.get('caption', 'source')!r}; this run asks for {encoder!r} options {options} caption "
             f"{caption or 'source'!r}. Pass --name NAME to keep both side by side, "
-            f"or delete {root.path / 'embeddings' / name} to redo them."
+            f"or delete {root.url('embeddings/' + name)} to redo them."
         )
 
 
@@ -130,7 +129,6 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
     with root.ensure().lock(f"embed-{name}"):
         check_meta(root, name, encoder, options, cap_label)
         table = root.embeddings(name)
-        table.repair()
         done = table.keys()
         clips = root.clips.read(columns=["clip_id", "source_id", "start_frame", "end_frame", "caption", "status"])
         clips = clips[clips["status"] == "ok"]
@@ -148,9 +146,7 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
         if clips.empty:
             return result.done()
         enc = encoder_obj or load_encoder(encoder, options, device)
-        meta_path = table.path / "_meta.json"
-        if not meta_path.exists():
-            write_bytes_atomic(json.dumps(_meta(encoder, options, enc, cap_label), indent=2, default=str), meta_path)
+        root.write_embedding_meta(name, _meta(encoder, options, enc, cap_label))
         result.extra["weights"] = enc.info.weights
         progress.start(len(clips), f"embed ({name})")
         rows: list[dict] = []
@@ -159,7 +155,6 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
                 table.append(rows_to_table(rows, embedding_schema()))
                 rows.clear()
                 crashpoint("embed-flush")
-                table.tidy()
 
         todo = clips["clip_id"].tolist()
         donor = video_donor(root, name, encoder, options) if cap_name is not None else None

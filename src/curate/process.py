@@ -18,7 +18,6 @@ decodes without deblocking (faster); on hard cuts both give the same scenes.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -30,8 +29,9 @@ from curate.embed import _embed_batch, _meta, check_meta, load_encoder
 from curate.frames import _ahead, decode_streams, sample_stream
 from curate.media import yuv_to_rgb
 from curate.progress import NullProgress, Progress, StageResult
-from curate.split import ClipAppender, clip_row, error_row, failure_message, shape_scenes, transition_rows, transitions_table
-from curate.store import Root, embedding_schema, rows_to_table, write_bytes_atomic
+from curate.split import ClipAppender, clip_row, error_row, failure_message, shape_scenes, transition_rows
+from curate.storage import scratch_dir
+from curate.store import Root, embedding_schema, rows_to_table
 
 #: frames of the scene in progress kept in RAM; a longer scene goes on in a file under ROOT/.tmp
 SCENE_RAM_BYTES = 256 << 20
@@ -144,13 +144,8 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
     detector = getattr(splitter, "name", detector)  # what `auto` picked: the clips record it
     result = StageResult("process", extra={"encoder": encoder, "name": name, "detector": detector})
     with root.ensure().shared_run("split") as run, root.lock(f"embed-{name}"):
-        if run.first:
-            with root.write_lock("clips"):
-                root.clips.repair()
-        run.ready()
         check_meta(root, name, encoder, options)
         table = root.embeddings(name)
-        table.repair()
         appender = ClipAppender(root)
         done = appender.done
         sources = [s for s in root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames",
@@ -161,11 +156,9 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
             splitter.load()  # a bad weights file stops here, not as an error row on every source
         enc = encoder_obj or load_encoder(encoder, options, device)
         enc.decoder = "ffmpeg"
-        if not (table.path / "_meta.json").exists():
-            write_bytes_atomic(json.dumps(_meta(encoder, options, enc), indent=2, default=str), table.path / "_meta.json")
+        root.write_embedding_meta(name, _meta(encoder, options, enc))
         progress.start(len(sources), f"process ({detector} + {name})")
-        tmpdir = root.path / ".tmp"
-        tmpdir.mkdir(exist_ok=True)
+        tmpdir = scratch_dir()
 
         workers = max(1, int(workers))
 
@@ -194,7 +187,6 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
             if len(rows) >= flush_every:
                 table.append(rows_to_table(rows, embedding_schema()))
                 rows.clear()
-                table.tidy()
 
         for kind, src, payload in _sources_ahead(sources, items, workers, size=2 * batch_size):  # ahead of the model
             sid = src["source_id"]
@@ -228,10 +220,6 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
             run_batch()
         if rows:
             table.append(rows_to_table(rows, embedding_schema()))
-        with root.write_lock("clips"):
-            root.clips.maybe_compact()
-            transitions_table(root).maybe_compact()
-        table.maybe_compact()
         result.extra["clips"] = clips_written
     # clips of sources split before (by `curate split`) still need embeddings: the usual way
     leftover = embed(root, encoder, options=options, name=name, device=device, batch_size=batch_size, encoder_obj=enc)
@@ -294,7 +282,7 @@ def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_cli
         tracker = splitter.tracker(fps, w, h)
         n = -1
         # one decode, scaled from full resolution to the encoder's size (I420) and to the splitter's frames
-        for n, (frame, *det) in enumerate(decode_streams(root.inside(src["media_path"]), [enc_stream, *tracker.streams],
+        for n, (frame, *det) in enumerate(decode_streams(root.media_file(src["media_path"]), [enc_stream, *tracker.streams],
                                                          duration_s=src.get("duration_s"))):
             scene.append(frame)
             for end, start in tracker.push(tuple(det)):
