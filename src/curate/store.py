@@ -274,16 +274,45 @@ class Table:
         table = _keep_last(table, self.key) if has_duplicates(table[self.key]) else table
         table = _no_null_types(self._conform(table))
         self.migrate()
+        self._ensure(table.schema)
 
         def go():
             d = self.lance()
-            if d is None:
-                self._write(table, "create")
-                return table.num_rows
             t = with_primary_key(_cast_to(table, d.schema), self.key)
             return d.merge_insert(self.key).when_not_matched_insert_all().execute(t)["num_inserted_rows"]
 
         return int(retry_commit(go))
+
+    def _ensure(self, schema: pa.Schema) -> None:
+        """Create the table (empty, with ``schema``) unless it exists. Of several processes creating it at
+        once, one does (a conditional create of ``_creating`` elects it; the others wait for it): two
+        concurrent first commits of a new dataset on object storage could otherwise both land as version 1."""
+        if self._exists():
+            return
+        marker = "_creating"
+        deadline = time.time() + 120
+        while not self._exists():
+            if self._loc.create(marker, json.dumps({"host": _HOST, "pid": os.getpid(), "at": time.time()})):
+                try:
+                    if not self._exists():
+                        self._write(with_primary_key(schema.empty_table(), self.key), "create")
+                finally:
+                    self._loc.rm(marker)
+                return
+            info = None
+            with contextlib.suppress(ValueError):
+                info = self._loc.read_json(marker)
+            if info is not None and (time.time() - float(info.get("at", 0)) > 60 or (
+                    info.get("host") == _HOST and not _alive(info))):
+                self._loc.rm(marker)  # its creator died before finishing
+                continue
+            if time.time() > deadline:
+                raise CurateError(f"Timed out waiting for another process to create the table {self.uri}; "
+                                  f"if none is running, delete {self._loc.url(marker)}.")
+            time.sleep(0.2)
+
+    def _exists(self) -> bool:
+        return self._loc.exists("_versions") and bool(self._loc.ls("_versions"))
 
     def append(self, table: pa.Table) -> None:
         """Add rows whose keys are new (the caller guarantees it), in one commit."""
@@ -291,6 +320,7 @@ class Table:
             return
         table = _no_null_types(self._conform(table))
         self.migrate()
+        self._ensure(table.schema)
         retry_commit(lambda: self._write(table, "append"))
 
     def upsert(self, table: pa.Table) -> None:
@@ -301,13 +331,10 @@ class Table:
         table = _keep_last(table, self.key) if has_duplicates(table[self.key]) else table
         table = _no_null_types(self._conform(table))
         self.migrate()
+        self._ensure(table.schema)
 
         def go():
-            d = self.lance()
-            if d is None:
-                self._write(table, "create")
-                return
-            d = self._add_columns(d, table)
+            d = self._add_columns(self.lance(), table)
             t = with_primary_key(_cast_to(table, d.schema), self.key)
             d.merge_insert(self.key).when_matched_update_all().when_not_matched_insert_all().execute(t)
 
