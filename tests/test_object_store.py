@@ -311,3 +311,19 @@ def test_a_root_of_the_previous_version_is_migrated_by_one_command(tmp_path):
     assert sorted(Root(root).clips.read().clip_id) == ["a", "b", "c"]
     assert Root(root).scores.read().set_index("clip_id").clip_sim.to_dict() == {"a": 0.1, "b": 0.2}
     assert "nothing to do" in curate("migrate", "--root", str(root)).stderr
+
+
+def test_curate_compact_merges_fragments_and_keeps_every_row(tmp_path):
+    import pyarrow as pa
+
+    from curate.store import Root
+
+    root = Root(tmp_path / "r")
+    for i in range(5):
+        root.clips.append(pa.table({"clip_id": [f"c{i}"], "source_id": ["s"]}))
+    root.embeddings("clip").append(pa.table({"clip_id": ["c0"], "status": ["ok"]}))
+    assert root.clips.fragments() == 5
+    r = curate("compact", "--root", str(root), "--keep-versions-s", "0")
+    assert "2 tables: clips, embeddings/clip" in r.stderr
+    assert root.clips.fragments() == 1 and sorted(root.clips.read().clip_id) == [f"c{i}" for i in range(5)]
+    assert len(root.clips.lance().versions()) == 1  # older versions removed
