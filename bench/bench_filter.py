@@ -1,9 +1,9 @@
 """`curate filter` over a large scored manifest: wall time and peak RSS.
 
-    .venv/bin/python bench/bench_filter.py --rows 10000000 [--root /tmp/bench-filter]
+    .venv/bin/python bench/bench_filter.py --rows 10000000 [--root /tmp/bench-filter | --root s3://bucket/bench]
 
 Writes a synthetic scores table (clip_id, source_id, duration_s, clip_sim, aesthetic, motion,
-dup_sim; 1 part per 1M rows) once, then times `curate filter` in a fresh process (as a user runs
+dup_sim; a Lance fragment per 1M rows) once, then times `curate filter` in a fresh process (as a user runs
 it) with thresholds, a --where expression, and a top-30% percentile cut, and reports peak RSS.
 """
 
@@ -15,37 +15,38 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 
-def make(root: Path, rows: int, part: int = 1_000_000) -> None:
-    d = root / "scores"
-    if d.exists() and sum(pq.read_metadata(p).num_rows for p in d.glob("*.parquet")) == rows:
+def make(root: str, rows: int, part: int = 1_000_000) -> None:
+    """The synthetic scores table (Lance, one fragment per ``part`` rows), written once per row count."""
+    from curate.store import Root
+
+    r = Root(root)
+    table = r.scores
+    if table.exists() and table.count() == rows:
         return
-    d.mkdir(parents=True, exist_ok=True)
-    for p in d.glob("*.parquet"):
-        p.unlink()
+    r.rm("scores", recursive=True)
     rng = np.random.default_rng(0)
-    for i, start in enumerate(range(0, rows, part)):
+    for start in range(0, rows, part):
         n = min(part, rows - start)
         ids = np.char.add("c", np.arange(start, start + n).astype(str))
-        t = pa.table({"clip_id": ids, "source_id": np.char.add("s", (np.arange(start, start + n) // 20).astype(str)),
-                      "duration_s": rng.uniform(0.5, 60, n), "clip_sim": rng.normal(0.28, 0.05, n).round(4),
-                      "aesthetic": rng.normal(5, 0.8, n), "motion": rng.exponential(1.0, n),
-                      "dup_sim": rng.uniform(-1, 1, n)})
-        pq.write_table(t, d / f"part-{i:020d}-bench.parquet")
+        table.append(pa.table({
+            "clip_id": ids, "source_id": np.char.add("s", (np.arange(start, start + n) // 20).astype(str)),
+            "duration_s": rng.uniform(0.5, 60, n), "clip_sim": rng.normal(0.28, 0.05, n).round(4),
+            "aesthetic": rng.normal(5, 0.8, n), "motion": rng.exponential(1.0, n),
+            "dup_sim": rng.uniform(-1, 1, n)}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000)
-    ap.add_argument("--root", default="/tmp/bench-filter")
+    ap.add_argument("--root", default="/tmp/bench-filter", help="a directory or a URL (s3://bucket/prefix: "
+                                                                  "endpoint and keys from AWS_* variables)")
     args = ap.parse_args()
-    root = Path(args.root)
+    root = args.root
     make(root, args.rows)
     runs = {
         "thresholds": ["--min-sim", "0.3", "--min-duration", "1", "--max-duration", "120"],

@@ -188,9 +188,9 @@ def main() -> None:
                   one_pass_tiny_model_s=round(statistics.median(runs["tiny_model"]), 2),
                   one_pass_tiny_model_x_decode=round(statistics.median(runs["tiny_model"]) / d, 2))
     if not args.skip_naive:
-        import pandas as pd
+        from curate.store import Root
 
-        clips = pd.read_parquet(root / "clips").sort_values("start_frame")
+        clips = Root(root).clips.read().sort_values("start_frame")
         cut_dir = work / "naive"
         cut_dir.mkdir()
 

@@ -72,7 +72,7 @@ def main() -> None:
         clips = root.clips.read_arrow(columns=["clip_id", "status", "duration_s"])
         ids = clips.filter(pc.equal(clips["status"], "ok"))["clip_id"].combine_chunks()
         seconds = float(pc.sum(clips["duration_s"]).as_py())
-        media = [root.inside(m) for m in root.sources.read_arrow(columns=["media_path"])["media_path"].to_pylist()]
+        media = [root.media_file(m) for m in root.sources.read_arrow(columns=["media_path"])["media_path"].to_pylist()]
         t = time.perf_counter()
         for m in media:
             subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(m), "-f", "null", "-"], check=True)

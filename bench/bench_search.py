@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate import search as S
-from curate.store import Root, write_bytes_atomic
+from curate.store import Root
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -82,9 +82,9 @@ def write_root(path: Path, n: int, dim: int, queries: np.ndarray, k: int, *, row
         o = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
         best_s = np.take_along_axis(cand_s, o, 1)
         best_i = np.take_along_axis(cand_i, o, 1)
-    write_bytes_atomic(json.dumps({"encoder": "synthetic", "options": {}, "weights": "none", "model": "synthetic",
-                                   "embed_dim": dim, "video_emb_shape": [dim], "similarity": "cosine"}),
-                       table.path / "_meta.json")
+    root.write_bytes(f"embeddings/{name}/_meta.json",
+                     json.dumps({"encoder": "synthetic", "options": {}, "weights": "none", "model": "synthetic",
+                                 "embed_dim": dim, "video_emb_shape": [dim], "similarity": "cosine"}))
     truth = [[f"syn{i:08d}" for i in row] for row in best_i]
     return root, truth, time.perf_counter() - t0
 
@@ -135,11 +135,11 @@ def main() -> None:
         root, truth, t_write = write_root(base / "ds", args.n, args.dim, queries, args.k,
                                           rows_per_part=args.rows_per_part, rng=rng, centres=centres,
                                           spread=args.spread, uniform=args.uniform, name=name)
-        size = sum(p.stat().st_size for p in root.embeddings(name).parts())
+        size = root.du(f"embeddings/{name}")
         out["write_seconds"] = round(t_write, 1)
         out["table_bytes"] = size
-        out["parts"] = len(root.embeddings(name).parts())
-        print(f"wrote {args.n} x {args.dim} in {out['parts']} parts ({size / 2**30:.2f} GiB) in {t_write:.1f} s", flush=True)
+        out["parts"] = root.embeddings(name).fragments()
+        print(f"wrote {args.n} x {args.dim} in {out['parts']} fragments ({size / 2**30:.2f} GiB) in {t_write:.1f} s", flush=True)
 
         lat, lat_full, ok = [], [], 0
         for i in range(args.exact_queries):
@@ -162,7 +162,7 @@ def main() -> None:
             out["index_build_seconds"] = round(time.perf_counter() - t, 2)
             out["index_train_seconds"] = meta["train_seconds"]
             out["index_nlist"] = meta["nlist"]
-            out["index_bytes"] = sum(p.stat().st_size for p in (root.path / "index" / name).iterdir())
+            out["index_bytes"] = root.du(f"index/{name}")
             S._INDEX_CACHE.clear()
             t = time.perf_counter()
             loaded = S.load_index(root, name)

@@ -158,14 +158,27 @@ def http_server(tmp_path_factory, videos):
     srv.shutdown()
 
 
+def read_table(path, **kwargs):
+    """A table of a dataset root as a DataFrame, the way users read it: Lance (``lance.dataset(p).to_table()``)
+    for tables, pandas for the plain Parquet files of a subset (selection, annotations)."""
+    import pandas as pd
+
+    p = Path(path)
+    if (p / "_versions").is_dir():
+        import lance
+
+        t = lance.dataset(str(p)).to_table(columns=kwargs.get("columns"))
+        return t.to_pandas()
+    return pd.read_parquet(p, **kwargs)
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every table's rows (as sorted records) and every published file, to compare a rerun against."""
-    import pandas as pd
 
     out = {}
     for table in ["sources", "clips", "scores", *[f"embeddings/{p.name}" for p in (root / "embeddings").glob("*")]]:
         if (root / table).exists():
-            df = pd.read_parquet(root / table)
+            df = read_table(root / table)
             key = "source_id" if table == "sources" else "clip_id"
             df = df.drop(columns=[c for c in ("updated_at",) if c in df.columns]).sort_values(key)
             out[table] = df.to_json(orient="records").encode()

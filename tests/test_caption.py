@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import curate
+from conftest import curate, read_table
 from tiny_vlm import build_tiny_qwen2_5_vl
 
 FAKE_PLUGIN = '''
@@ -134,13 +134,13 @@ def colour_root(tmp_path_factory, fake_plugin):
 
 
 def _clip_colours(root: Path) -> dict[str, str]:
-    src = pd.read_parquet(root / "sources")[["source_id", "url"]]
-    clips = pd.read_parquet(root / "clips").merge(src, on="source_id")
+    src = read_table(root / "sources")[["source_id", "url"]]
+    clips = read_table(root / "clips").merge(src, on="source_id")
     return {r.clip_id: Path(r.url).stem for r in clips.itertuples()}
 
 
 def _captions(root: Path, name: str) -> pd.DataFrame:
-    return pd.read_parquet(root / "captions" / name)
+    return read_table(root / "captions" / name)
 
 
 # ----------------------------------------------------------------------------- rules (no model)
@@ -288,15 +288,15 @@ def test_generated_captions_are_embedded_scored_filtered_searched_and_published(
     meta = json.loads((root / "embeddings" / "clip_colour" / "_meta.json").read_text())
     assert meta["caption"] == "captions:colour" and meta["options"] == json.loads(
         (root / "embeddings" / "clip" / "_meta.json").read_text())["options"]
-    gen = pd.read_parquet(root / "embeddings" / "clip_colour").set_index("clip_id")
-    src = pd.read_parquet(root / "embeddings" / "clip").set_index("clip_id")
+    gen = read_table(root / "embeddings" / "clip_colour").set_index("clip_id")
+    src = read_table(root / "embeddings" / "clip").set_index("clip_id")
     assert {colours[c] for c in gen.index} == {"red", "yellow"}
     for cid in gen.index:
         assert np.array_equal(gen.video_emb[cid], src.video_emb[cid])
         assert not np.allclose(gen.text_emb[cid], src.text_emb[cid])  # the generated caption, not the source's
 
     score(root)
-    sc = pd.read_parquet(root / "scores").set_index("clip_id")
+    sc = read_table(root / "scores").set_index("clip_id")
     for cid, col in colours.items():
         if col in ("red", "yellow"):
             want = float(np.dot(gen.video_emb[cid], gen.text_emb[cid]))
@@ -324,7 +324,7 @@ def test_generated_captions_are_embedded_scored_filtered_searched_and_published(
     assert recs[red]["caption"] == "a plain red screen"
     assert recs[red]["source_caption"].startswith("uploaded video number")
     assert recs[red]["captions"]["colour"] == "a plain red screen" and recs[red]["captions"]["only-red"]
-    ann = pd.read_parquet(sub / "annotations.parquet").set_index("clip_id")
+    ann = read_table(sub / "annotations.parquet").set_index("clip_id")
     assert ann.caption_colour[red] == "a plain red screen" and ann.source_caption[red] == recs[red]["source_caption"]
     card = (sub / "README.md").read_text()
     assert "## Captions" in card and "### captions/colour (the `caption` field)" in card

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
-from conftest import curate
+from conftest import curate, read_table
 
 COMMANDS = ["ingest", "split", "embed", "score", "filter", "publish", "run", "plugins", "status"]
 
@@ -30,7 +29,7 @@ def test_full_pipeline_through_the_cli(tmp_path, source_list, tiny_clip):
     curate("score", "--root", root)
     p = curate("filter", "--root", root, "--subset", "s", "--min-sim", "-1", "--max-duration", "2.5", "--json")
     summary = json.loads(p.stdout)
-    scores = pd.read_parquet(root / "scores")
+    scores = read_table(root / "scores")
     assert summary["kept"] == int(((scores.clip_sim >= -1) & (scores.duration_s <= 2.5)).sum()) > 0
     p = curate("publish", "--root", root, "--subset", "s", "--shard-size", "2", "--json")
     assert json.loads(p.stdout)["published"] == summary["kept"]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import curate
+from conftest import curate, read_table
 
 from curate.ingest import ingest
 from curate.score import score
@@ -72,7 +72,7 @@ def content_root(tmp_path_factory) -> Path:
     r = d / "ds"
     ingest(r, lst)
     split(r, min_clip_s=0.5)
-    src = pd.read_parquet(r / "sources")
+    src = read_table(r / "sources")
     broken = src[src.url.str.endswith("broken.mp4")].media_path.iloc[0]
     (r / broken).write_bytes(b"\x00not a video any more" * 100)
     return r
@@ -82,8 +82,8 @@ def content_root(tmp_path_factory) -> Path:
 def scored(content_root) -> pd.DataFrame:
     r = score(content_root, scorers=["technical", "text", "nsfw", "quality"], options={"text": {"recognize": "true"}})
     assert r.error == 1  # the destroyed source only
-    s = pd.read_parquet(content_root / "scores")
-    src = pd.read_parquet(content_root / "sources")[["source_id", "url"]]
+    s = read_table(content_root / "scores")
+    src = read_table(content_root / "sources")[["source_id", "url"]]
     s = s.merge(src, on="source_id")
     s["name"] = s.url.map(lambda u: Path(u).stem)
     return s.set_index("name")
@@ -172,10 +172,10 @@ def test_rerun_scores_nothing_new_and_any_subset_can_be_scored(content_root, sco
         return real(self, root, clip_ids)
 
     monkeypatch.setattr(QualityScorer, "compute", spy)
-    before = pd.read_parquet(content_root / "scores").sort_values("clip_id").reset_index(drop=True)
+    before = read_table(content_root / "scores").sort_values("clip_id").reset_index(drop=True)
     score(content_root, scorers=["quality"])
     assert seen == [0]  # every clip has a value or an error: nothing is decoded again
-    after = pd.read_parquet(content_root / "scores").sort_values("clip_id").reset_index(drop=True)
+    after = read_table(content_root / "scores").sort_values("clip_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(before, after)
     # a subset of the clips, as a per-batch task would ask: the same values
     one = scored.loc["blur"].clip_id
@@ -188,7 +188,7 @@ def test_filter_on_the_new_columns_through_the_cli(content_root, scored):
                "--max-black-frac", "0.5", "--max-frozen-frac", "0.5", "--min-sharpness",
                str(scored.loc["blur"].sharpness * 2), "--max-letterbox", "0.1", "--json")
     s = json.loads(p.stdout)
-    kept = pd.read_parquet(content_root / "subsets" / "clean" / "selection.parquet")
+    kept = read_table(content_root / "subsets" / "clean" / "selection.parquet")
     names = {Path(u).stem for u in scored.set_index("clip_id").loc[kept.clip_id, "url"]}
     assert names == {"clean"}
     assert s["dropped_by_rule"]["max_text_area"] == 2  # subs, and broken (no score fails its rule)
@@ -241,7 +241,7 @@ def test_filter_thresholds_are_in_step_across_cli_yaml_and_airflow():
 
 def test_the_drawtext_clip_really_has_text(content_root):
     """Guard for the fixture itself: the drawn subtitle line is visible pixels (not an empty drawtext)."""
-    src = pd.read_parquet(content_root / "sources")
+    src = read_table(content_root / "sources")
     subs = src[src.url.str.endswith("subs.mp4")].media_path.iloc[0]
     clean = src[src.url.str.endswith("clean.mp4")].media_path.iloc[0]
     from curate.media import get_frames, open_video

@@ -180,7 +180,7 @@ def test_refilter_publishes_a_new_subset_without_recomputing():
     run = h.pipeline_run()
     root = Root(run["root"])
     emb_before = {p.name: p.stat().st_mtime_ns for p in (root.path / "embeddings").rglob("*")}
-    scores_before = [p.name for p in root.scores.parts()]
+    scores_before = root.scores.version()
     sims = np.sort(root.scores.read()["clip_sim"].to_numpy())
     threshold = float((sims[1] + sims[2]) / 2)  # keeps the best two of four
 
@@ -192,7 +192,7 @@ def test_refilter_publishes_a_new_subset_without_recomputing():
     assert (summary["total"], summary["kept"]) == (4, 2)
     assert len(list((root.subset_dir("strict") / "shards").glob("*.tar"))) == 1
     assert {p.name: p.stat().st_mtime_ns for p in (root.path / "embeddings").rglob("*")} == emb_before
-    assert [p.name for p in root.scores.parts()] == scores_before
+    assert root.scores.version() == scores_before
     extra = h.asset_events("curate://strict/")[-1]["extra"]
     assert extra["thresholds"] == {"min_sim": threshold} and extra["published"] == 2
 

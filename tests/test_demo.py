@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-import pandas as pd
+from conftest import read_table
 
 
 def test_offline_demo_publishes_a_subset_and_says_weights_random(tmp_path):
@@ -16,7 +16,7 @@ def test_offline_demo_publishes_a_subset_and_says_weights_random(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     card = (root / "subsets" / "demo" / "README.md").read_text()
     assert "weights: random" in card and "**weights: random**" in card
-    ann = pd.read_parquet(root / "subsets" / "demo" / "annotations.parquet")
+    ann = read_table(root / "subsets" / "demo" / "annotations.parquet")
     assert len(ann) > 5 and set(ann.status) == {"ok"}
     assert "Published" in p.stderr and "publish:demo" in p.stdout
 

@@ -14,8 +14,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from conftest import read_table
 
 from curate.embed import embed
 from curate.filter import filter_clips
@@ -61,10 +61,10 @@ def split_root(tmp_path_factory, source_list):
 def test_encoder_runs_through_every_stage(name, split_root, tiny_clip, tmp_path):
     opts = _options(name, tiny_clip, tmp_path)
     r = embed(split_root, name, options=opts, device="cpu", batch_size=3)
-    clips = pd.read_parquet(split_root / "clips")
+    clips = read_table(split_root / "clips")
     assert r.ok == r.total == int((clips.status == "ok").sum()), r.errors
     meta = json.loads((split_root / "embeddings" / name / "_meta.json").read_text())
-    emb = pd.read_parquet(split_root / "embeddings" / name)
+    emb = read_table(split_root / "embeddings" / name)
     v = np.stack(emb.video_emb.to_numpy()).reshape(len(emb), *meta["video_emb_shape"])
     assert np.allclose(np.linalg.norm(v, axis=-1), 1, atol=1e-4)  # unit vectors (per query for stacks)
     score(split_root, encoder=name)

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
+from conftest import read_table
 
 from curate.encoders.clip import OPENAI_NAMES, ClipEncoder
 from curate.features import features, frame_times, show_predictions
@@ -35,11 +35,11 @@ def test_frame_times_follow_video_features_modes():
 def test_features_at_fps_are_raw_per_frame_embeddings_with_timestamps(root, tiny_clip):
     r = features(root, "clip", options=tiny_clip, fps=2, device="cpu", save_numpy=True)
     assert r.ok == 1
-    row = pd.read_parquet(root / "features" / "clip").iloc[0]
+    row = read_table(root / "features" / "clip").iloc[0]
     f = np.asarray(row.features, np.float32).reshape(row["shape"])
     assert f.shape == (9, 32) and list(row.timestamps_ms) == [k * 500.0 for k in range(9)] and row.fps == 2.0
     enc = ClipEncoder(device="cpu", **{"model": "curate-tiny-clip", **tiny_clip})
-    src = pd.read_parquet(root / "sources").iloc[0]
+    src = read_table(root / "sources").iloc[0]
     frames = get_frames(open_video(root / src.media_path), [0, 12, 25, 38, 50, 62, 75, 88, 100])
     np.testing.assert_allclose(f, enc.embed_frames(frames), atol=1e-5)
     assert not np.allclose(np.linalg.norm(f, axis=1), 1)  # raw, not normalised (as video_features)
@@ -54,7 +54,7 @@ def test_show_pred_gives_per_frame_softmax_over_texts(root, tiny_clip):
     (sid, ts, p), = show_predictions(root, texts, options=tiny_clip, device="cpu")
     assert p.shape == (9, 3) and np.allclose(p.sum(1), 1)
     enc = ClipEncoder(device="cpu", **{"model": "curate-tiny-clip", **tiny_clip})
-    f = np.asarray(pd.read_parquet(root / "features" / "clip").features[0], np.float64).reshape(9, 32)
+    f = np.asarray(read_table(root / "features" / "clip").features[0], np.float64).reshape(9, 32)
     f /= np.linalg.norm(f, axis=1, keepdims=True)
     logits = enc.logit_scale * f @ enc.embed_text_batch(texts).astype(np.float64).T
     expected = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)

@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pytest
+from conftest import read_table
 
 from curate.embed import embed
 from curate.errors import CurateError
@@ -46,9 +46,9 @@ def root(tmp_path_factory, tiny_clip):
 
 
 def _clips(root):
-    clips = pd.read_parquet(root / "clips")
-    src = pd.read_parquet(root / "sources")[["source_id", "url"]]
-    return clips.merge(src, on="source_id").merge(pd.read_parquet(root / "scores"), on=["clip_id", "source_id", "duration_s"])
+    clips = read_table(root / "clips")
+    src = read_table(root / "sources")[["source_id", "url"]]
+    return clips.merge(src, on="source_id").merge(read_table(root / "scores"), on=["clip_id", "source_id", "duration_s"])
 
 
 def test_motion_is_near_zero_for_a_still_clip_and_higher_for_a_moving_one(root):
@@ -66,7 +66,7 @@ def test_duplicated_clip_is_removed_keeping_the_better_scored_copy(root):
         worse, better = (a, b) if ra.clip_sim < rb.clip_sim else (b, a)
         assert c.loc[worse, "dup_of"] == better and c.loc[worse, "dup_sim"] > 0.999
     s = filter_clips(root, "dedup", max_dup_sim=0.98)
-    kept = set(pd.read_parquet(root / "subsets" / "dedup" / "selection.parquet").clip_id)
+    kept = set(read_table(root / "subsets" / "dedup" / "selection.parquet").clip_id)
     assert s["kept"] == len(c) - 2 and len(kept & set(orig.index) | kept & set(copy.index)) == 2
     for (a, ra), (b, rb) in zip(orig.iterrows(), copy.iterrows()):
         assert (a in kept) != (b in kept)
@@ -74,8 +74,8 @@ def test_duplicated_clip_is_removed_keeping_the_better_scored_copy(root):
 
 
 def test_dedup_sim_matches_brute_force(root):
-    emb = pd.read_parquet(root / "embeddings" / "clip").set_index("clip_id")
-    sc = pd.read_parquet(root / "scores").set_index("clip_id")
+    emb = read_table(root / "embeddings" / "clip").set_index("clip_id")
+    sc = read_table(root / "scores").set_index("clip_id")
     order = sorted(sc.index, key=lambda i: (-sc.clip_sim[i], i))
     v = np.stack([emb.video_emb[i] for i in order]).astype(np.float32)
     sims = v @ v.T
@@ -98,9 +98,9 @@ def test_aesthetic_scorer_matches_the_predictor_by_hand(root, tiny_clip, tmp_pat
     opts = {"weights": str(ckpt), "clip_model": "curate-tiny-clip", "clip_weights": tiny_clip["weights"],
             "model_config": tiny_clip["model_config"], "device": "cpu"}
     score(root, scorers=["aesthetic"], options={"aesthetic": {**opts, "recipe": "internvid"}})
-    got = pd.read_parquet(root / "scores").set_index("clip_id").aesthetic
-    clip = pd.read_parquet(root / "clips").iloc[0]
-    src = pd.read_parquet(root / "sources").set_index("source_id").loc[clip.source_id]
+    got = read_table(root / "scores").set_index("clip_id").aesthetic
+    clip = read_table(root / "clips").iloc[0]
+    src = read_table(root / "sources").set_index("source_id").loc[clip.source_id]
     enc = ClipEncoder(device="cpu", model="curate-tiny-clip", weights=tiny_clip["weights"],
                       model_config=tiny_clip["model_config"])
     n = clip.end_frame - clip.start_frame
@@ -144,7 +144,7 @@ def synthetic(tmp_path):
 
 
 def _kept(root, subset):
-    return sorted(pd.read_parquet(root.subset_dir(subset) / "selection.parquet").clip_id)
+    return sorted(read_table(root.subset_dir(subset) / "selection.parquet").clip_id)
 
 
 def test_top_percent_keeps_exactly_ceil_p_n_with_ties_by_clip_id(synthetic):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CAPTIONS
+from conftest import CAPTIONS, read_table
 from hostile import make_corpus, serve
 
 from curate.embed import embed
@@ -62,7 +62,7 @@ def hostile(tmp_path_factory, tiny_clip):
 
 
 def test_every_hostile_item_ends_ok_or_with_a_specific_error(hostile):
-    src = pd.read_parquet(hostile["root"] / "sources")
+    src = read_table(hostile["root"] / "sources")
     names = {json.loads(m)["name"]: row for m, row in zip(src.meta, src.itertuples())}
     assert set(names) == set(hostile["urls"])
     for name in OK:
@@ -84,10 +84,10 @@ def test_later_stages_account_for_every_item_and_publish_decodable_clips(hostile
     for stage in ("split", "embed", "score", "publish"):
         r = res[stage]
         assert r.ok + r.error == r.total, stage
-    clips = pd.read_parquet(root / "clips")
+    clips = read_table(root / "clips")
     errs = clips[clips.status == "error"]
     assert set(errs.error.str.contains("no scene")) == {True}  # the one-frame video
-    emb = pd.read_parquet(root / "embeddings" / "clip")
+    emb = read_table(root / "embeddings" / "clip")
     assert set(emb.clip_id) == set(clips[clips.status == "ok"].clip_id)
     assert res["publish"].ok == res["filter"]["kept"] > 0
     for shard in (root / "subsets" / "all" / "shards").glob("*.tar"):
@@ -101,7 +101,7 @@ def test_later_stages_account_for_every_item_and_publish_decodable_clips(hostile
 
 
 def test_long_and_non_utf8_captions_survive_to_the_published_json(hostile):
-    ann = pd.read_parquet(hostile["root"] / "subsets" / "all" / "annotations.parquet")
+    ann = read_table(hostile["root"] / "subsets" / "all" / "annotations.parquet")
     caps = set(ann.caption)
     assert hostile["long_caption"].strip() in caps
     assert any(c.startswith("caf") for c in caps if c)
@@ -111,7 +111,7 @@ def test_nothing_is_written_outside_the_root_and_inputs_are_untouched(hostile):
     root = hostile["root"]
     assert sorted(p.name for p in hostile["inputs"].iterdir()) == hostile["before_inputs"]
     assert not Path("/tmp/evil.mp4").exists()
-    src = pd.read_parquet(root / "sources")
+    src = read_table(root / "sources")
     media = {p.name for p in (root / "media").iterdir()}
     ok_ids = set(src[src.status == "ok"].source_id)
     assert {m.split(".")[0] for m in media} == ok_ids  # unusable downloads are removed; names are ids only
@@ -194,14 +194,14 @@ def test_concurrent_ingest_and_split_runs_share_the_work_without_duplicates(tmp_
         outs = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
         assert all(p.returncode == 0 for p in procs)
         assert sum(o["ok"] for o in outs) == 8, outs  # every source done exactly once between the two
-    src = pd.read_parquet(root / "sources")
-    clips = pd.read_parquet(root / "clips")
+    src = read_table(root / "sources")
+    clips = read_table(root / "clips")
     assert len(src) == 8 and src.source_id.is_unique and set(src.status) == {"ok"}
     assert clips.clip_id.is_unique and clips.source_id.nunique() == 8
     seq = tmp_path / "seq"
     ingest(seq, lst)
     split(seq, min_clip_s=0.5)
-    assert sorted(pd.read_parquet(seq / "clips").clip_id) == sorted(clips.clip_id)
+    assert sorted(read_table(seq / "clips").clip_id) == sorted(clips.clip_id)
 
 
 # ------------------------------------------------------------------------------------------ crash safety
@@ -228,7 +228,7 @@ def _tables(root: Path) -> dict[str, pd.DataFrame]:
     for name, key in (("sources", "source_id"), ("clips", "clip_id"), ("embeddings/clip", "clip_id"),
                       ("scores", "clip_id"), ("subsets/all/annotations.parquet", "clip_id"),
                       ("subsets/all/selection.parquet", "clip_id")):
-        df = pd.read_parquet(root / name)
+        df = read_table(root / name)
         assert df[key].is_unique, f"duplicate keys in {name}"
         out[name] = df.drop(columns=[c for c in ("updated_at", "attempts") if c in df]).sort_values(key).reset_index(drop=True)
     out["shards"] = sorted(m for s in sorted((root / "subsets" / "all" / "shards").glob("*.tar"))

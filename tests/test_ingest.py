@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import read_table
 
 from curate.errors import CurateError
 from curate.ingest import RETRYABLE_KINDS, classify_download_error, ingest, read_source_list, register_sources
@@ -15,7 +16,7 @@ def test_http_sources_download_through_ytdlp_with_info_json(tmp_path, http_serve
     root = tmp_path / "ds"
     r = ingest(root, [f"{http_server}/two_shots.mp4"], retries=0)
     assert (r.ok, r.error) == (1, 0)
-    row = pd.read_parquet(root / "sources").iloc[0]
+    row = read_table(root / "sources").iloc[0]
     assert row.status == "ok" and row.media_path.startswith("media/") and row.media_path.endswith(".mp4")
     info = json.loads((root / row.info_path).read_text())
     assert info["webpage_url"] == f"{http_server}/two_shots.mp4"
@@ -38,7 +39,7 @@ def test_bad_sources_become_error_rows_and_the_rest_goes_on(tmp_path, http_serve
     ]
     r = ingest(root, urls, retries=0)
     assert (r.total, r.ok, r.error) == (8, 2, 6)
-    src = pd.read_parquet(root / "sources").set_index("url")
+    src = read_table(root / "sources").set_index("url")
     kinds = src.error_kind.to_dict()
     assert kinds[f"{http_server}/missing.mp4"] == "unavailable"
     assert kinds["http://127.0.0.1:1/closed.mp4"] == "network"
@@ -59,7 +60,7 @@ def test_rerun_skips_done_rows_and_retry_errors_requeues_only_retryable(tmp_path
     assert (again.total, again.skipped) == (0, 3)
     retry = ingest(root, retry_errors=True, retries=0)
     assert retry.total == 1  # the closed port (network) only; the 404 is permanent
-    src = pd.read_parquet(root / "sources")
+    src = read_table(root / "sources")
     assert len(src) == 3 and src.source_id.is_unique
     assert src.set_index("url").attempts["http://127.0.0.1:1/x.mp4"] == 2
 
@@ -68,14 +69,14 @@ def test_max_filesize_rejects_big_downloads_and_local_files(tmp_path, http_serve
     root = tmp_path / "ds"
     r = ingest(root, [f"{http_server}/three_shots.mp4", str(videos["two_shots"])], max_filesize=1000, retries=0)
     assert r.error == 2
-    assert set(pd.read_parquet(root / "sources").error_kind) == {"too_large"}
+    assert set(read_table(root / "sources").error_kind) == {"too_large"}
 
 
 def test_local_paths_can_be_refused_or_limited_to_directories(tmp_path, videos):
     r = ingest(tmp_path / "a", [str(videos["two_shots"])], allow_local=False)
     assert r.error == 1
     r = ingest(tmp_path / "b", [str(videos["two_shots"]), "/etc/hostname"], local_dirs=[str(videos["two_shots"].parent)])
-    src = pd.read_parquet(tmp_path / "b" / "sources").set_index("url")
+    src = read_table(tmp_path / "b" / "sources").set_index("url")
     assert src.status[str(videos["two_shots"])] == "ok"
     assert src.error_kind["/etc/hostname"] == "not_allowed"
 
@@ -89,7 +90,7 @@ def test_source_lists_in_every_format_keep_extra_columns(tmp_path, fmt, videos):
      "jsonl": lambda: df.to_json(p, orient="records", lines=True), "parquet": lambda: df.to_parquet(p)}[fmt]()
     ids = register_sources(tmp_path / "ds", p)
     assert len(ids) == 1  # duplicate rows collapse into one source
-    src = pd.read_parquet(tmp_path / "ds" / "sources")
+    src = read_table(tmp_path / "ds" / "sources")
     assert len(src) == 1 and src.caption[0] == "a"
     meta = json.loads(src.meta[0])
     assert meta["youtube_id"] == "x1" and str(meta["score"]) == "1"  # CSV/TSV carry no types
@@ -99,7 +100,7 @@ def test_non_utf8_caption_is_read_not_fatal(tmp_path, videos):
     p = tmp_path / "list.csv"
     p.write_bytes(b"url,caption\n" + str(videos["two_shots"]).encode() + b",caf\xe9 \xff\n")
     ingest(tmp_path / "ds", p)
-    row = pd.read_parquet(tmp_path / "ds" / "sources").iloc[0]
+    row = read_table(tmp_path / "ds" / "sources").iloc[0]
     assert row.status == "ok" and row.caption.startswith("caf")
 
 
@@ -136,13 +137,13 @@ def test_segment_rows_download_only_their_range_and_publish_absolute_times(tmp_p
     root = tmp_path / "ds"
     r = ingest(root, lst, retries=0)
     assert r.ok == 1, r.errors
-    src = pd.read_parquet(root / "sources").iloc[0]
+    src = read_table(root / "sources").iloc[0]
     assert src.duration_s == pytest.approx(3.0, abs=0.1) and (src.start_s, src.end_s) == (1.0, 4.0)
     split(root, min_clip_s=0.2)
-    clips = pd.read_parquet(root / "clips").sort_values("start_frame")
+    clips = read_table(root / "clips").sort_values("start_frame")
     assert [round(s, 1) for s in clips.start_s] == [0.0, 1.0, 2.6]  # the cuts, relative to the segment
     score(root, scorers=["technical"])
     filter_clips(root, "all")
     publish(root, "all")
-    ann = pd.read_parquet(root / "subsets" / "all" / "annotations.parquet").sort_values("start_s")
+    ann = read_table(root / "subsets" / "all" / "annotations.parquet").sort_values("start_s")
     assert [round(s, 1) for s in ann.url_start_s] == [1.0, 2.0, 3.6]  # re-fetchable: url + time range

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import FPS, VIDEOS, cuts, snapshot
+from conftest import FPS, VIDEOS, cuts, read_table, snapshot
 
 from curate.embed import embed
 from curate.errors import CurateError
@@ -40,7 +40,7 @@ def root(tmp_path_factory, source_list, tiny_clip):
 
 
 def test_sources_are_probed_and_extra_columns_kept(root, videos):
-    src = pd.read_parquet(root / "sources")
+    src = read_table(root / "sources")
     assert len(src) == 3 and set(src.status) == {"ok"}
     row = src[src.url == str(videos["three_shots"])].iloc[0]
     assert row.fps == FPS and (row.width, row.height) == (320, 240) and row.codec == "h264"
@@ -50,8 +50,8 @@ def test_sources_are_probed_and_extra_columns_kept(root, videos):
 
 
 def test_split_finds_hard_cuts_within_one_frame(root):
-    clips = pd.read_parquet(root / "clips")
-    src = pd.read_parquet(root / "sources")
+    clips = read_table(root / "clips")
+    src = read_table(root / "sources")
     for name in ("three_shots", "two_shots"):
         sid = src[src.url.str.endswith(f"{name}.mp4")].source_id.iloc[0]
         got = clips[clips.source_id == sid].sort_values("start_frame")
@@ -69,8 +69,8 @@ def test_split_finds_hard_cuts_within_one_frame(root):
 
 
 def test_long_scene_is_cut_into_equal_pieces_no_longer_than_max(root):
-    clips = pd.read_parquet(root / "clips")
-    src = pd.read_parquet(root / "sources")
+    clips = read_table(root / "clips")
+    src = read_table(root / "sources")
     sid = src[src.url.str.endswith("long_shot.mp4")].source_id.iloc[0]
     got = clips[clips.source_id == sid].sort_values("start_frame")
     assert list(zip(got.start_frame, got.end_frame)) == [(0, 43), (43, 87), (87, 130)]
@@ -84,8 +84,8 @@ def test_shape_scenes_drops_short_and_splits_long():
 
 
 def test_embeddings_are_unit_vectors_and_captions_shared_by_a_source(root):
-    emb = pd.read_parquet(root / "embeddings" / "clip")
-    clips = pd.read_parquet(root / "clips")
+    emb = read_table(root / "embeddings" / "clip")
+    clips = read_table(root / "clips")
     assert set(emb.clip_id) == set(clips[clips.status == "ok"].clip_id)
     v = np.stack(emb.video_emb.to_numpy())
     assert v.shape[1] == 32 and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
@@ -102,8 +102,8 @@ def test_embeddings_are_unit_vectors_and_captions_shared_by_a_source(root):
 
 
 def test_alignment_score_is_cosine_and_missing_caption_is_an_error(root):
-    emb = pd.read_parquet(root / "embeddings" / "clip")
-    scores = pd.read_parquet(root / "scores").set_index("clip_id")
+    emb = read_table(root / "embeddings" / "clip")
+    scores = read_table(root / "scores").set_index("clip_id")
     for _, r in emb.iterrows():
         if r.text_emb is None:
             assert np.isnan(scores.loc[r.clip_id, "clip_sim"])
@@ -114,13 +114,13 @@ def test_alignment_score_is_cosine_and_missing_caption_is_an_error(root):
 
 
 def test_filter_counts_match_the_scores_table(root):
-    scores = pd.read_parquet(root / "scores")
+    scores = read_table(root / "scores")
     t = float(scores.clip_sim.median())
     s = filter_clips(root, "half", min_sim=t, max_duration=1.9)
     expected = scores[(scores.clip_sim >= t) & (scores.duration_s <= 1.9)]
     assert s["kept"] == len(expected) and s["total"] == len(scores)
     assert s["dropped_by_rule"]["min_sim"] == int((~(scores.clip_sim >= t)).sum())
-    sel = pd.read_parquet(root / "subsets" / "half" / "selection.parquet")
+    sel = read_table(root / "subsets" / "half" / "selection.parquet")
     assert set(sel.clip_id) == set(expected.clip_id)
 
 
@@ -135,9 +135,9 @@ def test_published_shards_hold_every_kept_clip_decodable_with_exact_duration(roo
     import decord
     import webdataset as wds
 
-    sel = pd.read_parquet(root / "subsets" / "all" / "selection.parquet")
-    clips = pd.read_parquet(root / "clips").set_index("clip_id")
-    emb = pd.read_parquet(root / "embeddings" / "clip").set_index("clip_id")
+    sel = read_table(root / "subsets" / "all" / "selection.parquet")
+    clips = read_table(root / "clips").set_index("clip_id")
+    emb = read_table(root / "embeddings" / "clip").set_index("clip_id")
     shards = sorted((root / "subsets" / "all" / "shards").glob("*.tar"))
     assert len(shards) == -(-len(sel) // 3)
     seen = set()
@@ -159,7 +159,7 @@ def test_published_shards_hold_every_kept_clip_decodable_with_exact_duration(roo
 
         assert np.allclose(np.load(io.BytesIO(sample["npy"])), emb.loc[key].video_emb)
     assert seen == set(sel.clip_id)
-    ann = pd.read_parquet(root / "subsets" / "all" / "annotations.parquet")
+    ann = read_table(root / "subsets" / "all" / "annotations.parquet")
     assert set(ann.clip_id) == seen and set(ann.status) == {"ok"}
     card = (root / "subsets" / "all" / "README.md").read_text()
     assert f"| published | {len(seen)} |" in card and "curate-tiny-clip" in card and "torch" in card
@@ -169,9 +169,9 @@ def test_published_clip_shows_the_right_shot(root, videos):
     """The cut really starts at the clip's start: its first frame matches the source frame there."""
     import decord
 
-    sel = pd.read_parquet(root / "subsets" / "all" / "annotations.parquet").iloc[1]
-    clips = pd.read_parquet(root / "clips").set_index("clip_id")
-    src = pd.read_parquet(root / "sources").set_index("source_id")
+    sel = read_table(root / "subsets" / "all" / "annotations.parquet").iloc[1]
+    clips = read_table(root / "clips").set_index("clip_id")
+    src = read_table(root / "sources").set_index("source_id")
     c = clips.loc[sel.clip_id]
     member = f"{sel.clip_id}.mp4"
     with tarfile.open(root / "subsets" / "all" / "shards" / sel.shard) as tar:
@@ -200,7 +200,7 @@ def test_embedding_set_with_other_options_needs_a_new_name(root, tiny_clip):
     r = embed(root, "clip", options={**tiny_clip, "frames": "4"}, name="clip4f", device="cpu")
     assert r.ok == r.total > 0
     score(root, encoder="clip4f")
-    cols = pd.read_parquet(root / "scores").columns
+    cols = read_table(root / "scores").columns
     assert {"clip_sim", "clip4f_sim"} <= set(cols)
     with pytest.raises(CurateError, match="Several encoders"):
         filter_clips(root, "x", min_sim=0.0)
@@ -220,7 +220,7 @@ def test_decoding_yields_every_clip_of_many_sources_in_order(root):
     assert all(err is None and shape == (1, 24, 32, 3) for _, shape, err in out)
 
 
-def test_many_small_parts_are_compacted_without_changing_the_table(tmp_path):
+def test_many_small_appends_are_compacted_without_changing_the_table(tmp_path):
     import pyarrow as pa
 
     from curate.store import Root
@@ -228,12 +228,11 @@ def test_many_small_parts_are_compacted_without_changing_the_table(tmp_path):
     t = Root(tmp_path / "r").clips
     for i in range(20):
         t.append(pa.table({"clip_id": [f"c{i:02d}"], "source_id": ["s"], "start_s": [float(i)]}))
+    assert t.fragments() == 20  # one fragment per append
     before = t.read().sort_values("clip_id").reset_index(drop=True)
-    t.maybe_compact(max_parts=16)
-    assert len(t.parts()) == 1
+    t.maybe_compact(max_fragments=16)
+    assert t.fragments() == 1
     pd.testing.assert_frame_equal(t.read().sort_values("clip_id").reset_index(drop=True), before)
-    # one row group, not one per merged part: readers pay memory and time per row group
-    assert pq.ParquetFile(t.parts()[0]).metadata.num_row_groups == 1
 
 
 @pytest.mark.parametrize("detector", ["content", "adaptive"])
@@ -257,47 +256,45 @@ def test_threshold_detector_cuts_a_fade_through_black(tmp_path):
     assert (a0, b1) == (0, 150) and abs(a1 - 75) <= 2 and a1 == b0
 
 
-def test_a_table_appended_a_row_at_a_time_keeps_few_parts_and_every_row(tmp_path):
-    """Split appends a part per source: with thousands of sources, readers would pay for thousands of
-    files. Size-tiered merging keeps the part count small without losing or duplicating a row."""
+def test_a_table_appended_a_row_at_a_time_keeps_few_fragments_and_every_row(tmp_path):
+    """Split appends once per source: with thousands of sources, readers would pay for thousands of
+    fragments. maybe_compact keeps the count bounded without losing or duplicating a row."""
     import pyarrow as pa
 
-    from curate.store import TIDY_FANOUT, Root
+    from curate.store import Root
 
     t = Root(tmp_path / "r").clips
     most = 0
-    for i in range(400):
+    for i in range(60):
         t.append(pa.table({"clip_id": [f"c{i:04d}"], "source_id": [f"s{i}"], "start_s": [float(i)]}))
-        t.tidy()
-        most = max(most, len(t.parts()))
-    assert most <= TIDY_FANOUT  # 400 appends, never more than one run of small parts
-    got = t.read_arrow()
-    assert sorted(got["clip_id"].to_pylist()) == [f"c{i:04d}" for i in range(400)]
-    assert sum(pq.ParquetFile(p).metadata.num_row_groups for p in t.parts()) == len(t.parts())
+        t.maybe_compact(max_fragments=16)
+        most = max(most, t.fragments())
+    assert most <= 17
+    assert sorted(t.read_arrow()["clip_id"].to_pylist()) == [f"c{i:04d}" for i in range(60)]
 
 
-def test_a_crash_while_merging_parts_loses_and_duplicates_nothing(tmp_path):
+def test_a_crash_while_compacting_loses_and_duplicates_nothing(tmp_path):
     import os
     import subprocess
     import sys
 
-    from curate.store import TIDY_FANOUT, Root
+    from curate.store import Root
 
     code = ("import sys, pyarrow as pa; from curate.store import Root\n"
             "t = Root(sys.argv[1]).clips\n"
-            "for i in range(40):\n"
-            "    t.append(pa.table({'clip_id': [f'c{i:02d}'], 'source_id': ['s'], 'start_s': [float(i)]})); t.tidy()\n")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], env={**os.environ, "CURATE_CRASH_AT": "tidy"})
-    assert r.returncode != 0  # killed right after writing the merged part, before removing its inputs
+            "for i in range(20):\n"
+            "    t.append(pa.table({'clip_id': [f'c{i:02d}'], 'source_id': ['s'], 'start_s': [float(i)]}))\n"
+            "t.compact()\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], env={**os.environ, "CURATE_CRASH_AT": "compact"})
+    assert r.returncode != 0  # killed after compacting, before removing old versions
     t = Root(tmp_path / "r").clips
-    assert len(t.parts()) == TIDY_FANOUT + 1
-    assert sorted(t.read_arrow()["clip_id"].to_pylist()) == [f"c{i:02d}" for i in range(TIDY_FANOUT)]
-    t.repair()
-    assert len(t.parts()) == 1
-    assert sorted(t.read_arrow()["clip_id"].to_pylist()) == [f"c{i:02d}" for i in range(TIDY_FANOUT)]
+    assert sorted(t.read_arrow()["clip_id"].to_pylist()) == [f"c{i:02d}" for i in range(20)]
+    t.compact()
+    assert t.fragments() == 1
+    assert sorted(t.read_arrow()["clip_id"].to_pylist()) == [f"c{i:02d}" for i in range(20)]
 
 
-def test_after_a_crash_mid_upsert_reads_see_the_newest_value_of_each_key(tmp_path):
+def test_after_a_crash_right_after_an_upsert_reads_see_the_newest_value_of_each_key(tmp_path):
     import os
     import subprocess
     import sys
@@ -311,19 +308,16 @@ def test_after_a_crash_mid_upsert_reads_see_the_newest_value_of_each_key(tmp_pat
     code = ("import sys, pyarrow as pa; from curate.store import Root\n"
             "Root(sys.argv[1]).clips.upsert(pa.table({'clip_id': ['a'], 'source_id': ['s'], 'start_s': [10.0]}))\n")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], env={**os.environ, "CURATE_CRASH_AT": "upsert"})
-    assert r.returncode != 0 and len(t.parts()) == 2  # the new value written, the old one not removed yet
+    assert r.returncode != 0
     want = {"a": 10.0, "b": 2.0, "c": 3.0}
     got = t.read_arrow(columns=["clip_id", "start_s"]).to_pylist()
     assert {row["clip_id"]: row["start_s"] for row in got} == want and len(got) == 3
-    t.repair()
-    got = t.read_arrow(columns=["clip_id", "start_s"]).to_pylist()
-    assert {row["clip_id"]: row["start_s"] for row in got} == want and len(got) == 3 and len(t.parts()) == 1
 
 
 @pytest.mark.parametrize("batch_rows", [2, 3, 1000])
 def test_score_columns_merge_streaming_like_a_join(tmp_path, monkeypatch, batch_rows):
-    """Scores merge batch by batch into the sorted table: the result is that of an outer join where new
-    values win, whatever the batch size; merging the same values again writes nothing."""
+    """Scores merge into the table: the result is that of an outer join where new values win, whatever
+    the batch size; merging the same values again writes nothing."""
     import pyarrow as pa
 
     import curate.score as sc
@@ -342,16 +336,15 @@ def test_score_columns_merge_streaming_like_a_join(tmp_path, monkeypatch, batch_
     want["x"] = pd.Series(dict(zip(a["clip_id"].to_pylist(), a["x"].to_pylist())))
     want.loc[c["clip_id"].to_pylist(), "x"] = c["x"].to_pylist()
     want["y"] = pd.Series(dict(zip(b["clip_id"].to_pylist(), b["y"].to_pylist())))
-    got = root.scores.read().set_index("clip_id")
-    assert list(got.index) == sorted(got.index) and len(root.scores.parts()) == 1
+    got = root.scores.read().set_index("clip_id").sort_index()
     pd.testing.assert_frame_equal(got[["x", "y"]], want[["x", "y"]], check_names=False)
-    part = root.scores.parts()[0]
-    assert not sc.merge_into_scores(root, c) and root.scores.parts() == [part]  # same values: no write
+    version = root.scores.version()
+    assert not sc.merge_into_scores(root, c) and root.scores.version() == version  # same values: no write
 
 
-def test_a_part_of_many_tiny_row_groups_is_rewritten_once(tmp_path):
-    """Roots written before row groups were sized kept one row group per source: the next compaction
-    check rewrites such a part, without changing a row."""
+def test_a_table_of_an_older_version_is_read_then_migrated_on_its_first_write(tmp_path):
+    """Roots written before Lance hold tables as directories of part-*.parquet: they are read as they
+    are (the newest part wins for a key a crash left twice), and the first write turns them into Lance."""
     import pyarrow as pa
 
     from curate.store import Root
@@ -361,10 +354,12 @@ def test_a_part_of_many_tiny_row_groups_is_rewritten_once(tmp_path):
     rows = pa.table({"clip_id": [f"c{i:03d}" for i in range(200)], "source_id": ["s"] * 200,
                      "start_s": [float(i) for i in range(200)]})
     pq.write_table(t._conform(rows), t.path / "part-00000000000000000001-aaaaaaaa.parquet", row_group_size=2)
+    pq.write_table(t._conform(pa.table({"clip_id": ["c000"], "source_id": ["s"], "start_s": [-1.0]})),
+                   t.path / "part-00000000000000000002-bbbbbbbb.parquet")
     before = t.read().sort_values("clip_id").reset_index(drop=True)
-    t.maybe_compact()
-    (part,) = t.parts()
-    assert pq.ParquetFile(part).metadata.num_row_groups == 1
-    pd.testing.assert_frame_equal(t.read().sort_values("clip_id").reset_index(drop=True), before)
-    t.maybe_compact()
-    assert t.parts() == [part]  # a well-formed part is left alone
+    assert len(before) == 200 and before.start_s[0] == -1.0
+    t.append(pa.table({"clip_id": ["c999"], "source_id": ["s"], "start_s": [9.0]}))
+    assert not list(t.path.glob("part-*.parquet")) and (t.path / "_versions").is_dir()
+    after = t.read().sort_values("clip_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(after.iloc[:200], before)
+    assert after.clip_id.iloc[-1] == "c999"

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from conftest import read_table
 
 from curate.samples import make_video
 
@@ -56,7 +56,7 @@ def test_pip_installed_plugin_is_listed_and_usable(installed_example, tmp_path):
     for args in (["ingest", str(lst)], ["split", "--min-clip-s", "0.5"],
                  ["embed", "--encoder", "colorhist", "-o", "bins=4"], ["score", "--encoder", "colorhist"]):
         subprocess.run([*cli, *args, "--root", str(root)], check=True, capture_output=True)
-    clips = pd.read_parquet(root / "clips").sort_values("start_frame")
-    scores = pd.read_parquet(root / "scores").set_index("clip_id")
+    clips = read_table(root / "clips").sort_values("start_frame")
+    scores = read_table(root / "scores").set_index("clip_id")
     red, blue = (scores.loc[c, "colorhist_sim"] for c in clips.clip_id)
     assert len(clips) == 2 and red > 0.9 and blue < 0.1  # the red shot matches "a plain red screen"

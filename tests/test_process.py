@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import read_table
 
 from curate.embed import embed
 from curate.ingest import ingest
@@ -26,16 +27,16 @@ def roots(tmp_path_factory, source_list, tiny_clip):
 
 def test_fused_pass_gives_the_same_clips_as_split(roots):
     simple, fused, res = roots
-    a = pd.read_parquet(simple / "clips").drop(columns=["updated_at"]).sort_values("clip_id").reset_index(drop=True)
-    b = pd.read_parquet(fused / "clips").drop(columns=["updated_at"]).sort_values("clip_id").reset_index(drop=True)
+    a = read_table(simple / "clips").drop(columns=["updated_at"]).sort_values("clip_id").reset_index(drop=True)
+    b = read_table(fused / "clips").drop(columns=["updated_at"]).sort_values("clip_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
     assert res.ok == 3 and res.extra["clips"] == len(b)
 
 
 def test_fused_pass_gives_the_same_embeddings_as_embed_with_the_ffmpeg_decoder(roots):
     simple, fused, _ = roots
-    a = pd.read_parquet(simple / "embeddings" / "clip").set_index("clip_id").sort_index()
-    b = pd.read_parquet(fused / "embeddings" / "clip").set_index("clip_id").sort_index()
+    a = read_table(simple / "embeddings" / "clip").set_index("clip_id").sort_index()
+    b = read_table(fused / "embeddings" / "clip").set_index("clip_id").sort_index()
     assert list(a.index) == list(b.index) and set(b.status) == {"ok"}
     np.testing.assert_allclose(np.stack(a.video_emb.to_numpy()), np.stack(b.video_emb.to_numpy()), atol=1e-5)
 
@@ -48,7 +49,7 @@ def test_fused_pass_is_idempotent_and_embeds_sources_split_earlier(roots, tiny_c
     ingest(r, source_list)
     split(r, min_clip_s=0.5, max_clip_s=2.0)  # already split: process only embeds them
     res = process(r, "clip", options=tiny_clip, min_clip_s=0.5, max_clip_s=2.0, device="cpu")
-    assert res.total == 0 and res.extra["embedded_separately"] == len(pd.read_parquet(r / "clips"))
+    assert res.total == 0 and res.extra["embedded_separately"] == len(read_table(r / "clips"))
 
 
 def test_ffmpeg_frames_have_the_colours_decord_sees(tmp_path):
@@ -119,9 +120,9 @@ def test_several_sources_decoded_at_once_give_the_same_tables(roots, tiny_clip, 
     res = process(r, "clip", options=tiny_clip, min_clip_s=0.5, max_clip_s=2.0, device="cpu", batch_size=2, workers=3)
     assert res.ok == 3 and res.error == 0
     for table, drop in (("clips", ["updated_at"]), ("embeddings/clip", ["updated_at", "video_emb", "text_emb"])):
-        a = pd.read_parquet(fused / table).drop(columns=drop).sort_values("clip_id").reset_index(drop=True)
-        b = pd.read_parquet(r / table).drop(columns=drop).sort_values("clip_id").reset_index(drop=True)
+        a = read_table(fused / table).drop(columns=drop).sort_values("clip_id").reset_index(drop=True)
+        b = read_table(r / table).drop(columns=drop).sort_values("clip_id").reset_index(drop=True)
         pd.testing.assert_frame_equal(a, b)
-    a = pd.read_parquet(fused / "embeddings" / "clip").set_index("clip_id").sort_index()
-    b = pd.read_parquet(r / "embeddings" / "clip").set_index("clip_id").sort_index()
+    a = read_table(fused / "embeddings" / "clip").set_index("clip_id").sort_index()
+    b = read_table(r / "embeddings" / "clip").set_index("clip_id").sort_index()
     np.testing.assert_allclose(np.stack(a.video_emb.to_numpy()), np.stack(b.video_emb.to_numpy()), atol=1e-5)

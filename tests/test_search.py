@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import curate
+from conftest import curate, read_table
 
 from curate import search as S
 from curate.errors import CurateError
@@ -96,11 +96,11 @@ def test_ties_are_broken_by_clip_id(tmp_path):
     assert got == ["a", "b", "c"]
 
 
-def test_newest_part_wins_when_a_crash_left_a_duplicate(tmp_path, vecs):
+def test_an_upserted_vector_replaces_the_old_one(tmp_path, vecs):
     root = make_root(tmp_path / "ds", vecs[:20])
     q = vecs[5]
-    # a second part repeats clip00005 with another vector (as a crash between append and rewrite leaves it)
-    root.embeddings("syn").append(rows_to_table([{"clip_id": "clip00005", "video_emb": (-q).tolist(), "status": "ok"}],
+    # clip00005 written again with another vector: one row per clip id, the newest
+    root.embeddings("syn").upsert(rows_to_table([{"clip_id": "clip00005", "video_emb": (-q).tolist(), "status": "ok"}],
                                                 embedding_schema()))
     ids, scores = S.exact_topk(root, "syn", q, 20)
     assert ids.count("clip00005") == 1 and ids[-1] == "clip00005" and scores[-1] == pytest.approx(-1.0)
@@ -234,12 +234,11 @@ def real_root(tmp_path_factory, source_list, tiny_clip):
 
 def expected(root: Root, tiny_clip, query, k, allowed=None):
     """Top-k computed here: the query embedded in this process with the recorded options, every stored vector."""
-    import pandas as pd
 
     from curate.embed import load_encoder
 
     q = load_encoder("clip", tiny_clip, "cpu").embed_texts([query])[0]
-    e = pd.read_parquet(root.path / "embeddings" / "clip")
+    e = read_table(root.path / "embeddings" / "clip")
     e = e[e.status == "ok"]
     if allowed is not None:
         e = e[e.clip_id.isin(allowed)]
@@ -268,12 +267,11 @@ def test_cli_search_json_on_a_real_root(real_root, tiny_clip):
 
 
 def test_cli_search_subset_table_and_contact_sheet(real_root, tiny_clip, tmp_path):
-    import pandas as pd
     from PIL import Image
 
-    published = pd.read_parquet(real_root.path / "subsets" / "short" / "annotations.parquet")
+    published = read_table(real_root.path / "subsets" / "short" / "annotations.parquet")
     allowed = set(published[published.status == "ok"].clip_id)
-    all_clips = set(pd.read_parquet(real_root.path / "clips").clip_id)
+    all_clips = set(read_table(real_root.path / "clips").clip_id)
     assert 0 < len(allowed) < len(all_clips)
     query = "television color bars"
     sheet = tmp_path / "sheet.png"
@@ -297,9 +295,8 @@ def test_cli_search_subset_table_and_contact_sheet(real_root, tiny_clip, tmp_pat
 
 
 def test_search_subset_for_the_airflow_page(real_root, tiny_clip):
-    import pandas as pd
 
-    published = pd.read_parquet(real_root.path / "subsets" / "short" / "annotations.parquet")
+    published = read_table(real_root.path / "subsets" / "short" / "annotations.parquet")
     allowed = set(published[published.status == "ok"].clip_id)
     hits = S.search_subset(str(real_root.path), "short", "a colorful test pattern", "clip", 3)
     assert len(hits) == min(3, len(allowed)) and all(h["clip_id"] in allowed for h in hits)

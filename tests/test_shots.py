@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import curate
+from conftest import curate, read_table
 
 from curate.errors import CurateError
 from curate.ingest import ingest
@@ -81,7 +81,7 @@ def shot_roots(tmp_path_factory, shots_video, tiny_clip):
 
 
 def _table(root, name, key):
-    return pd.read_parquet(root / name).drop(columns=["updated_at"]).sort_values(key).reset_index(drop=True)
+    return read_table(root / name).drop(columns=["updated_at"]).sort_values(key).reset_index(drop=True)
 
 
 def test_split_and_process_give_the_same_clips_and_transitions(shot_roots):

@@ -57,8 +57,8 @@ def require_captions(root: Root | str, name: str) -> None:
     root = Root(root) if not isinstance(root, Root) else root
     if name not in root.caption_names() or not root.captions(name).exists():
         have = ", ".join(root.caption_names()) or "none"
-        raise CurateError(f"No captions named {name!r} under {root.path / 'captions'} (have: {have}). "
-                          f"Run `curate caption --root {root.path} --captioner NAME --name {name}` first.")
+        raise CurateError(f"No captions named {name!r} under {root.url('captions')} (have: {have}). "
+                          f"Run `curate caption --root {root} --captioner NAME --name {name}` first.")
 
 
 def caption_texts(root: Root | str, name: str, clip_ids: Iterable[str] | None = None) -> dict[str, str]:
@@ -152,7 +152,7 @@ def check_meta(root: Root, name: str, captioner: str, options: dict) -> None:
         raise CurateError(
             f"captions/{name} were made with captioner {meta.get('captioner')!r} options {meta.get('options')}; "
             f"this run asks for {captioner!r} options {options}. Pass --name NAME to keep both side by side, "
-            f"or delete {root.path / 'captions' / name} to redo them."
+            f"or delete {root.url('captions/' + name)} to redo them."
         )
 
 

@@ -27,7 +27,8 @@ app = typer.Typer(
 console = Console(stderr=True)
 out = Console()
 
-ROOT_OPT = typer.Option(..., "--root", "-r", help="Dataset root directory (created if missing).")
+ROOT_OPT = typer.Option(..., "--root", "-r", help="Dataset root: a directory (created if missing) or an fsspec URL "
+                                                 "such as s3://bucket/prefix, gs://..., az://...")
 
 
 class RichProgress:
@@ -125,7 +126,7 @@ def ingest(
                                                    "(http(s) URL or local path) and optional 'caption', 'title', "
                                                    "'start_s'/'end_s'; other columns are kept in 'meta'. A bare URL or "
                                                    "video path works too."),
-    root: Path = ROOT_OPT,
+    root: str = ROOT_OPT,
     workers: int = typer.Option(4, help="Parallel downloads."),
     max_height: int | None = typer.Option(None, help="Download the best format no taller than this (e.g. 720)."),
     max_filesize: str | None = typer.Option(None, help="Skip files larger than this (bytes, or 500M / 2G)."),
@@ -150,7 +151,7 @@ def ingest(
 @app.command()
 @_guard
 def split(
-    root: Path = ROOT_OPT,
+    root: str = ROOT_OPT,
     detector: str = typer.Option("auto", help="Splitter plugin: auto (transnetv2 with a GPU, else content), transnetv2 "
                                               "(TransNetV2, dissolves kept out of clips), content (ContentDetector), "
                                               "adaptive, threshold, none (whole source), or a third-party one "
@@ -180,7 +181,7 @@ def split(
 @app.command()
 @_guard
 def embed(
-    root: Path = ROOT_OPT,
+    root: str = ROOT_OPT,
     encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder plugin name (`curate plugins`)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value, repeatable "
                                                                  "(clip: model=ViT-B-32 weights=openai frames=8)."),
@@ -237,7 +238,7 @@ def caption(
 @app.command()
 @_guard
 def process(
-    root: Path = ROOT_OPT,
+    root: str = ROOT_OPT,
     encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder plugin name (`curate plugins`)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value, repeatable."),
     name: str | None = typer.Option(None, help="Name of the embedding set (default: the encoder name)."),
@@ -274,7 +275,7 @@ def process(
 @app.command()
 @_guard
 def score(
-    root: Path = ROOT_OPT,
+    root: str = ROOT_OPT,
     encoder: str | None = typer.Option(None, "--encoder", "-e", help="Only this embedding set (default: all)."),
     scorer: list[str] = typer.Option(["technical", "alignment"], "--scorer", "-s",
                                      help="Scorer plugins to run (repeatable): technical, alignment, aesthetic, "
@@ -320,7 +321,7 @@ def score(
 @app.command("filter")
 @_guard
 def filter_cmd(
-    root: Path = ROOT_OPT,
+    root: str = ROOT_OPT,
     subset: str = typer.Option(..., "--subset", help="Name of the subset to create (ROOT/subsets/<name>)."),
     preset: str | None = typer.Option(None, help="Preset name (internvid-flt, internvid-aes, panda, opensora, "
                                                     "clean-content) or a YAML path; explicit options override it."),
@@ -396,7 +397,7 @@ def filter_cmd(
 @app.command()
 @_guard
 def publish(
-    root: Path = ROOT_OPT,
+    root: str = ROOT_OPT,
     subset: str = typer.Option(..., "--subset", help="Subset made by `curate filter`."),
     shard_size: int = typer.Option(1000, help="Clips per WebDataset shard."),
     workers: int = typer.Option(4, help="Parallel ffmpeg cuts."),
@@ -423,7 +424,7 @@ def publish(
 @app.command()
 @_guard
 def features(
-    root: Path = ROOT_OPT,
+    root: str = ROOT_OPT,
     encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder with per-frame image features (clip)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (model=ViT-B/32 ...)."),
     name: str | None = typer.Option(None, help="Name of this feature set (default: the encoder name)."),
@@ -465,7 +466,7 @@ def features(
 @app.command()
 @_guard
 def report(
-    root: Path = ROOT_OPT,
+    root: str = ROOT_OPT,
     subset: str | None = typer.Option(None, "--subset", help="Report on this subset: thresholds marked, funnel, "
                                                                 "and the report embedded in its dataset card."),
     top_k: int = typer.Option(6, help="Clips per row of the contact sheets (best and worst by each score)."),
@@ -491,6 +492,53 @@ def run(config: Path = typer.Argument(..., help="YAML file (see configs/); relat
 
 @app.command()
 @_guard
+def export(
+    root: str = ROOT_OPT,
+    table: str = typer.Argument(..., help="Table to export: sources, clips, scores, embeddings/<name>, features/<name>."),
+    out_path: str = typer.Argument(..., metavar="OUT", help="Parquet file to write (a local path or a URL)."),
+    version: int | None = typer.Option(None, "--version", help="Export the table as of this Lance version "
+                                                               "(default: the current one)."),
+) -> None:
+    """Write one table as a plain Parquet file (for tools that read Parquet only)."""
+    from curate.store import export_table
+
+    n = export_table(root, table, out_path, version=version)
+    console.print(f"[bold green]export[/] {n} rows of {escape(table)} -> {escape(out_path)}")
+
+
+@app.command()
+@_guard
+def migrate(root: str = ROOT_OPT) -> None:
+    """Convert the tables of a root written by curate before Lance (directories of part-*.parquet) to Lance."""
+    from curate.store import migrate as run
+
+    moved = run(root)
+    if not moved:
+        console.print("[bold green]migrate[/] nothing to do: every table is already in Lance")
+    for name, n in moved.items():
+        console.print(f"[bold green]migrate[/] {escape(name)}: {n} rows")
+
+
+@app.command()
+@_guard
+def compact(
+    root: str = ROOT_OPT,
+    table: list[str] = typer.Option([], "--table", "-t", help="Only this table (repeatable; default: every table)."),
+    keep_versions_s: float | None = typer.Option(None, "--keep-versions-s", help="Remove versions older than this "
+                                                 "many seconds (default: CURATE_KEEP_VERSIONS_S, 3600)."),
+) -> None:
+    """Table maintenance: merge the fragments appends left and remove old versions (run after the writers)."""
+    from datetime import timedelta
+
+    from curate.store import maintain
+
+    done = maintain(root, table or None,
+                    older_than=timedelta(seconds=keep_versions_s) if keep_versions_s is not None else None)
+    console.print(f"[bold green]compact[/] {len(done)} tables: {escape(', '.join(done) or 'none')}")
+
+
+@app.command()
+@_guard
 def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List every registered encoder, splitter, scorer and captioner, with the plugin and package that registered it."""
     from curate.plugins import all_components
@@ -508,11 +556,12 @@ def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON."
 
 @app.command()
 @_guard
-def status(root: Path = ROOT_OPT, json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+def status(root: str = ROOT_OPT, json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Per stage, counts of ok / error / pending."""
     from curate.status import stage_counts
+    from curate.store import Root
 
-    if not Path(root).exists():
+    if not Root(root).exists(""):
         raise CurateError(f"{root} does not exist.")
     if json_out:
         out.print_json(json.dumps(stage_counts(root)))

@@ -8,7 +8,6 @@ another name to keep embeddings of two configurations of one encoder side by sid
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -21,7 +20,7 @@ from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.frames import batches, clip_groups, decode_clips
 from curate.progress import NullProgress, Progress, StageResult
-from curate.store import Root, embedding_schema, maintain, rows_to_table, write_bytes_atomic
+from curate.store import Root, embedding_schema, maintain, rows_to_table
 
 
 def parse_options(pairs: Iterable[str]) -> dict[str, str]:
@@ -74,7 +73,7 @@ def check_meta(root: Root, name: str, encoder: str, options: dict, caption: str 
             f"embeddings/{name} were made with encoder {meta.get('encoder')!r} options {meta.get('options')} "
             f"caption {meta.get('caption', 'source')!r}; this run asks for {encoder!r} options {options} caption "
             f"{caption or 'source'!r}. Pass --name NAME to keep both side by side, "
-            f"or delete {root.path / 'embeddings' / name} to redo them."
+            f"or delete {root.url('embeddings/' + name)} to redo them."
         )
 
 
@@ -171,9 +170,7 @@ def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_
     if clips.empty:
         return result.done()
     enc = encoder_obj or load_encoder(encoder, options, device)
-    meta_path = table.path / "_meta.json"
-    if not meta_path.exists():  # batches may write it at once: same content, atomic rename
-        write_bytes_atomic(json.dumps(_meta(encoder, options, enc, cap_label), indent=2, default=str), meta_path)
+    root.write_embedding_meta(name, _meta(encoder, options, enc, cap_label))  # batches may all write it: same content
     result.extra["weights"] = enc.info.weights
     progress.start(len(clips), f"embed ({name})")
     rows: list[dict] = []

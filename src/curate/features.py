@@ -21,7 +21,7 @@ import pyarrow as pa
 from curate.errors import CurateError
 from curate.media import get_frames, open_video
 from curate.progress import NullProgress, Progress, StageResult
-from curate.store import Root, Table, write_bytes_atomic
+from curate.store import Root, safe_name
 
 SCHEMA = pa.schema([("source_id", pa.string()), ("features", pa.list_(pa.float32())), ("shape", pa.list_(pa.int64())),
                     ("timestamps_ms", pa.list_(pa.float64())), ("fps", pa.float64()), ("status", pa.string()),
@@ -55,7 +55,7 @@ def features(root: Root | str, encoder: str = "clip", *, options: dict[str, Any]
     progress = progress or NullProgress()
     name = name or encoder
     result = StageResult("features", extra={"encoder": encoder, "name": name})
-    table = Table(root.inside("features", name), "source_id", SCHEMA)
+    table = root.table(f"features/{safe_name(name)}", "source_id", SCHEMA)
     with root.ensure().lock(f"features-{name}"):
         done = table.keys()
         sources = [s for s in root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames",
@@ -72,23 +72,22 @@ def features(root: Root | str, encoder: str = "clip", *, options: dict[str, Any]
             row = {"source_id": s["source_id"], "updated_at": time.time()}
             try:
                 idx, ts, eff = frame_times(s["duration_s"], s["fps"], s["num_frames"], fps=fps, frames=frames)
-                vr = open_video(root.inside(s["media_path"]))
+                vr = open_video(root.media_file(s["media_path"]))
                 feats = np.concatenate([enc.embed_frames(get_frames(vr, idx[i:i + batch_size]), batch_size)
                                         for i in range(0, len(idx), batch_size)]).astype(np.float32)
                 row.update(features=feats.ravel().tolist(), shape=list(feats.shape), timestamps_ms=ts, fps=eff,
                            status="ok")
                 if save_numpy:
-                    d = root.inside("features_npy", name)
+                    d = f"features_npy/{safe_name(name)}"
                     for suffix, arr in ((name, feats), ("timestamps_ms", np.asarray(ts)), ("fps", np.asarray(eff))):
                         buf = io.BytesIO()
                         np.save(buf, arr)
-                        write_bytes_atomic(buf.getvalue(), d / f"{s['source_id']}_{suffix}.npy")
+                        root.write_bytes(f"{d}/{s['source_id']}_{suffix}.npy", buf.getvalue())
                 result.ok += 1
             except Exception as e:  # one bad source never sinks the batch
                 row.update(status="error", error=str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
                 result.add_error(s["source_id"], row["error"])
             table.append(pa.Table.from_pylist([row], schema=SCHEMA))
-            table.tidy()
             progress.advance()
     return result.done()
 
@@ -102,7 +101,7 @@ def show_predictions(root: Root | str, texts: Sequence[str], *, name: str = "cli
     enc = load_encoder(encoder, options, device)
     t = enc.embed_text_batch(list(texts)).astype(np.float64)
     scale = getattr(enc, "logit_scale", 100.0)
-    table = Table(root.inside("features", name), "source_id", SCHEMA)
+    table = root.table(f"features/{safe_name(name)}", "source_id", SCHEMA)
     out = []
     for row in table.read_arrow().to_pylist():
         if row["status"] != "ok" or (source_ids and row["source_id"] not in source_ids):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError
-from curate.store import Root, write_bytes_atomic, write_row_groups
+from curate.store import Root, write_row_groups
 from curate.where import Where
 
 #: threshold options: name -> (column, op). "{sim}" is the alignment column of the chosen encoder.
@@ -131,8 +130,8 @@ def caption_rule(root: Root, options: dict[str, Any], columns: list[str]) -> Rul
                           f"{', '.join(sets) or 'none'}).")
     if not enc:
         if not sets:
-            raise CurateError(f"No alignment scores of {label!r}: run `curate embed --root {root.path} --encoder NAME "
-                              f"--caption {label}` and `curate score --root {root.path}` first.")
+            raise CurateError(f"No alignment scores of {label!r}: run `curate embed --root {root} --encoder NAME "
+                              f"--caption {label}` and `curate score --root {root}` first.")
         if len(sets) > 1:
             raise CurateError(f"Several embedding sets score {label!r} ({', '.join(sets)}): pass --encoder NAME.")
         options["encoder"] = enc = sets[0]
@@ -210,24 +209,22 @@ def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, c
     options.update({k: v for k, v in given.items() if v is not None and v != []})
     dataset = root.scores.dataset()
     if dataset is None:
-        raise CurateError(f"{root.path} has no scores yet: run `curate score --root {root.path}` first.")
+        raise CurateError(f"{root} has no scores yet: run `curate score --root {root}` first.")
     columns = dataset.schema.names
     has_caption = caption_rule(root, options, columns)
     rules = ([has_caption] if has_caption else []) + build_rules(columns, options)
     top = _top_rule(dataset, rules, options, columns, batch_size)
     cap = _cap_rule(options, columns)
-    out_dir = root.subset_dir(subset)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with root.lock(f"filter-{subset}"):
-        return _write_selection(subset, out_dir, dataset, rules, top, cap, columns, options, batch_size)
+    with root.lock(f"filter-{subset}"), root.local_output(f"{root.subset_rel(subset)}/selection.parquet") as tmp:
+        summary = _write_selection(subset, tmp, dataset, rules, top, cap, columns, options, batch_size)
+    root.write_bytes(f"{root.subset_rel(subset)}/filter.json", json.dumps(summary, indent=2, default=str))
+    return summary
 
 
-def _write_selection(subset, out_dir, dataset, rules, top, cap, columns, options, batch_size) -> dict[str, Any]:
-    """One streaming pass: apply the rules batch by batch, write the kept rows, count drops per rule."""
+def _write_selection(subset, tmp, dataset, rules, top, cap, columns, options, batch_size) -> dict[str, Any]:
+    """One streaming pass: apply the rules batch by batch, write the kept rows (to the local file ``tmp``),
+    count drops per rule."""
     keep_cols = ["clip_id", *dict.fromkeys(c for c in columns if c != "clip_id" and not c.endswith("_error"))]
-    for stale in out_dir.glob(".tmp-selection-*"):
-        stale.unlink(missing_ok=True)
-    tmp = out_dir / f".tmp-selection-{time.time_ns()}.parquet"
     total = kept = 0
     all_rules = rules + ([top] if top else [])
     alone = {r.name: 0 for r in rules}
@@ -257,12 +254,9 @@ def _write_selection(subset, out_dir, dataset, rules, top, cap, columns, options
         dropped = _apply_cap(tmp, cap)
         funnel[cap.name] = dropped
         kept -= dropped
-    tmp.replace(out_dir / "selection.parquet")
-    summary = {"subset": subset, "total": total, "kept": kept, "dropped": total - kept,
-               "rules": [r.public() for r in all_rules + ([cap] if cap else [])],
-               "dropped_by_rule": alone, "funnel": funnel, "options": {k: v for k, v in options.items()}}
-    write_bytes_atomic(json.dumps(summary, indent=2, default=str), out_dir / "filter.json")
-    return summary
+    return {"subset": subset, "total": total, "kept": kept, "dropped": total - kept,
+            "rules": [r.public() for r in all_rules + ([cap] if cap else [])],
+            "dropped_by_rule": alone, "funnel": funnel, "options": {k: v for k, v in options.items()}}
 
 
 def _top_rule(dataset, rules: list[Rule], options: dict, columns: list[str], batch_size: int) -> Rule | None:

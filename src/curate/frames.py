@@ -52,7 +52,7 @@ def decode_source(root: Root, sampler: Sampler, src: dict, clips: list[dict]) ->
     out: list[tuple[dict, Any, str | None]] = []
     try:
         size = sampler.decode_size(int(src["width"]), int(src["height"]))
-        vr = open_video(root.inside(src["media_path"]), size=size)
+        vr = open_video(root.media_file(src["media_path"]), size=size)
     except (MediaError, CurateError) as e:
         return [(c, None, str(e)) for c in clips]
     fps = float(src["fps"])
@@ -234,7 +234,7 @@ def decode_source_ffmpeg(root: Root, sampler: Sampler, src: dict, clips: list[di
     previous = None
     try:
         stream = sample_stream(sampler, int(src["width"]), int(src["height"]))
-        for f, frame in enumerate(decode_frames(root.inside(src["media_path"]), stream)):
+        for f, frame in enumerate(decode_frames(root.media_file(src["media_path"]), stream)):
             previous = frame
             for ci in by_frame.get(f, ()):
                 got.setdefault(ci, {})[f] = frame

@@ -9,6 +9,7 @@ jitter, and ``retry_errors=True`` re-queues the retryable error rows of earlier 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,14 @@ from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.media import MediaError, probe
 from curate.progress import NullProgress, Progress, StageResult
+from curate.storage import scratch_tree
 from curate.store import SCHEMAS, Root, rows_to_table, stable_id
 
 LIST_SUFFIXES = {".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".txt"}
 VIDEO_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,5}")
+
+#: a temporary copy in ROOT/media older than this is a crashed run's leftover (seconds)
+STALE_TMP_S = 3600
 
 #: error kinds a later run may fix; the others are permanent for that input
 RETRYABLE_KINDS = {"network", "timeout", "rate_limited", "bot_check", "download_failed"}
@@ -155,7 +160,7 @@ def register_sources(root: Root | str, sources: str | os.PathLike | Sequence[str
     rows = source_rows(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"url": []}))
     known = root.sources.keys()
     new = [r for r in rows if r["source_id"] not in known]
-    root.sources.append(rows_to_table(new, SCHEMAS["sources"]))
+    root.sources.insert_missing(rows_to_table(new, SCHEMAS["sources"]))
     return [r["source_id"] for r in rows]
 
 
@@ -305,36 +310,57 @@ def ingest_one(root: Root, row: dict, *, allow_local: bool = True, local_dirs=No
     out["attempts"] = int(row.get("attempts") or 0) + 1
     out["updated_at"] = time.time()
     sid, url = row["source_id"], row.get("url") or ""
-    stem = root.media_dir / sid
-    try:
-        media, info_json = _fetch(root, url, stem, allow_local=allow_local, local_dirs=local_dirs,
-                                  max_height=max_height, max_filesize=max_filesize, socket_timeout=socket_timeout,
-                                  retries=retries, backoff_s=backoff_s,
-                                  segment=(row.get("start_s"), row.get("end_s")))
+    with _media_workdir(root) as mdir:  # the media directory itself, or a scratch one for a remote root
+        stem = mdir / sid
+        uploaded: list[str] = []
         try:
-            pr = probe(media)
-        except MediaError as e:
-            raise IngestError("corrupt", str(e)) from None
-        if max_duration and pr.duration_s > max_duration:
-            raise IngestError("too_long", f"duration {pr.duration_s:.1f} s is over max_duration={max_duration} s")
-        out.update(status="ok", error=None, error_kind=None,
-                   media_path=str(media.relative_to(root.path)),
-                   info_path=str(info_json.relative_to(root.path)) if info_json else None,
-                   duration_s=pr.duration_s, fps=pr.fps, width=pr.width, height=pr.height, codec=pr.codec,
-                   num_frames=pr.num_frames)
-        if info_json and not row.get("title"):
+            media, info_json = _fetch(root, url, stem, allow_local=allow_local, local_dirs=local_dirs,
+                                      max_height=max_height, max_filesize=max_filesize, socket_timeout=socket_timeout,
+                                      retries=retries, backoff_s=backoff_s,
+                                      segment=(row.get("start_s"), row.get("end_s")))
             try:
-                out["title"] = json.loads(info_json.read_text()).get("title")
-            except (OSError, ValueError):
-                pass
-    except IngestError as e:
-        out.update(status="error", error=str(e), error_kind=e.kind)
-    except Exception as e:  # never let one source sink the batch
-        out.update(status="error", error=_short(f"{type(e).__name__}: {e}"), error_kind="download_failed")
-    if out["status"] == "error":  # nothing unusable is kept: media, info JSON, yt-dlp .part/.ytdl leftovers
-        for leftover in root.media_dir.glob(f"{sid}.*"):
-            leftover.unlink(missing_ok=True)
+                pr = probe(media)
+            except MediaError as e:
+                raise IngestError("corrupt", str(e)) from None
+            if max_duration and pr.duration_s > max_duration:
+                raise IngestError("too_long", f"duration {pr.duration_s:.1f} s is over max_duration={max_duration} s")
+            if root.remote:
+                for f in (media, info_json):
+                    if f is not None:
+                        root.put_file(f, f"media/{f.name}")
+                        uploaded.append(f"media/{f.name}")
+            out.update(status="ok", error=None, error_kind=None,
+                       media_path=f"media/{media.name}",
+                       info_path=f"media/{info_json.name}" if info_json else None,
+                       duration_s=pr.duration_s, fps=pr.fps, width=pr.width, height=pr.height, codec=pr.codec,
+                       num_frames=pr.num_frames)
+            if info_json and not row.get("title"):
+                try:
+                    out["title"] = json.loads(info_json.read_text()).get("title")
+                except (OSError, ValueError):
+                    pass
+        except IngestError as e:
+            out.update(status="error", error=str(e), error_kind=e.kind)
+        except Exception as e:  # never let one source sink the batch
+            out.update(status="error", error=_short(f"{type(e).__name__}: {e}"), error_kind="download_failed")
+        if out["status"] == "error":  # nothing unusable is kept: media, info JSON, yt-dlp .part/.ytdl leftovers
+            for leftover in mdir.glob(f"{sid}.*"):
+                leftover.unlink(missing_ok=True)
+            for rel in uploaded:
+                root.rm(rel)
     return out
+
+
+@contextlib.contextmanager
+def _media_workdir(root: Root) -> Iterator[Path]:
+    """Where a source is downloaded: ``ROOT/media`` on a local root; a scratch directory (uploaded from,
+    then removed) on a remote one."""
+    if root.remote:
+        with scratch_tree() as d:
+            yield d
+        return
+    root.media_dir.mkdir(parents=True, exist_ok=True)
+    yield root.media_dir
 
 
 def _fetch(root: Root, url: str, stem: Path, *, allow_local, local_dirs, max_height, max_filesize,
@@ -345,7 +371,6 @@ def _fetch(root: Root, url: str, stem: Path, *, allow_local, local_dirs, max_hei
         raise IngestError("invalid_url", f"url starts with '-': {url[:80]!r} (refused: it could be read as an option)")
     if any(ord(c) < 32 for c in url):
         raise IngestError("invalid_url", "url contains control characters")
-    root.media_dir.mkdir(parents=True, exist_ok=True)
     scheme = urlparse(url).scheme.lower() if "://" in url else ""
     if scheme in ("http", "https"):
         attempt = 0
@@ -382,16 +407,13 @@ def ingest(root: Root | str, sources: str | os.PathLike | Sequence[str] | None =
     progress = progress or NullProgress()
     result = StageResult("ingest")
     with root.ensure().shared_run("ingest") as run:
-        if run.first:  # no other ingest is running: safe to clean up after a crash
-            with root.write_lock("sources"):
-                root.sources.repair()
-            if root.media_dir.is_dir():
-                for tmp in root.media_dir.glob(".tmp-*"):
-                    tmp.unlink(missing_ok=True)
-        run.ready()
+        if not root.remote and root.media_dir.is_dir():  # copies a crashed run left half-done
+            for tmp in root.media_dir.glob(".tmp-*"):
+                with contextlib.suppress(OSError):
+                    if time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+                        tmp.unlink()
         if sources is not None:
-            with root.write_lock("sources"):
-                ids = register_sources(root, sources)
+            ids = register_sources(root, sources)
             if source_ids is None:
                 source_ids = ids
         table = root.sources.read()
@@ -412,8 +434,7 @@ def ingest(root: Root | str, sources: str | os.PathLike | Sequence[str] | None =
 
         def flush() -> None:
             if pending:
-                with root.write_lock("sources"):
-                    root.sources.upsert(rows_to_table(pending, SCHEMAS["sources"]))
+                root.sources.upsert(rows_to_table(pending, SCHEMAS["sources"]))
                 pending.clear()
                 crashpoint("ingest-flush")
 
@@ -443,6 +464,4 @@ def ingest(root: Root | str, sources: str | os.PathLike | Sequence[str] | None =
                             flush()
                 progress.advance()
         flush()
-        with root.write_lock("sources"):
-            root.sources.maybe_compact()
     return result.done()

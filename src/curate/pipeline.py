@@ -22,6 +22,7 @@ import yaml
 
 from curate.errors import CurateError
 from curate.progress import NullProgress, Progress, StageResult
+from curate.storage import is_remote
 
 SECTIONS = {
     "ingest": {"workers", "max_height", "max_filesize", "max_duration", "retry_errors", "allow_local", "local_dirs",
@@ -64,7 +65,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if "root" not in cfg:
         raise CurateError(f"{p}: 'root' is required")
     base = p.resolve().parent
-    cfg["root"] = str((base / cfg["root"]).resolve()) if not Path(str(cfg["root"])).is_absolute() else cfg["root"]
+    if not is_remote(str(cfg["root"])):  # a relative root is relative to the config file; URLs as they are
+        cfg["root"] = str((base / cfg["root"]).resolve()) if not Path(str(cfg["root"])).is_absolute() else cfg["root"]
     if cfg.get("sources") and "://" not in str(cfg["sources"]):
         src = Path(str(cfg["sources"]))
         cfg["sources"] = str(src if src.is_absolute() else (base / src).resolve())

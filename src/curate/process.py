@@ -19,7 +19,6 @@ decodes without deblocking (faster); on hard cuts both give the same scenes.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import time
@@ -33,7 +32,8 @@ from curate.frames import _ahead, decode_streams, sample_stream
 from curate.media import yuv_to_rgb
 from curate.progress import NullProgress, Progress, StageResult
 from curate.split import ClipAppender, clip_row, error_row, failure_message, shape_scenes, transition_rows, transitions_table
-from curate.store import Root, embedding_schema, maintain, rows_to_table, write_bytes_atomic
+from curate.storage import scratch_dir
+from curate.store import Root, embedding_schema, maintain, rows_to_table
 
 #: frames of the scene in progress kept in RAM; a longer scene goes on in a file under ROOT/.tmp
 SCENE_RAM_BYTES = 256 << 20
@@ -171,11 +171,9 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
             splitter.load()  # a bad weights file stops here, not as an error row on every source
         enc = encoder_obj or load_encoder(encoder, options, device)
         enc.decoder = "ffmpeg"
-        if not (table.path / "_meta.json").exists():
-            write_bytes_atomic(json.dumps(_meta(encoder, options, enc), indent=2, default=str), table.path / "_meta.json")
+        root.write_embedding_meta(name, _meta(encoder, options, enc))
         progress.start(len(sources), f"process ({detector} + {name})")
-        tmpdir = root.path / ".tmp"
-        tmpdir.mkdir(exist_ok=True)
+        tmpdir = scratch_dir()
 
         workers = max(1, int(workers))
 
@@ -305,7 +303,7 @@ def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_cli
         tracker = splitter.tracker(fps, w, h)
         n = -1
         # one decode, scaled from full resolution to the encoder's size (I420) and to the splitter's frames
-        for n, (frame, *det) in enumerate(decode_streams(root.inside(src["media_path"]), [enc_stream, *tracker.streams],
+        for n, (frame, *det) in enumerate(decode_streams(root.media_file(src["media_path"]), [enc_stream, *tracker.streams],
                                                          duration_s=src.get("duration_s"))):
             scene.append(frame)
             for end, start in tracker.push(tuple(det)):

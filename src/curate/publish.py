@@ -22,18 +22,18 @@ import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.media import MediaError, cut_clip
 from curate.progress import NullProgress, Progress, StageResult
-from curate.store import Root, write_bytes_atomic, write_table_atomic
+from curate.storage import scratch_dir
+from curate.store import Root
 
 
 def _primary_encoder(summary: dict, columns: list[str]) -> str | None:
@@ -63,10 +63,10 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
     progress = progress or NullProgress()
     if cut not in ("accurate", "copy"):
         raise CurateError("cut must be 'accurate' (frame-accurate re-encode) or 'copy' (stream copy at keyframes)")
-    out = root.subset_dir(subset)
-    sel_path = out / "selection.parquet"
-    if not sel_path.exists():
-        raise CurateError(f"Subset {subset!r} has no selection: run `curate filter --root {root.path} --subset {subset} ...` first.")
+    out = root.subset_rel(subset)
+    sel_path = f"{out}/selection.parquet"
+    if not root.exists(sel_path):
+        raise CurateError(f"Subset {subset!r} has no selection: run `curate filter --root {root} --subset {subset} ...` first.")
     result = StageResult("publish", extra={"subset": subset})
     if shard is not None:
         _write_shards(root, out, shard_size, workers, cut, caption, shard, progress, result)
@@ -75,44 +75,44 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
     with root.lock(f"publish-{subset}"):
         summary, enc, choice, annotations, expected = _write_shards(root, out, shard_size, workers, cut, caption, None,
                                                                     progress, result)
-        shards_dir = out / "shards"
-        for p in shards_dir.iterdir():  # shards of an earlier, larger selection
-            if p.name not in expected:
-                p.unlink()
+        shards_dir = f"{out}/shards"
+        for p in root.ls(shards_dir, dirs=False):  # shards of an earlier, larger selection
+            if p not in expected:
+                root.rm(f"{shards_dir}/{p}")
         ann_table = pa.Table.from_pylist(annotations) if annotations else pa.table({"clip_id": pa.array([], pa.string())})
-        write_table_atomic(ann_table, out / "annotations.parquet")
+        root.write_parquet(ann_table, f"{out}/annotations.parquet")
         n_shards = len(expected) // 2
         result.extra.update(shards=n_shards, published=sum(1 for a in annotations if a["status"] == "ok"),
-                            path=str(out))
+                            path=root.url(out))
         card = dataset_card(root, subset, summary, annotations, enc, n_shards, cut, choice)
-        write_bytes_atomic(card, out / "README.md")
-        if (out / "report" / "report.md").exists():  # keep an earlier `curate report` in the new card
+        root.write_bytes(f"{out}/README.md", card)
+        if root.exists(f"{out}/report/report.md"):  # keep an earlier `curate report` in the new card
             from curate.report import embed_in_card
 
-            embed_in_card(out / "README.md", (out / "report" / "report.md").read_text(), prefix="report/")
+            embed_in_card(root, f"{out}/README.md", root.read_text(f"{out}/report/report.md"), prefix="report/")
     return result.done()
 
 
 def shard_count(root: Root | str, subset: str, shard_size: int) -> int:
     """How many WebDataset shards the subset's selection makes (what ``--shard i/n`` splits among ``n``)."""
     root = Root(root) if not isinstance(root, Root) else root
-    sel = root.subset_dir(subset) / "selection.parquet"
-    rows = pq.ParquetFile(sel).metadata.num_rows if sel.exists() else 0
+    sel = f"{root.subset_rel(subset)}/selection.parquet"
+    rows = root.read_parquet(sel).num_rows if root.exists(sel) else 0
     return -(-rows // max(1, int(shard_size)))
 
 
-def _write_shards(root: Root, out: Path, shard_size: int, workers: int, cut: str, caption: str | None,
+def _write_shards(root: Root, out: str, shard_size: int, workers: int, cut: str, caption: str | None,
                   shard: tuple[int, int] | None, progress: Progress, result: StageResult):
     """Write the shards (all, or those of ``shard``) that are missing or out of date; returns (filter summary,
     primary encoder, caption choice, annotations of those shards, file names of every shard)."""
     from curate.caption import caption_source_label, parse_caption_source
 
-    summary = json.loads((out / "filter.json").read_text()) if (out / "filter.json").exists() else {}
+    summary = root.read_json(f"{out}/filter.json", {})
     choice = parse_caption_source(caption if caption is not None else (summary.get("options") or {}).get("caption"))
     if choice is not None and choice not in root.caption_names():
-        raise CurateError(f"No captions named {choice!r} under {root.path / 'captions'}: run `curate caption "
+        raise CurateError(f"No captions named {choice!r} under {root.url('captions')}: run `curate caption "
                           f"--name {choice}` first, or publish with --caption source.")
-    sel = pq.read_table(out / "selection.parquet")
+    sel = root.read_parquet(f"{out}/selection.parquet")
     score_cols = [c for c in sel.column_names if c not in ("clip_id", "source_id")]
     clips = root.clips.read_arrow(columns=["clip_id", "source_id", "start_s", "end_s", "start_frame", "end_frame",
                                            "duration_s", "caption"], filter=pc.field("clip_id").isin(sel["clip_id"].combine_chunks()))
@@ -129,22 +129,22 @@ def _write_shards(root: Root, out: Path, shard_size: int, workers: int, cut: str
     gen = _Generated(root, wanted_ids, choice)
     result.extra["caption"] = caption_source_label(choice)
     result.total = sum(min(shard_size, t.num_rows - starts[si]) for si in mine)
-    shards_dir = out / "shards"
-    shards_dir.mkdir(parents=True, exist_ok=True)
+    shards_dir = f"{out}/shards"
     if shard is None:
-        for tmp in shards_dir.glob(".tmp-*"):  # left by a crash: never visible as a shard
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-    progress.start(result.total, f"publish ({out.name})")
+        for tmp in root.ls(shards_dir):  # left by a crash (older versions): never visible as a shard
+            if tmp.startswith(".tmp-"):
+                root.rm(f"{shards_dir}/{tmp}", recursive=True)
+    progress.start(result.total, f"publish ({PurePosixPath(out).name})")
     annotations: list[dict] = []
     expected = {n for si in range(len(starts)) for n in (f"shard-{si:05d}.tar", f"shard-{si:05d}.json")}
     for si in mine:
         group = t.slice(starts[si], shard_size).to_pylist()  # Python rows of one shard at a time
         name = f"shard-{si:05d}.tar"
-        manifest_path = shards_dir / name.replace(".tar", ".json")
+        manifest_path = f"{shards_dir}/{name.replace('.tar', '.json')}"
         ids = [r["clip_id"] for r in group]
         digest = gen.digest(group)
-        if (shards_dir / name).exists() and manifest_path.exists():
-            manifest = json.loads(manifest_path.read_text())
+        if root.exists(f"{shards_dir}/{name}") and root.exists(manifest_path):
+            manifest = root.read_json(manifest_path)
             if manifest.get("clip_ids") == ids and manifest.get("cut") == cut and \
                     manifest.get("captions") == digest:
                 annotations.extend(manifest["annotations"])
@@ -153,9 +153,10 @@ def _write_shards(root: Root, out: Path, shard_size: int, workers: int, cut: str
                 result.error += sum(1 for a in manifest["annotations"] if a["status"] != "ok")
                 progress.advance(len(group))
                 continue
-        ann = _write_shard(root, shards_dir / name, group, si, emb, score_cols, cut, workers, progress, result, gen)
-        write_bytes_atomic(json.dumps({"clip_ids": ids, "cut": cut, "captions": digest, "annotations": ann},
-                                      default=str), manifest_path)
+        ann = _write_shard(root, f"{shards_dir}/{name}", group, si, emb, score_cols, cut, workers, progress, result,
+                           gen)
+        root.write_bytes(manifest_path, json.dumps({"clip_ids": ids, "cut": cut, "captions": digest,
+                                                    "annotations": ann}, default=str))
         annotations.extend(ann)
     return summary, enc, choice, annotations, expected
 
@@ -208,9 +209,11 @@ class _Generated:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, emb: dict, score_cols: list[str],
+def _write_shard(root: Root, path: str, group: list[dict], shard_index: int, emb: dict, score_cols: list[str],
                  cut: str, workers: int, progress: Progress, result: StageResult, gen: _Generated) -> list[dict]:
-    tmpdir = Path(tempfile.mkdtemp(prefix=".tmp-cut-", dir=path.parent))
+    """Cut the clips of one shard (in the scratch directory) and write the shard at ``path`` (under the root)."""
+    shard_name = PurePosixPath(path).name
+    tmpdir = Path(tempfile.mkdtemp(prefix="cut-", dir=scratch_dir()))
     try:
         def do_cut(r: dict) -> tuple[dict, Path | None, str | None]:
             dst = tmpdir / f"{r['clip_id']}.mp4"
@@ -218,16 +221,15 @@ def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, em
                 if not r.get("media_path"):
                     raise MediaError("source media is missing")
                 n = int(r["end_frame"]) - int(r["start_frame"])
-                cut_clip(root.inside(r["media_path"]), dst, float(r["start_s"]), n, float(r["fps"]), mode=cut)
+                cut_clip(root.media_file(r["media_path"]), dst, float(r["start_s"]), n, float(r["fps"]), mode=cut)
                 return r, dst, None
             except (MediaError, CurateError, OSError) as e:
                 return r, None, str(e)
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             done = list(pool.map(do_cut, group))
-        tmp_tar = path.with_name(f".tmp-{path.name}")
         ann = []
-        with tarfile.open(tmp_tar, "w") as tar:
+        with root.local_output(path) as tmp_tar, tarfile.open(tmp_tar, "w") as tar:
             for r, mp4, err in done:
                 key = r["clip_id"]
                 scores = {c: r.get(c) for c in score_cols if c in r and not c.endswith("_error")}
@@ -249,7 +251,7 @@ def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, em
                     result.ok += 1
                 else:
                     result.add_error(key, err)
-                ann.append({"clip_id": key, "shard": path.name, "status": "ok" if err is None else "error",
+                ann.append({"clip_id": key, "shard": shard_name, "status": "ok" if err is None else "error",
                             "error": err, "caption": caps["caption"], "source_caption": caps["source_caption"],
                             **{f"caption_{n}": caps["captions"].get(n) for n in gen.names},
                             "source_id": r["source_id"],
@@ -257,7 +259,6 @@ def _write_shard(root: Root, path: Path, group: list[dict], shard_index: int, em
                             "duration_s": r["duration_s"], "url_start_s": offset + r["start_s"],
                             "url_end_s": offset + r["end_s"], **scores})
                 progress.advance()
-        tmp_tar.replace(path)
         crashpoint("publish-shard")
         return ann
     finally:
@@ -318,7 +319,7 @@ def dataset_card(root: Root, subset: str, summary: dict, annotations: list[dict]
                  cut: str, caption: str | None = None) -> str:
     published = sum(1 for a in annotations if a["status"] == "ok")
     failed = len(annotations) - published
-    lines = [f"# {subset}", "", f"Curated with curate from `{root.path}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    lines = [f"# {subset}", "", f"Curated with curate from `{root}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
     lines += ["## Counts", "", "| | clips |", "|---|---|",
               f"| scored | {summary.get('total', '?')} |", f"| kept by the filter | {summary.get('kept', '?')} |",
               f"| dropped | {summary.get('dropped', '?')} |", f"| published | {published} |",
@@ -353,7 +354,7 @@ def dataset_card(root: Root, subset: str, summary: dict, annotations: list[dict]
               "(clip embedding). "
               "`annotations.parquet` holds the same fields, one row per clip.", "",
               "```python", "import webdataset as wds",
-              f"ds = wds.WebDataset('{root.path}/subsets/{subset}/shards/shard-{{00000..{max(0, shards - 1):05d}}}.tar')",
+              f"ds = wds.WebDataset('{root}/subsets/{subset}/shards/shard-{{00000..{max(0, shards - 1):05d}}}.tar')",
               "```", "", "## Software", ""]
     lines += [f"- {k}: {v}" for k, v in package_versions().items()]
     return "\n".join(lines) + "\n"

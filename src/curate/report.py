@@ -9,7 +9,6 @@ and ``report.html``. The subset's dataset card embeds the report.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ def _plt():
 def score_columns(root: Root) -> list[str]:
     d = root.scores.dataset()
     if d is None:
-        raise CurateError(f"{root.path} has no scores yet: run `curate score` first.")
+        raise CurateError(f"{root} has no scores yet: run `curate score` first.")
     import pyarrow as pa
 
     return [f.name for f in d.schema if f.name not in SKIP and not f.name.endswith("_error")
@@ -83,7 +82,7 @@ def middle_frame(root: Root, clip: dict, src: dict, height: int = 96) -> np.ndar
 
     w, h = int(src["width"]), int(src["height"])
     size = (max(2, int(round(w * height / h / 2)) * 2), height)
-    vr = open_video(root.inside(src["media_path"]), size=size)
+    vr = open_video(root.media_file(src["media_path"]), size=size)
     mid = (int(clip["start_frame"]) + int(clip["end_frame"])) // 2
     return get_frames(vr, [mid])[0]
 
@@ -119,14 +118,23 @@ def make_report(root: Root | str, subset: str | None = None, *, top_k: int = 6) 
     cols = score_columns(root)
     summary: dict[str, Any] = {}
     if subset:
-        f = root.subset_dir(subset) / "filter.json"
-        if not f.exists():
+        summary = root.read_json(f"{root.subset_rel(subset)}/filter.json")
+        if summary is None:
             raise CurateError(f"Subset {subset!r} does not exist: run `curate filter --subset {subset}` first.")
-        summary = json.loads(f.read_text())
-        out = root.subset_dir(subset) / "report"
+        out_rel = f"{root.subset_rel(subset)}/report"
     else:
-        out = root.path / "report"
-    out.mkdir(parents=True, exist_ok=True)
+        out_rel = "report"
+    with root.local_dir(out_rel) as out:
+        md, images = _write_report(root, subset, summary, cols, out, top_k)
+    card = f"{root.subset_rel(subset)}/README.md" if subset else None
+    if card and root.exists(card):
+        embed_in_card(root, card, md, prefix="report/")
+    return {"dir": root.url(out_rel), "images": [root.url(f"{out_rel}/{n}") for _, n in images],
+            "page": root.url(f"{out_rel}/report.html")}
+
+
+def _write_report(root: Root, subset: str | None, summary: dict, cols: list[str], out: Path, top_k: int):
+    """The report's files, written into the local directory ``out``; returns (markdown, images)."""
     table = root.scores.read_arrow(columns=["clip_id", *cols])
     clips = {c["clip_id"]: c for c in root.clips.read_arrow(
         columns=["clip_id", "source_id", "start_frame", "end_frame"]).to_pylist()}
@@ -157,10 +165,8 @@ def make_report(root: Root | str, subset: str | None = None, *, top_k: int = 6) 
         images.insert(0, ("Filter funnel", "funnel.png"))
     md = _markdown(root, subset, summary, stats, images)
     write_bytes_atomic(md, out / "report.md")
-    write_bytes_atomic(_html(subset or str(root.path), summary, stats, images), out / "report.html")
-    if subset and (root.subset_dir(subset) / "README.md").exists():
-        embed_in_card(root.subset_dir(subset) / "README.md", md, prefix="report/")
-    return {"dir": str(out), "images": [str(out / n) for _, n in images], "page": str(out / "report.html")}
+    write_bytes_atomic(_html(subset or str(root), summary, stats, images), out / "report.html")
+    return md, images
 
 
 def _markdown(root: Root, subset: str | None, summary: dict, stats: list, images: list, prefix: str = "") -> str:
@@ -187,9 +193,10 @@ def _html(title: str, summary: dict, stats: list, images: list) -> str:
             f"<th>p25</th><th>median</th><th>p75</th><th>max</th></tr>{rows}</table>{imgs}</body></html>")
 
 
-def embed_in_card(card: Path, report_md: str, prefix: str) -> None:
-    """Put (or replace) the report section in a dataset card, image paths relative to the card."""
-    text = card.read_text()
+def embed_in_card(root: Root, card: str, report_md: str, prefix: str) -> None:
+    """Put (or replace) the report section in a dataset card (``card``: its path under the root), image
+    paths relative to the card."""
+    text = root.read_text(card)
     body = report_md.replace("](", f"]({prefix}")
     section = f"{REPORT_START}\n{body}{REPORT_END}\n"
     if REPORT_START in text and REPORT_END in text:
@@ -197,4 +204,4 @@ def embed_in_card(card: Path, report_md: str, prefix: str) -> None:
         text = text[:a] + section + text[b:]
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    write_bytes_atomic(text, card)
+    root.write_bytes(card, text)

@@ -158,7 +158,7 @@ def load_pairs(root, name: str, clip_ids: Iterable[str] | None = None):
     meta = root.embedding_meta(name)
     if not meta:
         known = ", ".join(root.embedding_names()) or "none"
-        raise CurateError(f"No embedding set named {name!r} under {root.path}/embeddings (found: {known}). "
+        raise CurateError(f"No embedding set named {name!r} under {root}/embeddings (found: {known}). "
                           "Run `curate embed` first.")
     shape = [int(x) for x in meta.get("video_emb_shape") or [-1]]
     t = root.embeddings(name).read_arrow(columns=["clip_id", "video_emb", "text_emb", "status"])
@@ -211,7 +211,7 @@ def evaluate(root, names: Sequence[str] | None = None, *, subset: str | None = N
                               f"--caption {caption}` first.")
     names = names or root.embedding_names()
     if not names:
-        raise CurateError(f"No embedding sets under {root.path}/embeddings: run `curate embed` first.")
+        raise CurateError(f"No embedding sets under {root}/embeddings: run `curate embed` first.")
     sources = {name: caption_source(root, name) for name in names}
     clips = root.clips.read_arrow(columns=["clip_id", "caption", "status"])
     clips = clips.filter(pc.fill_null(pc.equal(clips["status"], "ok"), False))
@@ -245,7 +245,7 @@ def evaluate(root, names: Sequence[str] | None = None, *, subset: str | None = N
             {"clips": 0, "captions": 0, "t2v": metrics([]), "v2t": metrics([])}
         results.append({"encoder": name, "model": meta.get("model"), "weights": meta.get("weights"),
                         "similarity": meta.get("similarity"), "caption": caption_source_label(sources[name]), **r})
-    return {"root": str(root.path), "subset": subset, "clips": len(common), "results": results,
+    return {"root": str(root), "subset": subset, "clips": len(common), "results": results,
             "ties": f"against the query (eps={TIE_EPS})",
             "duplicates": "one text query per distinct caption, answered by its best-ranked clip"}
 

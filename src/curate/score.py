@@ -1,8 +1,8 @@
 """Score: compute score columns for every ok clip and merge them into ``ROOT/scores``.
 
-Scores of different scorers live side by side in one table keyed by ``clip_id`` (one part, sorted by
-clip id); running a scorer again replaces its own columns and leaves the others as they are. Each
-scorer's output is merged into the table in one streaming pass (:func:`merge_into_scores`). Nothing here loads a model for
+Scores of different scorers live side by side in one table keyed by ``clip_id``; running a scorer
+again replaces its own columns and leaves the others as they are. Each scorer's output is merged
+into the table with one Lance ``merge_insert`` (:func:`merge_into_scores`). Nothing here loads a model for
 alignment: it reads stored embeddings.
 """
 
@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.progress import NullProgress, Progress, StageResult
-from curate.store import Root, Table, _has_duplicates, _part_name, conform, write_batches_atomic
+from curate.store import Root, has_duplicates, safe_name
 
 DEFAULT_SCORERS = ("technical", "alignment")
 SCOPES = ("clip", "root")
@@ -35,10 +35,10 @@ def scope_of(scorer) -> str:
     return scope
 
 
-def staged(root: Root, scorer: str) -> Table:
+def staged(root: Root, scorer: str):
     """``ROOT/score_parts/<scorer>``: rows of a per-clip scorer appended by batches, merged into ``scores`` by the
     next whole-root score run (the batches never rewrite the shared scores table)."""
-    return Table(root.inside("score_parts", scorer), "clip_id")
+    return root.table(f"score_parts/{safe_name(scorer)}", "clip_id")
 
 
 def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder: str | None = None,
@@ -51,9 +51,8 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
     embeddings are that caption source (``curate embed --caption``); each set's ``<name>_sim`` always
     scores the captions its ``text_emb`` embeds.
 
-    The scores table is one part sorted by clip id; each scorer's new columns are merged into it in one
-    streaming pass (old rows batch by batch, the scorer's rows sorted alongside), so memory holds the
-    scorer's own output and one batch of the table, never the whole table.
+    Each scorer's columns are merged into the scores table with one ``merge_insert`` (see
+    :func:`merge_into_scores`).
 
     ``source_ids`` makes it per-batch work: only the clip-scope scorers (:func:`scope_of`), only those
     sources' clips, appended to ``ROOT/score_parts/<scorer>`` without any lock; root-scope scorers are
@@ -73,8 +72,6 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
         return _score_batch(root.ensure(), made, set(source_ids), progress)
     result = StageResult("score")
     with root.ensure().lock("score"):
-        root.scores.repair()
-        _one_sorted_part(root.scores)
         result.extra["merged_from_batches"] = merge_staged(root)
         clips = root.clips.read_arrow(columns=["clip_id", "status"])
         ids = clips.filter(pc.equal(clips["status"], "ok"))["clip_id"].combine_chunks()
@@ -108,7 +105,7 @@ def alignment_sets(root: Root, encoder: str | None, caption: str) -> list[str]:
                               f"them with `curate embed --caption {label}`.")
         sets = [encoder]
     if not sets:
-        raise CurateError(f"No embedding set has text embeddings of {label!r}: run `curate embed --root {root.path} "
+        raise CurateError(f"No embedding set has text embeddings of {label!r}: run `curate embed --root {root} "
                           f"--encoder NAME --caption {label}` first.")
     return sets
 
@@ -163,9 +160,8 @@ def merge_staged(root: Root) -> int:
     """Merge rows that batches staged under ``ROOT/score_parts/<scorer>`` into ``scores``: only rows of clips
     still without a value (nor an error) in that scorer's first column, so a whole-root rescore is never
     undone and a second merge writes nothing. Returns the rows merged."""
-    d = root.path / "score_parts"
     merged = 0
-    for name in sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []:
+    for name in sorted(root.ls("score_parts", dirs=True)):
         part = staged(root, name)
         if not part.exists():
             continue
@@ -182,95 +178,69 @@ def merge_staged(root: Root) -> int:
     return merged
 
 
-#: rows of the scores table merged per step (memory: one such batch plus the scorer's output)
+#: rows of the scores table read per step when counting errors and pending clips
 MERGE_BATCH_ROWS = 262144
 
 
 def merge_into_scores(root: Root, new: pa.Table) -> bool:
     """Merge ``new`` (clip_id + columns) into ``ROOT/scores``: its columns replace same-named ones for its
-    rows, other rows and columns stay. One streaming pass over the table (one part, sorted by clip id)
-    with ``new`` sorted alongside; nothing is written when nothing changes (a rerun that computes the
-    same values leaves the file as it is). Returns whether it wrote."""
+    rows, other rows and columns stay. One Lance ``merge_insert`` (new columns are added first, as
+    metadata); nothing is written when nothing changes (a rerun that computes the same values leaves
+    the table's version as it is). Returns whether it wrote."""
     if new.num_rows == 0:
         return False
     new = new.sort_by("clip_id")
-    if _has_duplicates(new["clip_id"]):
+    if has_duplicates(new["clip_id"]):
         raise ValueError("a scorer returned a clip id twice")
-    _one_sorted_part(root.scores)
-    try:
-        return _merge_sorted(root.scores, new)
-    except _Unsorted:  # a table not written by this version: sort it once, then merge
-        _one_sorted_part(root.scores, force=True)
-        return _merge_sorted(root.scores, new)
-
-
-def _one_sorted_part(table, force: bool = False) -> None:
-    """What the streaming merge and reads expect: one part, sorted by clip id. Several parts happen after
-    a crash between writing a part and removing the old one (the newest rows win) or in older roots."""
-    if force or len(table.parts()) > 1:
-        table.rewrite(table.read_arrow().sort_by("clip_id"))
-
-
-class _Unsorted(Exception):
-    pass
-
-
-def _merge_sorted(table, new: pa.Table) -> bool:
-    import pyarrow.parquet as pq
-
-    parts = table.parts()
-    old_schema = pq.read_schema(parts[0]) if parts else None
-    cols = [c for c in new.column_names if c != "clip_id"]
-    kept = [f for f in (old_schema or []) if f.name not in cols and f.name != "clip_id"]
-    schema = pa.schema([pa.field("clip_id", pa.string()), *kept, *(new.schema.field(c) for c in cols)])
-    new_keys = new["clip_id"].combine_chunks()
-    state = {"pos": 0, "changed": old_schema is None or not schema.equals(old_schema), "last": None}
-
-    def merged_batches():
-        if old_schema is not None:
-            for batch in pq.ParquetFile(parts[0]).iter_batches(batch_size=MERGE_BATCH_ROWS):
-                keys = batch.column("clip_id")
-                first, last = keys[0].as_py(), keys[-1].as_py()
-                if (state["last"] is not None and first <= state["last"]) or (
-                        len(keys) > 1 and not pc.all(pc.less(keys.slice(0, len(keys) - 1), keys.slice(1))).as_py()):
-                    raise _Unsorted()
-                state["last"] = last
-                old = conform(pa.Table.from_batches([batch]), schema)
-                pos = state["pos"]
-                end = pos + int(pc.sum(pc.less_equal(new_keys.slice(pos), last)).as_py() or 0)
-                piece = old
-                if end > pos:  # the scorer's rows up to this batch's last clip id
-                    piece = conform(merge_columns(old, new.slice(pos, end - pos)).sort_by("clip_id"), schema)
-                    state["changed"] = state["changed"] or not piece.equals(old)
-                state["pos"] = end
-                yield from piece.to_batches()
-        if state["pos"] < new.num_rows:  # clips after the last one scored so far
-            state["changed"] = True
-            yield from conform(new.slice(state["pos"]), schema).to_batches()
-
-    table.path.mkdir(parents=True, exist_ok=True)
-    if not write_batches_atomic(table.path / _part_name(), schema, merged_batches(), keep=lambda: state["changed"]):
+    table = root.scores
+    d = table.lance()
+    if d is not None and _unchanged(d, new):
         return False
-    crashpoint("score-merge")  # both parts on disk: the next run keeps the newest rows
-    for p in parts:
-        p.unlink(missing_ok=True)
+    table.upsert(new)
+    crashpoint("score-merge")
+    return True
+
+
+def _unchanged(d, new: pa.Table) -> bool:
+    """Whether the dataset already holds exactly ``new``'s values for ``new``'s rows."""
+    cols = new.column_names
+    if any(c not in d.schema.names for c in cols):
+        return False
+    keys = set(new["clip_id"].to_pylist())
+    got = []
+    for batch in d.to_batches(columns=cols, batch_size=MERGE_BATCH_ROWS):
+        hit = pc.is_in(batch.column(0 if cols[0] == "clip_id" else cols.index("clip_id")),
+                       value_set=new["clip_id"].combine_chunks())
+        if pc.any(hit).as_py():
+            got.append(pa.Table.from_batches([batch]).filter(hit))
+    old = pa.concat_tables(got) if got else None
+    if old is None or old.num_rows != len(keys):
+        return False
+    old = old.sort_by("clip_id").select(cols)
+    for c in cols:
+        a, b = old[c], new[c]
+        if not a.type.equals(b.type):
+            try:
+                b = b.cast(a.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return False
+        if not a.combine_chunks().equals(b.combine_chunks()):
+            return False
     return True
 
 
 def _count_errors(root: Root, ids: pa.Array, result: StageResult) -> None:
     """Clips of this run with an error in any ``*_error`` column (streamed over the scores table)."""
-    if not root.scores.exists():
+    d = root.scores.dataset()
+    if d is None:
         result.ok = result.total
         result.extra["columns"] = []
         return
-    import pyarrow.parquet as pq
-
-    part = root.scores.parts()[0]
-    names = pq.read_schema(part).names
+    names = d.schema.names
     err_cols = [c for c in names if c.endswith("_error")]
     result.extra["columns"] = [c for c in names if c != "clip_id"]
     if err_cols:
-        for batch in pq.ParquetFile(part).iter_batches(batch_size=MERGE_BATCH_ROWS, columns=["clip_id", *err_cols]):
+        for batch in root.scores.iter_batches(batch_size=MERGE_BATCH_ROWS, columns=["clip_id", *err_cols]):
             bad = pc.is_valid(batch.column(err_cols[0]))
             for c in err_cols[1:]:
                 bad = pc.or_(bad, pc.is_valid(batch.column(c)))
@@ -287,17 +257,15 @@ def _count_errors(root: Root, ids: pa.Array, result: StageResult) -> None:
 
 def pending_ids(root: Root, ids: pa.Array, columns: list[str]) -> pa.Array:
     """Clip ids in ``ids`` without a value (nor an error) in the scorer's first column (streamed)."""
-    import pyarrow.parquet as pq
-
     col = columns[0]
-    part = next(iter(root.scores.parts()), None)
-    names = pq.read_schema(part).names if part else []
+    d = root.scores.dataset()
+    names = d.schema.names if d is not None else []
     if col not in names:
         return ids
     err = f"{col}_error"
     read = ["clip_id", col] + ([err] if err in names else [])
     done = []
-    for batch in pq.ParquetFile(part).iter_batches(batch_size=MERGE_BATCH_ROWS, columns=read):
+    for batch in root.scores.iter_batches(batch_size=MERGE_BATCH_ROWS, columns=read):
         ok = pc.is_valid(batch.column(col))
         if err in names:
             ok = pc.or_(ok, pc.is_valid(batch.column(err)))

@@ -37,10 +37,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curate.errors import CurateError
-from curate.store import Root, _safe_name, write_bytes_atomic, write_table_atomic
+from curate.store import Root, safe_name
 
 __all__ = [
     "DEFAULT_INDEX_THRESHOLD",
@@ -94,8 +93,8 @@ def embedding_set(root: Root, name: str) -> EmbeddingSet:
     meta = root.embedding_meta(name)
     if not meta:
         known = ", ".join(root.embedding_names()) or "none"
-        raise CurateError(f"No embedding set named {name!r} under {root.path}/embeddings (found: {known}). "
-                          f"Run `curate embed --root {root.path} --encoder ...` first; --encoder names the set.")
+        raise CurateError(f"No embedding set named {name!r} under {root}/embeddings (found: {known}). "
+                          f"Run `curate embed --root {root} --encoder ...` first; --encoder names the set.")
     shape = [int(x) for x in meta.get("video_emb_shape") or []]
     if len(shape) not in (1, 2) or min(shape) <= 0:
         raise CurateError(f"embeddings/{name}/_meta.json has no usable video_emb_shape ({shape}).")
@@ -103,59 +102,34 @@ def embedding_set(root: Root, name: str) -> EmbeddingSet:
 
 
 def fingerprint(root: Root | str, name: str) -> str:
-    """Changes whenever a part of ``embeddings/<name>`` is added, rewritten or removed, or ``_meta.json`` changes."""
+    """Changes whenever ``embeddings/<name>`` gets a new version (a write, a compaction) or ``_meta.json`` changes."""
     root = _root(root)
     table = root.embeddings(name)
+    d = table.dataset()
     h = hashlib.sha256()
-    for p in table.parts():
-        st = p.stat()
-        h.update(f"{p.name}\x1f{st.st_size}\x1f{st.st_mtime_ns}\n".encode())
-    meta = table.path / "_meta.json"
-    h.update(meta.read_bytes() if meta.exists() else b"")
+    h.update(f"{getattr(d, 'version', None)}\x1f{d.count_rows() if d is not None else 0}\n".encode())
+    h.update(json.dumps(root.embedding_meta(name), sort_keys=True).encode())
     return h.hexdigest()[:32]
 
 
 def count_rows(root: Root, name: str) -> int:
-    """Rows in the embeddings table (from Parquet footers; error rows included)."""
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in root.embeddings(name).parts())
+    """Rows in the embeddings table (error rows included)."""
+    return root.embeddings(name).count()
 
 
 def published_clip_ids(root: Root | str, subset: str) -> pa.Array:
     """Clip ids published in ``subsets/<subset>/annotations.parquet`` (rows whose status is ok)."""
     root = _root(root)
-    path = root.subset_dir(subset) / "annotations.parquet"
-    if not path.exists():
-        known = ", ".join(n for n in root.subset_names() if (root.subset_dir(n) / "annotations.parquet").exists())
-        raise CurateError(f"Subset {subset!r} is not published (no {path}). Published subsets: {known or 'none'}. "
-                          f"Run `curate publish --root {root.path} --subset {subset}` first.")
-    names = pq.read_schema(path).names
-    t = pq.read_table(path, columns=[c for c in ("clip_id", "status") if c in names])
-    if "status" in names:
+    path = f"{root.subset_rel(subset)}/annotations.parquet"
+    if not root.exists(path):
+        known = ", ".join(n for n in root.subset_names() if root.exists(f"{root.subset_rel(n)}/annotations.parquet"))
+        raise CurateError(f"Subset {subset!r} is not published (no {root.url(path)}). Published subsets: "
+                          f"{known or 'none'}. Run `curate publish --root {root} --subset {subset}` first.")
+    t = root.read_parquet(path)
+    t = t.select([c for c in ("clip_id", "status") if c in t.column_names])
+    if "status" in t.column_names:
         t = t.filter(pc.fill_null(pc.equal(t["status"], "ok"), False))
     return pc.unique(t["clip_id"].combine_chunks().cast(pa.string()))
-
-
-def _superseded(parts: list[Path]) -> dict[int, np.ndarray]:
-    """Rows to skip because a newer part holds the same clip id (left by a crash mid-upsert)."""
-    if len(parts) < 2:
-        return {}
-    ids = [pq.read_table(p, columns=["clip_id"])["clip_id"].combine_chunks() for p in parts]
-    allids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
-    if len(pc.unique(allids)) == len(allids):
-        return {}
-    import pandas as pd
-
-    df = pd.DataFrame({"clip_id": allids.to_numpy(zero_copy_only=False),
-                       "part": np.repeat(np.arange(len(ids)), [len(a) for a in ids])})
-    dup = df.duplicated("clip_id", keep="last").to_numpy()
-    out = {}
-    start = 0
-    for i, a in enumerate(ids):
-        m = dup[start:start + len(a)]
-        if m.any():
-            out[i] = m
-        start += len(a)
-    return out
 
 
 def iter_vectors(root: Root | str, name: str, *, allowed: pa.Array | None = None,
@@ -163,35 +137,26 @@ def iter_vectors(root: Root | str, name: str, *, allowed: pa.Array | None = None
     """Stream ``(clip_ids, vectors)`` of the ok rows of ``embeddings/<name>``, in table order.
 
     ``vectors`` is ``[n, D]`` (or ``[n, Q, D]`` for query stacks) float32. ``allowed`` restricts the
-    rows to those clip ids. A clip id present in two parts (a crash mid-upsert) yields only its
-    newest row, as :meth:`Table.read` does.
+    rows to those clip ids.
     """
     root = _root(root)
     es = embedding_set(root, name)
-    parts = root.embeddings(name).parts()
-    skip = _superseded(parts)
     rows = batch_rows or max(64, BATCH_FLOATS // (es.q * es.d))
     width = es.q * es.d
-    for pi, part in enumerate(parts):
-        offset = 0
-        for b in pq.ParquetFile(part).iter_batches(batch_size=rows, columns=["clip_id", "video_emb", "status"]):
-            n = b.num_rows
-            keep = pc.fill_null(pc.and_(pc.equal(b.column("status"), "ok"), pc.is_valid(b.column("video_emb"))), False)
-            if pi in skip:
-                keep = pc.and_(keep, pa.array(~skip[pi][offset:offset + n]))
-            if allowed is not None:
-                keep = pc.and_(keep, pc.is_in(b.column("clip_id"), value_set=allowed))
-            offset += n
-            if not pc.any(keep).as_py():
-                continue
-            b = b.filter(keep)
-            vals = b.column("video_emb").flatten().to_numpy(zero_copy_only=False)
-            if vals.size != b.num_rows * width:
-                raise CurateError(f"embeddings/{name} ({part.name}): clip vectors do not have the "
-                                  f"{es.q * es.d} values of video_emb_shape {es.meta.get('video_emb_shape')}.")
-            vals = vals.astype(np.float32, copy=False)
-            yield b.column("clip_id"), (vals.reshape(b.num_rows, es.q, es.d) if es.stacked else
-                                        vals.reshape(b.num_rows, es.d))
+    for b in root.embeddings(name).iter_batches(batch_size=rows, columns=["clip_id", "video_emb", "status"]):
+        keep = pc.fill_null(pc.and_(pc.equal(b.column("status"), "ok"), pc.is_valid(b.column("video_emb"))), False)
+        if allowed is not None:
+            keep = pc.and_(keep, pc.is_in(b.column("clip_id"), value_set=allowed))
+        if not pc.any(keep).as_py():
+            continue
+        b = b.filter(keep)
+        vals = b.column("video_emb").flatten().to_numpy(zero_copy_only=False)
+        if vals.size != b.num_rows * width:
+            raise CurateError(f"embeddings/{name}: clip vectors do not have the "
+                              f"{es.q * es.d} values of video_emb_shape {es.meta.get('video_emb_shape')}.")
+        vals = vals.astype(np.float32, copy=False)
+        yield b.column("clip_id"), (vals.reshape(b.num_rows, es.q, es.d) if es.stacked else
+                                    vals.reshape(b.num_rows, es.d))
 
 
 def _scores(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -247,8 +212,9 @@ def _faiss():
     return faiss
 
 
-def index_dir(root: Root, name: str) -> Path:
-    return root.inside("index", _safe_name(name))
+def index_dir(root: Root, name: str) -> str:
+    """The index's directory, relative to the root."""
+    return f"index/{safe_name(name)}"
 
 
 @dataclass
@@ -271,10 +237,9 @@ _CACHE_LOCK = threading.Lock()
 def index_status(root: Root | str, name: str) -> dict[str, Any]:
     """``{"exists", "fresh", "meta"}`` of ``ROOT/index/<name>``."""
     root = _root(root)
-    p = index_dir(root, name) / "meta.json"
-    if not p.exists():
+    meta = root.read_json(f"{index_dir(root, name)}/meta.json")
+    if meta is None:
         return {"exists": False, "fresh": False, "meta": {}}
-    meta = json.loads(p.read_text())
     return {"exists": True, "fresh": meta.get("fingerprint") == fingerprint(root, name), "meta": meta}
 
 
@@ -327,25 +292,22 @@ def build_index(root: Root | str, name: str, *, nlist: int | None = None, train_
         if added != n or fingerprint(root, name) != fp:
             raise CurateError(f"embeddings/{name} changed while the index was being built; run the search again.")
         d = index_dir(root, name)
-        d.mkdir(parents=True, exist_ok=True)
         build = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}"
         files = {"index": f"index-{build}.faiss", "clip_ids": f"clip_ids-{build}.parquet"}
-        tmp = d / f".tmp-{files['index']}"
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, d / files["index"])
-        write_table_atomic(pa.table({"clip_id": pa.concat_arrays([a.combine_chunks() if isinstance(a, pa.ChunkedArray)
-                                                                   else a for a in ids_parts])}),
-                           d / files["clip_ids"])
+        with root.local_output(f"{d}/{files['index']}") as tmp:
+            faiss.write_index(index, str(tmp))
+        root.write_parquet(pa.table({"clip_id": pa.concat_arrays([a.combine_chunks() if isinstance(a, pa.ChunkedArray)
+                                                                  else a for a in ids_parts])}), f"{d}/{files['clip_ids']}")
         meta = {"embeddings": name, "fingerprint": fp, "kind": "faiss.IndexIVFFlat", "metric": "inner_product",
                 "rows": n, "queries_per_clip": es.q, "dim": es.d, "vectors": int(index.ntotal), "nlist": nl,
                 "train_vectors": len(train), "files": files, "faiss": getattr(faiss, "__version__", "?"),
                 "built_at": time.time(), "build_seconds": round(time.perf_counter() - t0, 3),
                 "train_seconds": round(t_train, 3)}
-        write_bytes_atomic(json.dumps(meta, indent=2), d / "meta.json")  # readers follow meta.json: atomic switch
-        for p in d.iterdir():
-            if p.is_file() and p.name not in (*files.values(), "meta.json") and not p.name.startswith(".tmp-"):
-                p.unlink(missing_ok=True)
-        log(f"index {name}: {n} clips ({nv} vectors) in {meta['build_seconds']:.1f} s -> {d}")
+        root.write_bytes(f"{d}/meta.json", json.dumps(meta, indent=2))  # readers follow meta.json: atomic switch
+        for p in root.ls(d, dirs=False):
+            if p not in (*files.values(), "meta.json") and not p.startswith(".tmp-"):
+                root.rm(f"{d}/{p}")
+        log(f"index {name}: {n} clips ({nv} vectors) in {meta['build_seconds']:.1f} s -> {root.url(d)}")
         return meta
 
 
@@ -356,7 +318,7 @@ def load_index(root: Root | str, name: str, *, mmap: bool = True) -> LoadedIndex
     """
     root = _root(root)
     faiss = _faiss()
-    key = (str(root.path), name)
+    key = (str(root), name)
     st = index_status(root, name)
     if not st["fresh"]:
         with _CACHE_LOCK:
@@ -370,9 +332,9 @@ def load_index(root: Root | str, name: str, *, mmap: bool = True) -> LoadedIndex
             return hit
     d = index_dir(root, name)
     try:
-        path = str(d / meta["files"]["index"])
+        path = str(root.media_file(f"{d}/{meta['files']['index']}"))  # a cached local copy when remote
         index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else faiss.read_index(path)
-        ids = pq.read_table(d / meta["files"]["clip_ids"])["clip_id"].combine_chunks()
+        ids = root.read_parquet(f"{d}/{meta['files']['clip_ids']}")["clip_id"].combine_chunks()
     except (OSError, RuntimeError, KeyError):  # replaced by a concurrent rebuild, or damaged: rebuild
         return None
     if len(ids) * int(meta["queries_per_clip"]) != index.ntotal:
@@ -617,7 +579,7 @@ def contact_sheet(root: Root | str, results: Sequence[dict], path: str | os.Path
             if not mp:
                 raise MediaError("media missing")
             if mp not in readers:
-                readers[mp] = open_video(root.inside(mp))
+                readers[mp] = open_video(root.media_file(mp))
             mid = (int(c["start_frame"]) + int(c["end_frame"]) - 1) // 2
             frame = Image.fromarray(get_frames(readers[mp], [mid])[0])
         except (MediaError, CurateError, KeyError, TypeError, ValueError):

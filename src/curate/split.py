@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.faults import crashpoint
@@ -186,10 +185,6 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
     splitter = get_splitter(detector).create(**(options or {}))
     detector = getattr(splitter, "name", detector)  # what `auto` picked: the clips record it
     with root.ensure().shared_run("split") as run:
-        if run.first:
-            with root.write_lock("clips"):
-                root.clips.repair()
-        run.ready()
         sources = root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames", "caption"])
         appender = ClipAppender(root)
         done = appender.done
@@ -227,9 +222,6 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
                 clips_total += len(rows)
             progress.advance()
         result.extra["clips"] = clips_total
-        with root.write_lock("clips"):
-            root.clips.maybe_compact()
-            transitions_table(root).maybe_compact()
     return result.done()
 
 
@@ -259,7 +251,7 @@ def transitions_table(root: Root) -> Table:
     """ROOT/transitions, one row per transition: frames [start_frame, end_frame) are a dissolve or a fade (kind
     ``gradual``) and belong to no clip; a hard cut (kind ``cut``) lies just before ``start_frame`` (an empty or
     one- or two-frame span)."""
-    return Table(root.path / "transitions", "transition_id", TRANSITIONS_SCHEMA)
+    return root.table("transitions", "transition_id", TRANSITIONS_SCHEMA)
 
 
 def transition_rows(src: dict, transitions: list[dict], detector: str, now: float) -> list[dict]:
@@ -275,36 +267,27 @@ def failure_message(e: BaseException) -> str:
 
 
 class ClipAppender:
-    """Appends the clip rows of one source at a time, unless a concurrent run already wrote that source.
+    """Adds the clip rows of one source at a time, unless a concurrent run already wrote that source.
 
-    It knows the sources present when it was made; under the clips write lock it reads only the parts
-    written since (by runs that finished a source we then claimed), so the check stays cheap.
+    Each source is one commit that inserts only clip ids the table does not hold (``insert_missing``:
+    clip ids are derived from the source and frames, so a source split twice, by two runs on two
+    machines, lands once); it returns False when every row was there already.
     """
 
     def __init__(self, root: Root) -> None:
         self.root = root
-        self.seen = set(root.clips.parts())
         self.done = set(root.clips.read_arrow(columns=["source_id"])["source_id"].to_pylist())
 
     def append(self, source_id: str, rows: list[dict], transitions: list[dict] | None = None) -> bool:
         """Write the clips of one source (and its transitions, first: a crash between leaves transitions that a
         rerun writes again under the same ids) unless a concurrent run already did."""
-        with self.root.write_lock("clips"):
-            for part in set(self.root.clips.parts()) - self.seen:
-                self.done.update(pq.read_table(part, columns=["source_id"])["source_id"].to_pylist())
-                self.seen.add(part)
-            if source_id in self.done:
-                return False
-            if transitions:
-                table = transitions_table(self.root)
-                table.append(rows_to_table(transitions, TRANSITIONS_SCHEMA))
-                table.tidy()
-            self.seen.add(self.root.clips.append(rows_to_table(rows, SCHEMAS["clips"])))
-            self.done.add(source_id)
-            for inputs, merged in self.root.clips.tidy():  # a part per source: merge them as they pile up
-                if self.seen.issuperset(inputs):  # else its source ids are news: read it next time
-                    self.seen.add(merged)
-            return True
+        if source_id in self.done:
+            return False
+        if transitions:
+            transitions_table(self.root).insert_missing(rows_to_table(transitions, TRANSITIONS_SCHEMA))
+        inserted = self.root.clips.insert_missing(rows_to_table(rows, SCHEMAS["clips"]))
+        self.done.add(source_id)
+        return inserted > 0
 
 
 def split_one(root: Root, row: dict, splitter, detector: str, *, min_clip_s: float,
@@ -314,7 +297,7 @@ def split_one(root: Root, row: dict, splitter, detector: str, *, min_clip_s: flo
     sid, fps, n = row["source_id"], float(row["fps"]), int(row["num_frames"])
     now = time.time()
     try:
-        path = root.inside(row["media_path"])
+        path = root.media_file(row["media_path"])
         if hasattr(splitter, "tracker"):  # built-ins: one decode feeds the detector frame by frame
             ranges, transitions = track_source(splitter, path, fps, n)
         else:  # a plugin's splitter: a callable (path, fps, num_frames) -> ranges

@@ -51,17 +51,15 @@ def stage_counts(root: Root | str) -> dict[str, dict[str, Any]]:
     else:
         out["score"] = {"ok": 0, "error": 0, "pending": n_ok}
     for name in root.subset_names():
-        d = root.subset_dir(name)
-        ann = d / "annotations.parquet"
-        if ann.exists():
-            import pyarrow.parquet as pq
-
-            a = pq.read_table(ann, columns=["status"]) if "status" in pq.read_schema(ann).names else None
+        d = root.subset_rel(name)
+        ann = f"{d}/annotations.parquet"
+        if root.exists(ann):
+            a = root.read_parquet(ann)
+            a = a if "status" in a.column_names else None
             ok = _count(a["status"], "ok") if a is not None else 0
             err = _count(a["status"], "error") if a is not None else 0
             out[f"publish:{name}"] = {"ok": ok, "error": err, "pending": 0}
-        elif (d / "selection.parquet").exists():
-            import pyarrow.parquet as pq
-
-            out[f"publish:{name}"] = {"ok": 0, "error": 0, "pending": pq.read_metadata(d / "selection.parquet").num_rows}
+        elif root.exists(f"{d}/selection.parquet"):
+            out[f"publish:{name}"] = {"ok": 0, "error": 0,
+                                      "pending": root.read_parquet(f"{d}/selection.parquet", columns=["clip_id"]).num_rows}
     return out

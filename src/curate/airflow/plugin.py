@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import os
 import re
-from pathlib import Path
 from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
@@ -45,8 +43,9 @@ app = FastAPI(title="curate", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 # ----------------------------------------------------------------------------- roots
-def configured_roots() -> list[Path]:
-    from curate.airflow.tasks import split_list
+def configured_roots() -> list[str]:
+    """Local paths (resolved) or URLs (``s3://bucket/prefix``) of the roots the pages show."""
+    from curate.airflow.tasks import normalize_root, split_roots
 
     value = os.environ.get("CURATE_ROOTS")
     if not value:
@@ -56,15 +55,15 @@ def configured_roots() -> list[Path]:
             value = Variable.get("curate_roots", default_var=None)
         except Exception:  # noqa: BLE001  (no metadata DB here: no roots)
             value = None
-    return [Path(p).expanduser().resolve() for p in split_list(value)]
+    return [normalize_root(p) for p in split_roots(value)]
 
 
-def _root_names(roots: list[Path]) -> list[str]:
-    names = [r.name or str(i) for i, r in enumerate(roots)]
+def _root_names(roots: list[str]) -> list[str]:
+    names = [r.rstrip("/").rsplit("/", 1)[-1] or str(i) for i, r in enumerate(roots)]
     return [n if names.count(n) == 1 else str(i) for i, n in enumerate(names)]
 
 
-def _root(key: str) -> tuple[int, Path]:
+def _root(key: str) -> tuple[int, str]:
     """A configured root by index or by (unique) directory name; anything else is a 404."""
     roots = configured_roots()
     if key.isdigit() and int(key) < len(roots):
@@ -76,15 +75,34 @@ def _root(key: str) -> tuple[int, Path]:
     raise HTTPException(404, "unknown dataset root")
 
 
-def _subset(root: Path, name: str) -> Path:
+class SubsetDir:
+    """A subset's directory under a root, local or remote (what the pages read from it)."""
+
+    def __init__(self, root: str, name: str) -> None:
+        from curate.store import Root
+
+        self.root = Root(root)
+        self.rel = self.root.subset_rel(name)
+
+    def exists(self, name: str) -> bool:
+        return self.root.exists(f"{self.rel}/{name}")
+
+    def read_text(self, name: str) -> str:
+        return self.root.read_bytes(f"{self.rel}/{name}").decode("utf-8", errors="replace")
+
+    def read_json(self, name: str) -> dict:
+        return self.root.read_json(f"{self.rel}/{name}", {}) or {}
+
+
+def _subset(root: str, name: str) -> SubsetDir:
     from curate.store import Root
 
     if not _NAME.fullmatch(name) or ".." in name or name not in Root(root).subset_names():
         raise HTTPException(404, "unknown subset")
-    return Root(root).subset_dir(name)
+    return SubsetDir(root, name)
 
 
-def _score_columns(root: Path) -> list[str]:
+def _score_columns(root: str) -> list[str]:
     """Numeric columns of the scores table (the histogrammable ones)."""
     import pyarrow as pa
 
@@ -97,10 +115,9 @@ def _score_columns(root: Path) -> list[str]:
             and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
 
 
-def _filter_summary(subset_dir: Path) -> dict[str, Any]:
-    p = subset_dir / "filter.json"
+def _filter_summary(subset_dir: SubsetDir) -> dict[str, Any]:
     try:
-        return json.loads(p.read_text()) if p.exists() else {}
+        return subset_dir.read_json("filter.json")
     except (OSError, ValueError):
         return {}
 
@@ -159,7 +176,7 @@ def index(request: Request) -> HTMLResponse:
                      "server) or the Airflow Variable <code>curate_roots</code>.</p>")
     for i, (name, path) in enumerate(zip(_root_names(roots), roots)):
         parts.append(f"<h2>{_e(name)}</h2><p class='muted'><code>{_e(path)}</code></p>")
-        if not path.is_dir():
+        if not Root(path).exists(""):
             parts.append("<p>Not created yet.</p>")
             continue
         try:
@@ -170,7 +187,7 @@ def index(request: Request) -> HTMLResponse:
         if subsets:
             items = []
             for s in subsets:
-                summary = _filter_summary(Root(path).subset_dir(s))
+                summary = _filter_summary(SubsetDir(path, s))
                 kept = f" ({_e(summary.get('kept'))} of {_e(summary.get('total'))} clips kept)" if summary else ""
                 items.append(f"<li><a href='{_e(prefix)}/roots/{i}/subsets/{_e(s)}'>{_e(s)}</a>{kept}</li>")
             parts.append("<h3>Subsets</h3><ul>" + "".join(items) + "</ul>")
@@ -203,15 +220,14 @@ def subset_page(root_key: str, subset: str, request: Request) -> HTMLResponse:
         parts.append("<h2>Scores</h2><div class='hists'>" + "".join(
             f"<img src='{base}/{_e(c)}.png' alt='histogram of {_e(c)}' width='512' height='320'>" for c in cols)
             + "</div>")
-    card = d / "README.md"
-    if card.is_file():
-        parts.append("<div class='card'>" + render_markdown(card.read_text(errors="replace")) + "</div>")
+    if d.exists("README.md"):
+        parts.append("<div class='card'>" + render_markdown(d.read_text("README.md")) + "</div>")
     else:
         parts.append("<p>Not published yet (no README.md).</p>")
     return _page(f"{subset} - Curation", "\n".join(parts))
 
 
-def _encoders(root: Path, subset_dir: Path) -> list[str]:
+def _encoders(root: str, subset_dir: SubsetDir) -> list[str]:
     """Embedding sets of the root, the one the subset's min_sim rule used first."""
     from curate.store import Root
 
@@ -224,7 +240,7 @@ def _encoders(root: Path, subset_dir: Path) -> list[str]:
     return names
 
 
-def _search_form(prefix: str, i: int, subset: str, root: Path, subset_dir: Path, q: str = "", k: int = 10,
+def _search_form(prefix: str, i: int, subset: str, root: str, subset_dir: SubsetDir, q: str = "", k: int = 10,
                  encoder: str | None = None) -> str:
     encoders = _encoders(root, subset_dir)
     if not encoders:
@@ -281,7 +297,7 @@ def histogram(root_key: str, subset: str, column: str) -> Response:
     return Response(png, media_type="image/png", headers=_HEADERS)
 
 
-def histogram_png(root: Path, column: str, rules: list[dict], bins: int = 40) -> bytes:
+def histogram_png(root: str, column: str, rules: list[dict], bins: int = 40) -> bytes:
     """PNG histogram of a score column (streamed in record batches) with threshold lines."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg

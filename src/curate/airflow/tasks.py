@@ -24,6 +24,8 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias, ExceptionRetryPolicy, Param, RetryAction, RetryRule
 from airflow.sdk.exceptions import AirflowFailException
 
+from curate.storage import is_remote
+
 #: same alphabet as curate.store._safe_name (subset and embedding-set names become directory names)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
 #: every published subset is announced through this alias as the asset ``curate://<subset>``
@@ -62,9 +64,28 @@ def _resolve(path: str | os.PathLike) -> Path:
     return Path(str(path).removeprefix("file://")).expanduser().resolve()
 
 
+def normalize_root(root: str | os.PathLike) -> str:
+    """A root as curate names it: a resolved local path, or a URL (``s3://bucket/prefix``) without a
+    trailing slash."""
+    s = str(root)
+    return s.rstrip("/") if is_remote(s) else str(_resolve(s))
+
+
 def configured_roots() -> list[str]:
-    """Dataset roots from ``CURATE_ROOTS``: the roots DAG runs may write and the UI plugin shows."""
-    return [str(_resolve(p)) for p in split_list(setting("CURATE_ROOTS"))]
+    """Dataset roots from ``CURATE_ROOTS``: the roots DAG runs may write and the UI plugin shows (local
+    paths or URLs; separate them with commas when a URL holds the path separator ``:``)."""
+    return [normalize_root(p) for p in split_roots(setting("CURATE_ROOTS"))]
+
+
+def split_roots(value: str | None) -> list[str]:
+    """Like :func:`split_list`, but ``s3://...`` keeps its ``:`` (only commas separate URLs)."""
+    out: list[str] = []
+    for chunk in str(value or "").split(","):
+        chunk = chunk.strip()
+        if not chunk:
+            continue
+        out.extend([chunk] if is_remote(chunk) else split_list(chunk))
+    return out
 
 
 def default_root() -> str:
@@ -84,9 +105,9 @@ def _within(path: Path, base: Path) -> bool:
 
 def check_root(root: str) -> str:
     """The resolved root; when ``CURATE_ROOTS`` is set it must be one of those roots."""
-    if not root or "://" in root.removeprefix("file://"):
-        raise AirflowFailException(f"root {root!r}: give a local (or mounted) directory")
-    real = str(_resolve(root))
+    if not root:
+        raise AirflowFailException("root: give a local directory or a URL such as s3://bucket/prefix")
+    real = normalize_root(root)
     roots = configured_roots()
     if roots and real not in roots:
         raise AirflowFailException(f"root {root!r} is not one of the configured roots (CURATE_ROOTS={roots})")
@@ -96,7 +117,7 @@ def check_root(root: str) -> str:
 def allowed_dirs(root: str) -> list[str]:
     """Directories a run may read local files from: ``CURATE_ALLOWED_DIRS`` plus ``ROOT/inbox``."""
     dirs = [str(_resolve(d)) for d in split_list(setting("CURATE_ALLOWED_DIRS"))]
-    return [*dirs, str(_resolve(root) / "inbox")]
+    return dirs if is_remote(root) else [*dirs, str(_resolve(root) / "inbox")]
 
 
 def check_local(path: str, dirs: Sequence[str], what: str) -> str:
@@ -427,6 +448,8 @@ def claim_inbox(root: str, subset: str, pipeline_conf: dict | None = None, settl
     been confirmed (``state: claimed``, e.g. after a crash) are returned again; the pipeline run id is
     derived from the hash, so triggering twice never starts a second run.
     """
+    if is_remote(root):  # the inbox is a local drop directory: roots in object storage have none
+        return []
     inbox = Path(root) / "inbox"
     processed = inbox / ".processed"
     processed.mkdir(parents=True, exist_ok=True)

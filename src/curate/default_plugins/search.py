@@ -15,14 +15,15 @@ def register_commands(cli):
 
     from curate.cli import _guard, console, out
     from curate.errors import CurateError
+    from curate.store import Root
 
-    ROOT_OPT = typer.Option(..., "--root", "-r", help="Dataset root directory.")
+    ROOT_OPT = typer.Option(..., "--root", "-r", help="Dataset root: a directory or an fsspec URL (s3://bucket/prefix, ...).")
 
     @cli.command("search")
     @_guard
     def search_cmd(
         query: str = typer.Argument(..., help="Text to search for, e.g. \"a basketball player performing a slam dunk\"."),
-        root: Path = ROOT_OPT,
+        root: str = ROOT_OPT,
         encoder: str = typer.Option(..., "--encoder", "-e", help="Embedding set to search (ROOT/embeddings/<name>); "
                                                                 "the query is embedded with the encoder and options "
                                                                 "recorded in its _meta.json."),
@@ -49,7 +50,7 @@ def register_commands(cli):
 
         if exact and (use_index or rebuild_index):
             raise CurateError("--exact excludes --index and --rebuild-index.")
-        if not Path(root).is_dir():
+        if not Root(root).exists(""):
             raise CurateError(f"{root} does not exist.")
         method = "index" if (use_index or rebuild_index) and not exact else ("exact" if exact else "auto")
         r = search(root, query, encoder, k=k, subset=subset, method=method, device=device, nprobe=nprobe,
@@ -76,7 +77,7 @@ def register_commands(cli):
     @cli.command("eval-retrieval")
     @_guard
     def eval_retrieval_cmd(
-        root: Path = ROOT_OPT,
+        root: str = ROOT_OPT,
         encoder: list[str] = typer.Option([], "--encoder", "-e", help="Embedding set(s) to evaluate, repeatable "
                                                                       "(default: every set under ROOT/embeddings)."),
         subset: str | None = typer.Option(None, "--subset", help="Only the clips published in this subset."),
@@ -92,7 +93,7 @@ def register_commands(cli):
         """Text->video and video->text R@1/5/10, MedianR, MeanR of each embedding set, on clips with captions."""
         from curate.retrieval import METRIC_KEYS, evaluate, format_cell, markdown_table
 
-        if not Path(root).is_dir():
+        if not Root(root).exists(""):
             raise CurateError(f"{root} does not exist.")
         ev = evaluate(root, encoder or None, subset=subset, max_clips=max_clips, seed=seed, caption=caption)
         if json_out:

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from curate.errors import CurateError
 from curate.scorers import Scorer
+from curate.storage import scratch_dir
 from curate.store import Root
 
 
@@ -57,8 +58,7 @@ class DedupScorer(Scorer):
         pos = {cid: i for i, cid in enumerate(order)}
         shape = root.embedding_meta(name).get("video_emb_shape") or [-1]
         dim = int(shape[-1]) if shape[-1] != -1 else None
-        tmpdir = root.path / ".tmp"
-        tmpdir.mkdir(exist_ok=True)
+        tmpdir = scratch_dir()
         fd, path = tempfile.mkstemp(prefix="dedup-", suffix=".f16", dir=tmpdir)
         os.close(fd)
         try:
