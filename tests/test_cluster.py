@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from conftest import TINY_CLIP_CONFIG, curate
@@ -80,8 +79,10 @@ def reference(inputs, tmp_path_factory):
 
 # ----------------------------------------------------------------------------- comparing roots
 def _raw(path: Path) -> pa.Table:
-    """Every row of a table directory as stored (no dedup by key): what a duplicate would show in."""
-    return ds.dataset(str(path), format="parquet").to_table()
+    """Every row of a table as stored (the Lance dataset's rows, no dedup by key): what a duplicate would show in."""
+    import lance
+
+    return lance.dataset(str(path)).to_table()
 
 
 def _rows(table: pa.Table, key: str) -> list[dict]:
@@ -157,7 +158,7 @@ def test_sharded_cli_processes_equal_one_process(inputs, reference, tmp_path):
     assert sum(s["total"] for s in split) == len(SHOTS)  # every source in one shard
     emb = _parallel([["embed", "--root", root, *_opts(inputs["options"]), "--device", "cpu", "--batch-size", "8",
                       "--shard", f"{i}/{n}"] for i in range(n)])
-    n_clips = len(pq.read_table(reference / "clips"))
+    n_clips = len(_raw(reference / "clips"))
     assert sum(e["ok"] for e in emb) == n_clips and all(e["skipped"] == 0 for e in emb)
     _parallel([["score", "--root", root, "-s", "motion", "--shard", f"{i}/{n}"] for i in range(n)])
     assert not (root / "scores").exists()  # per-shard scores are staged, the shared table is not touched
@@ -170,7 +171,7 @@ def test_sharded_cli_processes_equal_one_process(inputs, reference, tmp_path):
     assert_same_tables(root, reference)
 
     ids = root / "ids.txt"  # --source-ids: an explicit batch file works the same way
-    ids.write_text("# nothing left to do for these\n" + "\n".join(pq.read_table(root / "sources")["source_id"].to_pylist()))
+    ids.write_text("# nothing left to do for these\n" + "\n".join(_raw(root / "sources")["source_id"].to_pylist()))
     again = json.loads(curate("embed", "--root", root, *_opts(inputs["options"]), "--device", "cpu",
                               "--source-ids", ids, "--json").stdout)
     assert again["total"] == 0 and again["skipped"] == n_clips
