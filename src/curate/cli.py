@@ -101,7 +101,7 @@ SHARD_HELP = ("Work on shard I of N only (e.g. 3/8; I from 0): the sources whose
 SOURCE_IDS_HELP = "Work only on the source ids listed in this file (one per line; with --shard: those of the shard)."
 
 
-def _sources(root: Path, shard: str | None, source_ids: Path | None) -> list[str] | None:
+def _sources(root: str, shard: str | None, source_ids: Path | None) -> list[str] | None:
     from curate.shard import select_sources
 
     return select_sources(root, shard, source_ids)
@@ -212,7 +212,7 @@ def embed(
 @app.command()
 @_guard
 def caption(
-    root: Path = ROOT_OPT,
+    root: str = ROOT_OPT,
     captioner: str = typer.Option("hf", "--captioner", "-c", help="Captioner plugin name (`curate plugins`)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Captioner option key=value, repeatable (hf: "
                                                                  "weights=Qwen/Qwen2.5-VL-3B-Instruct frames=8 "
