@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from curate.errors import CurateError
-from curate.media import MediaError, get_frames, open_video
+from curate.media import MediaError, ffmpeg_check, ffmpeg_reap, get_frames, open_video
 from curate.store import Root
 
 MAX_FRAMES_PER_READ = 256
@@ -347,12 +347,5 @@ def decode_streams(path, streams: list, *, skip_loop_filter: bool = False, timeo
         sel.close()
         for r in readers:
             os.close(r)
-        proc.wait()
-        timer.cancel()
-        err.seek(0)
-        message = err.read().decode(errors="replace").strip().splitlines()
-        err.close()
-    if proc.returncode != 0:
-        if proc.returncode < 0:
-            raise MediaError(f"decoding took longer than {limit:.0f} s (killed)")
-        raise MediaError(f"ffmpeg could not decode the video ({(message or ['unknown error'])[-1][:300]})")
+        message = ffmpeg_reap(proc, timer, err)
+    ffmpeg_check(proc, message, limit)

@@ -195,6 +195,26 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 PIPE_BYTES = 1 << 20
 
 
+def ffmpeg_reap(proc, timer, err) -> list[str]:
+    """After a watched ffmpeg decode (its pipes closed): wait for it, stop its watchdog, and return the lines
+    it wrote to ``err`` (the file its stderr went to), closing that file."""
+    proc.wait()
+    timer.cancel()
+    err.seek(0)
+    message = err.read().decode(errors="replace").strip().splitlines()
+    err.close()
+    return message
+
+
+def ffmpeg_check(proc, message: list[str], limit: float) -> None:
+    """Raise :class:`MediaError` for a watched decode that failed: killed by its watchdog after ``limit``
+    seconds, or ffmpeg's own last message."""
+    if proc.returncode != 0:
+        if proc.returncode < 0:
+            raise MediaError(f"decoding took longer than {limit:.0f} s (killed)")
+        raise MediaError(f"ffmpeg could not decode the video ({(message or ['unknown error'])[-1][:300]})")
+
+
 def decode_frames(path: Path, stream: Stream, *, skip_loop_filter: bool = False, timeout_s: float | None = None,
                   duration_s: float | None = None):
     """Decode the first video stream ONCE and yield every frame as a uint8 array of ``stream.frame_shape``.
@@ -257,12 +277,5 @@ def decode_frames(path: Path, stream: Stream, *, skip_loop_filter: bool = False,
         if proc.poll() is None and not finished:
             proc.kill()
         f.close()
-        proc.wait()
-        timer.cancel()
-        err.seek(0)
-        message = err.read().decode(errors="replace").strip().splitlines()
-        err.close()
-    if proc.returncode != 0:
-        if proc.returncode < 0:
-            raise MediaError(f"decoding took longer than {limit:.0f} s (killed)")
-        raise MediaError(f"ffmpeg could not decode the video ({(message or ['unknown error'])[-1][:300]})")
+        message = ffmpeg_reap(proc, timer, err)
+    ffmpeg_check(proc, message, limit)
