@@ -118,6 +118,9 @@ def test_list_without_url_column_is_an_invocation_error(tmp_path):
     ("Video unavailable. This video has been removed by the uploader", "unavailable"),
     ("Unsupported URL: https://example.com/", "unsupported"),
     ("The read operation timed out", "timeout"),
+    # a port that happens to contain 429 is not a rate limit (seen in CI: port=42977)
+    ("HTTPConnectionPool(host='127.0.0.1', port=42977): Read timed out.", "timeout"),
+    ("Unable to download http://127.0.0.1:4290/v.mp4: timed out", "timeout"),
     ("[Errno 104] Connection reset by peer", "network"),
 ])
 def test_download_errors_are_classified(message, kind):

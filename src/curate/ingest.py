@@ -167,7 +167,9 @@ def register_sources(root: Root | str, sources: str | os.PathLike | Sequence[str
 # ----------------------------------------------------------------------------- fetching
 def classify_download_error(message: str) -> str:
     m = message.lower()
-    if "429" in m or "too many requests" in m or "rate-limit" in m or "rate limit" in m:
+    # hosts, ports and URLs carry digits ("port=42977", "host:4290/") that must not read as a status code
+    status = re.sub(r"\S*://\S*|port=\d+|:\d+", " ", m)
+    if re.search(r"(?<!\d)429(?!\d)", status) or "too many requests" in m or "rate-limit" in m or "rate limit" in m:
         return "rate_limited"
     if "sign in to confirm" in m or "not a bot" in m or "captcha" in m:
         return "bot_check"
