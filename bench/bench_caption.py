@@ -44,10 +44,10 @@ def main() -> None:
 
     import torch
 
-    from curate.caption import caption
-    from curate.ingest import ingest
     from curate.samples import make_video
-    from curate.split import split
+    from curate.stages.caption import caption
+    from curate.stages.ingest import ingest
+    from curate.stages.split import split
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-caption-"))
     weights = args.weights
@@ -66,7 +66,7 @@ def main() -> None:
     split(root, min_clip_s=0.5)
     opts = {"weights": weights, "frames": str(args.frames), "max_new_tokens": str(args.max_new_tokens),
             "min_new_tokens": str(args.min_new_tokens), "input": args.input}
-    from curate.caption import load_captioner
+    from curate.stages.caption import load_captioner
 
     cap = load_captioner("hf", opts, args.device)
     from curate.store import Root

@@ -108,10 +108,10 @@ def main() -> None:
 
     import torch
 
-    from curate.embed import embed, load_encoder
-    from curate.ingest import ingest
-    from curate.media import get_frames, open_video
-    from curate.split import split
+    from curate.media.video import get_frames, open_video
+    from curate.stages.embed import embed, load_encoder
+    from curate.stages.ingest import ingest
+    from curate.stages.split import split
 
     src, n_shots = make_source(args.seconds, args.height)
     work = Path(tempfile.mkdtemp(prefix="curate-bench-"))
@@ -128,13 +128,13 @@ def main() -> None:
                                          encoder_obj=enc))
     assert r.ok == n_clips, r.as_dict()
     x = torch.randn(args.batch_size * 8, 3, enc.image_size, enc.image_size)
-    enc._encode_frames(x[:8])  # warm-up
+    enc.encode_frames(x[:8])  # warm-up
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     n_batches = max(1, n_clips // args.batch_size)
     t0 = time.perf_counter()
     for _ in range(n_batches):
-        enc._encode_frames(x)
+        enc.encode_frames(x)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     forward_cps = n_batches * args.batch_size / (time.perf_counter() - t0)
@@ -157,7 +157,7 @@ def main() -> None:
 
     import open_clip
 
-    from curate.process import process
+    from curate.stages.process import process
 
     tiny = work / "bench-tiny.json"
     tiny.write_text(_json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 224, "layers": 1, "width": 64,

@@ -25,7 +25,7 @@ def main() -> None:
     import numpy as np
     import pyarrow as pa
 
-    from curate.score import merge_into_scores
+    from curate.stages.score import merge_into_scores
     from curate.store import Root
 
     work = tempfile.mkdtemp(prefix="curate-bench-score-")

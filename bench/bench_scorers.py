@@ -57,9 +57,9 @@ def main() -> None:
 
     import pyarrow.compute as pc
 
-    from curate.ingest import ingest
     from curate.plugins import get_scorer
-    from curate.split import split
+    from curate.stages.ingest import ingest
+    from curate.stages.split import split
     from curate.store import Root
 
     w, h = (int(x) for x in args.size.split("x"))

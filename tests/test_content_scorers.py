@@ -13,9 +13,9 @@ import pyarrow as pa
 import pytest
 from conftest import curate, read_table
 
-from curate.ingest import ingest
-from curate.score import score
-from curate.split import split
+from curate.stages.ingest import ingest
+from curate.stages.score import score
+from curate.stages.split import split
 from curate.store import Root
 
 SIZE = "640x360"
@@ -216,7 +216,7 @@ def test_plugins_list_the_content_scorers_with_their_options():
 def test_report_has_a_histogram_and_a_contact_sheet_for_each_new_column(content_root, scored):
     """The report draws one histogram per numeric score column and a contact sheet for each non-technical one
     (rendering all of them takes a minute on 2 cores: tests/test_filtering.py renders a report for real)."""
-    from curate.report import score_columns
+    from curate.query.report import score_columns
 
     cols = score_columns(Root(content_root))
     assert {"text_area", "text_area_mean", "text_boxes", "nsfw", "sharpness", "brightness", "contrast", "black_frac",
@@ -227,8 +227,8 @@ def test_report_has_a_histogram_and_a_contact_sheet_for_each_new_column(content_
 def test_filter_thresholds_are_in_step_across_cli_yaml_and_airflow():
     import re
 
-    from curate.filter import THRESHOLDS
     from curate.pipeline import SECTIONS
+    from curate.stages.filter import THRESHOLDS
 
     assert set(THRESHOLDS) <= SECTIONS["filter"]
     cli = Path(__file__).parents[1] / "src" / "curate" / "cli.py"
@@ -244,7 +244,7 @@ def test_the_drawtext_clip_really_has_text(content_root):
     src = read_table(content_root / "sources")
     subs = src[src.url.str.endswith("subs.mp4")].media_path.iloc[0]
     clean = src[src.url.str.endswith("clean.mp4")].media_path.iloc[0]
-    from curate.media import get_frames, open_video
+    from curate.media.video import get_frames, open_video
 
     a = get_frames(open_video(content_root / subs), [20])[0].astype(int)
     b = get_frames(open_video(content_root / clean), [20])[0].astype(int)

@@ -35,7 +35,7 @@ def test_dag_files_import_nothing_heavy():
         "bag = DagBag()\n"
         "assert not bag.import_errors, bag.import_errors\n"
         "heavy = sorted(m for m in ('torch', 'pandas', 'pyarrow', 'numpy', 'open_clip', 'curate.store',"
-        " 'curate.ingest', 'curate.embed') if m in sys.modules)\n"
+        " 'curate.stages.ingest', 'curate.stages.embed') if m in sys.modules)\n"
         "print('HEAVY=' + ','.join(heavy))\n"
     )
     out = subprocess.run([h.PYTHON, "-c", code], check=False, capture_output=True, text=True, env=os.environ, timeout=120)

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from conftest import read_table
 
-from curate.embed import embed
-from curate.filter import filter_clips
-from curate.ingest import ingest
-from curate.publish import publish
-from curate.score import score
-from curate.split import split
+from curate.stages.embed import embed
+from curate.stages.filter import filter_clips
+from curate.stages.ingest import ingest
+from curate.stages.publish import publish
+from curate.stages.score import score
+from curate.stages.split import split
 
 PARITY = Path(os.environ.get("CURATE_PARITY_DIR", Path(__file__).parents[2] / "shared" / "fixtures" / "parity"))
 

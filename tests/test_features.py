@@ -11,9 +11,9 @@ import pytest
 from conftest import read_table
 
 from curate.encoders.clip import OPENAI_NAMES, ClipEncoder
-from curate.features import features, frame_times, show_predictions
-from curate.ingest import ingest
-from curate.media import get_frames, open_video
+from curate.media.video import get_frames, open_video
+from curate.stages.features import features, frame_times, show_predictions
+from curate.stages.ingest import ingest
 
 
 @pytest.fixture(scope="module")

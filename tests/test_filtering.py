@@ -12,15 +12,15 @@ import pyarrow as pa
 import pytest
 from conftest import read_table
 
-from curate.embed import embed
 from curate.errors import CurateError
-from curate.filter import filter_clips
-from curate.ingest import ingest
 from curate.samples import make_video
-from curate.score import score
-from curate.split import split
+from curate.stages.embed import embed
+from curate.stages.filter import filter_clips
+from curate.stages.ingest import ingest
+from curate.stages.score import score
+from curate.stages.split import split
+from curate.stages.where import Where
 from curate.store import Root
-from curate.where import Where
 
 PRESETS = sorted((Path(__file__).parents[1] / "configs" / "presets").glob("*.yaml"))
 
@@ -88,7 +88,7 @@ def test_aesthetic_scorer_matches_the_predictor_by_hand(root, tiny_clip, tmp_pat
     import torch
 
     from curate.encoders.clip import ClipEncoder
-    from curate.media import get_frames, open_video
+    from curate.media.video import get_frames, open_video
     from curate.scorers.aesthetic import build_mlp
 
     torch.manual_seed(1)
@@ -203,8 +203,8 @@ def test_presets_are_found_by_name_and_explicit_options_override(synthetic):
 def test_report_writes_valid_images_and_embeds_in_the_card(root):
     from PIL import Image
 
-    from curate.publish import publish
-    from curate.report import make_report
+    from curate.query.report import make_report
+    from curate.stages.publish import publish
 
     filter_clips(root, "rep", min_duration=0.5, max_dup_sim=0.98)
     publish(root, "rep", shard_size=10)

@@ -16,13 +16,13 @@ import pytest
 from conftest import CAPTIONS, read_table
 from hostile import make_corpus, serve
 
-from curate.embed import embed
 from curate.errors import CurateError
-from curate.filter import filter_clips
-from curate.ingest import ingest
-from curate.publish import publish
-from curate.score import score
-from curate.split import split
+from curate.stages.embed import embed
+from curate.stages.filter import filter_clips
+from curate.stages.ingest import ingest
+from curate.stages.publish import publish
+from curate.stages.score import score
+from curate.stages.split import split
 from curate.store import Root
 
 EXPECTED_KINDS = {"zero": "corrupt", "truncated": "corrupt", "random": "corrupt", "text": "corrupt", "png": "corrupt",
@@ -295,7 +295,7 @@ def test_a_decoder_that_hangs_cannot_hang_the_stage(monkeypatch, tmp_path, sourc
 
     from conftest import FirstFrameSampler
 
-    from curate.frames import clip_groups, decode_clips
+    from curate.media.frames import clip_groups, decode_clips
 
     root = Root(tmp_path / "ds")
     ingest(root, source_list)
@@ -304,7 +304,7 @@ def test_a_decoder_that_hangs_cannot_hang_the_stage(monkeypatch, tmp_path, sourc
     stuck_source = groups[0][0]["source_id"]
     release = threading.Event()
 
-    import curate.frames as frames_mod
+    import curate.media.frames as frames_mod
 
     real = frames_mod.decode_source
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import read_table
 
 from curate.errors import CurateError
-from curate.ingest import RETRYABLE_KINDS, classify_download_error, ingest, read_source_list, register_sources
+from curate.stages.ingest import RETRYABLE_KINDS, classify_download_error, ingest, read_source_list, register_sources
 
 
 def test_http_sources_download_through_ytdlp_with_info_json(tmp_path, http_server):
@@ -130,10 +130,10 @@ def test_download_errors_are_classified(message, kind):
 
 def test_segment_rows_download_only_their_range_and_publish_absolute_times(tmp_path, http_server, tiny_clip):
     """start_s/end_s on a source row: yt-dlp fetches just that range; clips keep their time in the URL."""
-    from curate.filter import filter_clips
-    from curate.publish import publish
-    from curate.score import score
-    from curate.split import split
+    from curate.stages.filter import filter_clips
+    from curate.stages.publish import publish
+    from curate.stages.score import score
+    from curate.stages.split import split
 
     lst = tmp_path / "l.csv"  # three_shots: cuts at frames 50 and 90 (2.0 s and 3.6 s)
     lst.write_text(f"url,caption,start_s,end_s\n{http_server}/three_shots.mp4,x,1.0,4.0\n")

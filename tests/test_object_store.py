@@ -79,12 +79,12 @@ STAGES = ["ingest", "split", "embed", "score", "filter", "publish"]
 
 
 def _run_stage(root, source_list, tiny_clip, stage):
-    from curate.embed import embed
-    from curate.filter import filter_clips
-    from curate.ingest import ingest
-    from curate.publish import publish
-    from curate.score import score
-    from curate.split import split
+    from curate.stages.embed import embed
+    from curate.stages.filter import filter_clips
+    from curate.stages.ingest import ingest
+    from curate.stages.publish import publish
+    from curate.stages.score import score
+    from curate.stages.split import split
 
     {"ingest": lambda: ingest(root, source_list, flush_every=1),
      "split": lambda: split(root, min_clip_s=0.5, max_clip_s=2.0),
@@ -190,7 +190,7 @@ def test_lance_readers_open_the_tables_in_the_bucket(bucket_run):
     import lance
     import polars as pl
 
-    from curate.storage import lance_storage_options
+    from curate.store.storage import lance_storage_options
 
     root, tables = bucket_run
     ds = lance.dataset(f"{root}/clips", storage_options=lance_storage_options(root))

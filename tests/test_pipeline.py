@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import FPS, VIDEOS, cuts, read_table, snapshot
 
-from curate.embed import embed
 from curate.errors import CurateError
-from curate.filter import filter_clips
-from curate.ingest import ingest
-from curate.publish import publish
-from curate.score import score
-from curate.split import shape_scenes, split
+from curate.stages.embed import embed
+from curate.stages.filter import filter_clips
+from curate.stages.ingest import ingest
+from curate.stages.publish import publish
+from curate.stages.score import score
+from curate.stages.split import shape_scenes, split
 
 MAX_CLIP_S = 2.0
 
@@ -210,7 +210,7 @@ def test_decoding_yields_every_clip_of_many_sources_in_order(root):
     """More chunks than the read-ahead window: none may be dropped (a zip() over the iterator once lost one)."""
     from conftest import FirstFrameSampler
 
-    from curate.frames import clip_groups, decode_clips
+    from curate.media.frames import clip_groups, decode_clips
     from curate.store import Root
 
     groups = clip_groups(Root(root))
@@ -237,7 +237,7 @@ def test_many_small_appends_are_compacted_without_changing_the_table(tmp_path):
 
 @pytest.mark.parametrize("detector", ["content", "adaptive"])
 def test_detectors_find_hard_cuts_exactly(detector, videos):
-    from curate.split import SceneDetectSplitter
+    from curate.stages.split import SceneDetectSplitter
 
     assert SceneDetectSplitter(detector)(videos["three_shots"], FPS, 150) == cuts(VIDEOS["three_shots"])
 
@@ -245,7 +245,7 @@ def test_detectors_find_hard_cuts_exactly(detector, videos):
 def test_threshold_detector_cuts_a_fade_through_black(tmp_path):
     import subprocess
 
-    from curate.split import SceneDetectSplitter
+    from curate.stages.split import SceneDetectSplitter
 
     f = tmp_path / "fade.mp4"  # 3 s fading out to black at 2-3 s, then 3 s fading in from black
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=3",
@@ -320,7 +320,7 @@ def test_score_columns_merge_streaming_like_a_join(tmp_path, monkeypatch, batch_
     the batch size; merging the same values again writes nothing."""
     import pyarrow as pa
 
-    import curate.score as sc
+    import curate.stages.score as sc
     from curate.store import Root
 
     monkeypatch.setattr(sc, "MERGE_BATCH_ROWS", batch_rows)

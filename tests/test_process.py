@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from conftest import read_table
 
-from curate.embed import embed
-from curate.ingest import ingest
-from curate.process import process
-from curate.split import split
+from curate.stages.embed import embed
+from curate.stages.ingest import ingest
+from curate.stages.process import process
+from curate.stages.split import split
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_fused_pass_is_idempotent_and_embeds_sources_split_earlier(roots, tiny_c
 def test_ffmpeg_frames_have_the_colours_decord_sees(tmp_path):
     """The one-pass and ffmpeg-decoder paths read I420 and convert only sampled frames: a red shot must
     reach the encoder red (planes in the right order), matching decord's RGB frame of the same size."""
-    from curate.media import Stream, decode_frames, get_frames, open_video, yuv_to_rgb
+    from curate.media.video import Stream, decode_frames, get_frames, open_video, yuv_to_rgb
     from curate.samples import make_video
 
     path = tmp_path / "rb.mp4"
@@ -76,7 +76,7 @@ def test_detector_frames_resized_in_yuv_match_resizing_the_picture(size, small):
     then resizing, also for heights not divisible by 4 (the U and V planes do not start on a row)."""
     import cv2
 
-    from curate.media import yuv_to_bgr
+    from curate.media.video import yuv_to_bgr
 
     (w, h), rng = size, np.random.default_rng(0)
     bgr = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (15, 15), 5)
@@ -91,7 +91,7 @@ def test_detector_frames_resized_in_yuv_match_resizing_the_picture(size, small):
 def test_scene_frames_spill_to_disk_and_come_back_unchanged(tmp_path):
     """A scene longer than the RAM budget goes on in a file; every frame reads back as written, also
     across the cut that starts the next scene."""
-    from curate.process import _SceneFrames
+    from curate.stages.process import _SceneFrames
 
     frames = [np.full((6, 4), i, np.uint8) for i in range(40)]
     sf = _SceneFrames(tmp_path, (6, 4), ram_bytes=10 * 24)  # room for 10 frames in RAM

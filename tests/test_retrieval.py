@@ -10,7 +10,7 @@ import pytest
 from conftest import curate
 
 from curate.errors import CurateError
-from curate.retrieval import (
+from curate.query.retrieval import (
     evaluate,
     evaluate_arrays,
     group_captions,

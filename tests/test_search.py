@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 from conftest import curate, read_table
 
-from curate import search as S
 from curate.errors import CurateError
+from curate.query import search as S
 from curate.store import (
     SCHEMAS,
     Root,
@@ -215,12 +215,12 @@ def test_subset_restriction_and_errors(tmp_path, vecs):
 # ----------------------------------------------------------------------------- a real root, the CLI
 @pytest.fixture(scope="module")
 def real_root(tmp_path_factory, source_list, tiny_clip):
-    from curate.embed import embed
-    from curate.filter import filter_clips
-    from curate.ingest import ingest
-    from curate.publish import publish
-    from curate.score import score
-    from curate.split import split
+    from curate.stages.embed import embed
+    from curate.stages.filter import filter_clips
+    from curate.stages.ingest import ingest
+    from curate.stages.publish import publish
+    from curate.stages.score import score
+    from curate.stages.split import split
 
     root = tmp_path_factory.mktemp("search") / "ds"
     ingest(root, source_list, workers=2)
@@ -235,7 +235,7 @@ def real_root(tmp_path_factory, source_list, tiny_clip):
 def expected(root: Root, tiny_clip, query, k, allowed=None):
     """Top-k computed here: the query embedded in this process with the recorded options, every stored vector."""
 
-    from curate.embed import load_encoder
+    from curate.stages.embed import load_encoder
 
     q = load_encoder("clip", tiny_clip, "cpu").embed_texts([query])[0]
     e = read_table(root.path / "embeddings" / "clip")

@@ -11,9 +11,9 @@ import pytest
 from conftest import curate, read_table
 
 from curate.errors import CurateError
-from curate.ingest import ingest
-from curate.process import process
-from curate.split import split, track_source
+from curate.stages.ingest import ingest
+from curate.stages.process import process
+from curate.stages.split import split, track_source
 
 #: 35 frames of testsrc2 (frames 15-16 flash: not a transition) | cut | mandelbrot, dissolving (frames 70-84)
 #: into a gradient | cut | 30 of colour bars
@@ -116,7 +116,7 @@ def test_rerun_duplicates_no_transition(shot_roots):
 
 
 def test_bad_or_missing_weights_are_a_clear_error(tmp_path):
-    from curate.transnetv2 import load_model
+    from curate.splitters.transnetv2 import load_model
 
     with pytest.raises(CurateError, match="does not exist"):
         load_model(str(tmp_path / "missing.pth"), "cpu")
@@ -152,7 +152,7 @@ def test_our_network_gives_the_packages_outputs():
     subprocess: importing the package changes torch's global settings)."""
     code = r"""
 import numpy as np, torch
-from curate.transnetv2 import load_model, WindowedPredictor
+from curate.splitters.transnetv2 import load_model, WindowedPredictor
 frames = np.random.default_rng(0).integers(0, 256, (50, 27, 48, 3), dtype=np.uint8)
 wp = WindowedPredictor(load_model(device="cpu"), batch_size=2)
 outs = [wp.push(f) for f in frames] + [wp.finish()]

@@ -61,7 +61,7 @@ class RichProgress:
                 self._p.stop()
 
 
-def _finish(result, json_out: bool = False) -> None:
+def finish(result, json_out: bool = False) -> None:
     """Print a stage summary; exit 1 only when nothing at all succeeded."""
     d = result.as_dict() if hasattr(result, "as_dict") else result
     if json_out:
@@ -81,7 +81,7 @@ def _finish(result, json_out: bool = False) -> None:
         raise typer.Exit(1)
 
 
-def _guard(fn):
+def guarded(fn):
     import functools
 
     @functools.wraps(fn)
@@ -102,7 +102,7 @@ SOURCE_IDS_HELP = "Work only on the source ids listed in this file (one per line
 
 
 def _sources(root: str, shard: str | None, source_ids: Path | None) -> list[str] | None:
-    from curate.shard import select_sources
+    from curate.stages.shard import select_sources
 
     return select_sources(root, shard, source_ids)
 
@@ -120,7 +120,7 @@ def _size(v: str | None) -> int | None:
 
 
 @app.command()
-@_guard
+@guarded
 def ingest(
     sources: list[str] = typer.Argument(..., help="Source list(s): CSV/TSV/JSONL/JSON/Parquet/TXT with a 'url' column "
                                                    "(http(s) URL or local path) and optional 'caption', 'title', "
@@ -140,16 +140,16 @@ def ingest(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Register sources and download/copy their media into ROOT/media (yt-dlp for http/https), probing each."""
-    from curate.ingest import ingest as run
+    from curate.stages.ingest import ingest as run
 
     r = run(root, sources, workers=workers, max_height=max_height, max_filesize=_size(max_filesize),
             max_duration=max_duration, retry_errors=retry_errors, allow_local=not no_local,
             local_dirs=allow_dir or None, socket_timeout=timeout, retries=retries, progress=RichProgress())
-    _finish(r, json_out)
+    finish(r, json_out)
 
 
 @app.command()
-@_guard
+@guarded
 def split(
     root: str = ROOT_OPT,
     detector: str = typer.Option("auto", help="Splitter plugin: auto (transnetv2 with a GPU, else content), transnetv2 "
@@ -167,19 +167,19 @@ def split(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Detect scenes in every ingested source and write clip rows [start, end) to ROOT/clips."""
-    from curate.embed import parse_options
-    from curate.split import split as run
+    from curate.stages.embed import parse_options
+    from curate.stages.split import split as run
 
     opts = parse_options(option)
     if threshold is not None:
         opts["threshold"] = threshold
     r = run(root, source_ids=_sources(root, shard, source_ids), detector=detector, options=opts,
             min_clip_s=min_clip_s, max_clip_s=max_clip_s or None, progress=RichProgress())
-    _finish(r, json_out)
+    finish(r, json_out)
 
 
 @app.command()
-@_guard
+@guarded
 def embed(
     root: str = ROOT_OPT,
     encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder plugin name (`curate plugins`)."),
@@ -200,17 +200,17 @@ def embed(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Embed every clip (sampled frames) and its caption with an encoder; writes ROOT/embeddings/<name>."""
-    from curate.embed import embed as run
-    from curate.embed import parse_options
+    from curate.stages.embed import embed as run
+    from curate.stages.embed import parse_options
 
     r = run(root, encoder, options=parse_options(option), name=name, caption=caption, device=device,
             batch_size=batch_size, workers=workers, source_ids=_sources(root, shard, source_ids),
             progress=RichProgress())
-    _finish(r, json_out)
+    finish(r, json_out)
 
 
 @app.command()
-@_guard
+@guarded
 def caption(
     root: str = ROOT_OPT,
     captioner: str = typer.Option("hf", "--captioner", "-c", help="Captioner plugin name (`curate plugins`)."),
@@ -227,16 +227,16 @@ def caption(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Caption every clip with a vision-language model (sampled frames + a prompt); writes ROOT/captions/<name>."""
-    from curate.caption import caption as run
-    from curate.embed import parse_options
+    from curate.stages.caption import caption as run
+    from curate.stages.embed import parse_options
 
     r = run(root, captioner, options=parse_options(option), name=name, device=device, batch_size=batch_size,
             workers=workers, retry_errors=retry_errors, progress=RichProgress())
-    _finish(r, json_out)
+    finish(r, json_out)
 
 
 @app.command()
-@_guard
+@guarded
 def process(
     root: str = ROOT_OPT,
     encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder plugin name (`curate plugins`)."),
@@ -259,8 +259,8 @@ def process(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Split and embed in ONE decode pass per source (= split, then embed -o decoder=ffmpeg)."""
-    from curate.embed import parse_options
-    from curate.process import process as run
+    from curate.stages.embed import parse_options
+    from curate.stages.process import process as run
 
     det_opts = parse_options(detector_option)
     if threshold is not None:
@@ -269,11 +269,11 @@ def process(
             detector_options=det_opts or None, min_clip_s=min_clip_s,
             max_clip_s=max_clip_s or None, device=device, batch_size=batch_size, workers=workers,
             source_ids=_sources(root, shard, source_ids), progress=RichProgress())
-    _finish(r, json_out)
+    finish(r, json_out)
 
 
 @app.command()
-@_guard
+@guarded
 def score(
     root: str = ROOT_OPT,
     encoder: str | None = typer.Option(None, "--encoder", "-e", help="Only this embedding set (default: all)."),
@@ -296,8 +296,8 @@ def score(
 ) -> None:
     """Compute score columns into ROOT/scores: alignment (<encoder>_sim), technical, aesthetic, motion, dedup,
     text, nsfw, quality."""
-    from curate.embed import parse_options
-    from curate.score import score as run
+    from curate.stages.embed import parse_options
+    from curate.stages.score import score as run
 
     opts: dict[str, dict[str, str]] = {}
     for k, v in parse_options(option).items():
@@ -315,11 +315,11 @@ def score(
         console.print(f"[yellow]not run per shard[/] (they need the whole root): {escape(', '.join(left))}; run "
                       f"`curate score --root {escape(str(root))} -s {' -s '.join(map(escape, left))}` once the shards "
                       "are done")
-    _finish(r, json_out)
+    finish(r, json_out)
 
 
 @app.command("filter")
-@_guard
+@guarded
 def filter_cmd(
     root: str = ROOT_OPT,
     subset: str = typer.Option(..., "--subset", help="Name of the subset to create (ROOT/subsets/<name>)."),
@@ -371,7 +371,7 @@ def filter_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Select clips by rules over stored scores (nothing is recomputed) -> ROOT/subsets/<name>/selection.parquet."""
-    from curate.filter import filter_clips
+    from curate.stages.filter import filter_clips
 
     s = filter_clips(root, subset, encoder=encoder, caption=caption, min_sim=min_sim, min_duration=min_duration,
                      max_duration=max_duration, where=where or None, top_percent=top_percent, top_by=top_by,
@@ -395,7 +395,7 @@ def filter_cmd(
 
 
 @app.command()
-@_guard
+@guarded
 def publish(
     root: str = ROOT_OPT,
     subset: str = typer.Option(..., "--subset", help="Subset made by `curate filter`."),
@@ -413,16 +413,16 @@ def publish(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Cut the kept clips and write WebDataset shards, annotations.parquet and a README.md dataset card."""
-    from curate.publish import publish as run
-    from curate.shard import parse_shard
+    from curate.stages.publish import publish as run
+    from curate.stages.shard import parse_shard
 
     r = run(root, subset, shard_size=shard_size, workers=workers, cut=cut, caption=caption, shard=parse_shard(shard),
             progress=RichProgress())
-    _finish(r, json_out)
+    finish(r, json_out)
 
 
 @app.command()
-@_guard
+@guarded
 def features(
     root: str = ROOT_OPT,
     encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder with per-frame image features (clip)."),
@@ -440,15 +440,15 @@ def features(
     json_out: bool = typer.Option(False, "--json", help="Print the summary (and predictions) as JSON."),
 ) -> None:
     """Per-source frame features (num_frames, D) with timestamps_ms and fps, as video_features writes them."""
-    from curate.embed import parse_options
-    from curate.features import features as run
-    from curate.features import show_predictions
+    from curate.stages.embed import parse_options
+    from curate.stages.features import features as run
+    from curate.stages.features import show_predictions
 
     opts = parse_options(option)
     r = run(root, encoder, options=opts, name=name, fps=fps, frames=frames, device=device, batch_size=batch_size,
             save_numpy=save_numpy, progress=RichProgress())
     if not show_pred:
-        _finish(r, json_out)
+        finish(r, json_out)
         return
     preds = show_predictions(root, show_pred, name=name or encoder, encoder=encoder, options=opts, device=device)
     if json_out:
@@ -464,7 +464,7 @@ def features(
 
 
 @app.command()
-@_guard
+@guarded
 def report(
     root: str = ROOT_OPT,
     subset: str | None = typer.Option(None, "--subset", help="Report on this subset: thresholds marked, funnel, "
@@ -472,26 +472,26 @@ def report(
     top_k: int = typer.Option(6, help="Clips per row of the contact sheets (best and worst by each score)."),
 ) -> None:
     """Score histograms (thresholds marked), the filter funnel and contact sheets, as PNGs + HTML/Markdown."""
-    from curate.report import make_report
+    from curate.query.report import make_report
 
     r = make_report(root, subset, top_k=top_k)
     console.print(f"[bold green]report[/] {len(r['images'])} images in {escape(r['dir'])}; open {escape(r['page'])}")
 
 
 @app.command()
-@_guard
+@guarded
 def run(config: Path = typer.Argument(..., help="YAML file (see configs/); relative paths are relative to it.")) -> None:
     """Run every stage configured in a YAML file, in order."""
     from curate.pipeline import load_config, run_config
 
     cfg = load_config(config)
-    run_config(cfg, RichProgress, on_result=lambda r: _finish(r) if hasattr(r, "as_dict") else
+    run_config(cfg, RichProgress, on_result=lambda r: finish(r) if hasattr(r, "as_dict") else
                console.print(f"[bold green]filter[/] kept {r['kept']} of {r['total']} clips"))
-    _status_table(cfg["root"])
+    status_table(cfg["root"])
 
 
 @app.command()
-@_guard
+@guarded
 def export(
     root: str = ROOT_OPT,
     table: str = typer.Argument(..., help="Table to export: sources, clips, scores, embeddings/<name>, features/<name>."),
@@ -507,7 +507,7 @@ def export(
 
 
 @app.command()
-@_guard
+@guarded
 def migrate(root: str = ROOT_OPT) -> None:
     """Convert the tables of a root written by curate before Lance (directories of part-*.parquet) to Lance."""
     from curate.store import migrate as run
@@ -520,7 +520,7 @@ def migrate(root: str = ROOT_OPT) -> None:
 
 
 @app.command()
-@_guard
+@guarded
 def compact(
     root: str = ROOT_OPT,
     table: list[str] = typer.Option([], "--table", "-t", help="Only this table (repeatable; default: every table)."),
@@ -538,7 +538,7 @@ def compact(
 
 
 @app.command()
-@_guard
+@guarded
 def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List every registered encoder, splitter, scorer and captioner, with the plugin and package that registered it."""
     from curate.plugins import all_components
@@ -555,7 +555,7 @@ def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON."
 
 
 @app.command()
-@_guard
+@guarded
 def status(root: str = ROOT_OPT, json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Per stage, counts of ok / error / pending."""
     from curate.status import stage_counts
@@ -566,10 +566,10 @@ def status(root: str = ROOT_OPT, json_out: bool = typer.Option(False, "--json", 
     if json_out:
         out.print_json(json.dumps(stage_counts(root)))
         return
-    _status_table(root)
+    status_table(root)
 
 
-def _status_table(root: Any) -> None:
+def status_table(root: Any) -> None:
     from curate.status import stage_counts
 
     t = RichTable("stage", "ok", "error", "pending", title=f"curate status {root}")

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from curate.cli import RichProgress, _finish, _status_table
+    from curate.cli import RichProgress, finish, status_table
     from curate.errors import CurateError, WeightsUnavailable
     from curate.pipeline import load_config, run_config
     from curate.samples import make_demo_inputs
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path = root / "demo.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     try:
-        run_config(load_config(cfg_path), RichProgress, on_result=lambda r: _finish(r) if hasattr(r, "as_dict")
+        run_config(load_config(cfg_path), RichProgress, on_result=lambda r: finish(r) if hasattr(r, "as_dict")
                    else console.print(f"[bold green]filter[/] kept {r['kept']} of {r['total']} clips"))
     except WeightsUnavailable as e:
         console.print(f"[bold red]The pretrained CLIP weights could not be loaded.[/] {escape(str(e))}\n\n"
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except CurateError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
-    _status_table(root)
+    status_table(root)
     card = root / "subsets" / "demo" / "README.md"
     console.print(f"\n[bold green]Published[/] {root / 'subsets' / 'demo'}  (card: {card})")
     for line in card.read_text().splitlines()[4:14]:

@@ -22,7 +22,7 @@ import yaml
 
 from curate.errors import CurateError
 from curate.progress import NullProgress, Progress, StageResult
-from curate.storage import is_remote
+from curate.store.storage import is_remote
 
 SECTIONS = {
     "ingest": {"workers", "max_height", "max_filesize", "max_duration", "retry_errors", "allow_local", "local_dirs",
@@ -78,7 +78,7 @@ def one_pass_embed(cfg: dict[str, Any], embeds: list[dict]) -> dict | None:
     or None: needs ``one_pass`` (default true), a split section, a first embed entry that embeds the clips'
     own captions (no ``caption:``) without ``decoder=decord``, and a splitter that can be fed frame by frame."""
     from curate.plugins import get_splitter
-    from curate.process import feeds_one_pass
+    from curate.stages.process import feeds_one_pass
 
     if not cfg.get("one_pass", True) or "split" not in cfg or not embeds:
         return None
@@ -92,13 +92,13 @@ def one_pass_embed(cfg: dict[str, Any], embeds: list[dict]) -> dict | None:
 def run_config(cfg: dict[str, Any], progress_factory: Callable[[], Progress] = NullProgress,
                on_result: Callable[[StageResult | dict], None] = lambda r: None) -> list[StageResult | dict]:
     """Run the stages of a loaded config in order; returns each stage's result."""
-    from curate.caption import caption
-    from curate.embed import embed
-    from curate.filter import filter_clips
-    from curate.ingest import ingest
-    from curate.publish import publish
-    from curate.score import score
-    from curate.split import split
+    from curate.stages.caption import caption
+    from curate.stages.embed import embed
+    from curate.stages.filter import filter_clips
+    from curate.stages.ingest import ingest
+    from curate.stages.publish import publish
+    from curate.stages.score import score
+    from curate.stages.split import split
 
     root = cfg["root"]
     results: list[StageResult | dict] = []
@@ -114,7 +114,7 @@ def run_config(cfg: dict[str, Any], progress_factory: Callable[[], Progress] = N
     embeds = list(embeds if isinstance(embeds, list) else [embeds])
     first = one_pass_embed(cfg, embeds)
     if first is not None:  # split + the first embedding set in one decode per source
-        from curate.process import process
+        from curate.stages.process import process
 
         e, s = dict(embeds.pop(0)), dict(cfg.get("split") or {})
         record(process(root, e.pop("encoder", "clip"), detector_options=s.pop("options", None),

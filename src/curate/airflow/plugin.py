@@ -9,7 +9,7 @@ A FastAPI app mounted by the Airflow API server at ``/curate`` plus a menu entry
 - ``/curate/roots/<root>/subsets/<subset>/hist/<column>.png``: the histogram of one score column over all
   scored clips, with the subset's filter thresholds marked;
 - ``/curate/roots/<root>/subsets/<subset>/search?q=...``: text search over the subset's published clips
-  (:func:`curate.search.search_subset`; the first search loads the encoder on the API server's CPU).
+  (:func:`curate.query.search.search_subset`; the first search loads the encoder on the API server's CPU).
 
 ``<root>`` is an index into the configured roots or a root's directory name; subset and column names
 are checked against what exists. No request can name a path, so nothing outside the configured roots is
@@ -256,7 +256,7 @@ def _search_form(prefix: str, i: int, subset: str, root: str, subset_dir: Subset
 def search_page(root_key: str, subset: str, request: Request, q: str = "", k: str = "10",
                 encoder: str | None = None) -> HTMLResponse:
     from curate.errors import CurateError
-    from curate.search import search_subset
+    from curate.query.search import search_subset
 
     i, root = _root(root_key)
     d = _subset(root, subset)

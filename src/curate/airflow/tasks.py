@@ -1,6 +1,6 @@
 """Glue shared by the curate DAGs: settings, param schemas, batching, path checks, result checks.
 
-No stage logic lives here (the stages are :mod:`curate.ingest` ... :mod:`curate.publish`); this module
+No stage logic lives here (the stages are :mod:`curate.stages.ingest` ... :mod:`curate.stages.publish`); this module
 only decides *what* a task may touch and *whether* its outcome counts as a failure. It imports nothing
 heavy at module level (the DAG processor imports it on every parse): pyarrow and the stages are
 imported inside the functions that need them.
@@ -24,9 +24,9 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias, ExceptionRetryPolicy, Param, RetryAction, RetryRule
 from airflow.sdk.exceptions import AirflowFailException
 
-from curate.storage import is_remote
+from curate.store.storage import is_remote
 
-#: same alphabet as curate.store._safe_name (subset and embedding-set names become directory names)
+#: same alphabet as curate.store.safe_name (subset and embedding-set names become directory names)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
 #: every published subset is announced through this alias as the asset ``curate://<subset>``
 SUBSETS = AssetAlias("curate_subsets")
@@ -227,7 +227,7 @@ def filters_param() -> Param:
 
 
 def filter_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of curate.filter.filter_clips from a run's params."""
+    """Keyword arguments of curate.stages.filter.filter_clips from a run's params."""
     return {"min_sim": params.get("min_sim"), "min_duration": params.get("min_duration"),
             "max_duration": params.get("max_duration"), **dict(params.get("filters") or {})}
 
@@ -355,7 +355,7 @@ def source_status(root: str, ids: Sequence[str]) -> dict[str, int]:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from curate.ingest import RETRYABLE_KINDS
+    from curate.stages.ingest import RETRYABLE_KINDS
     from curate.store import Root
 
     t = Root(root).sources.read_arrow(columns=["status", "error_kind"], filter=ds.field("source_id").isin(list(ids)))

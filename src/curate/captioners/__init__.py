@@ -3,7 +3,7 @@
 A captioner turns the sampled frames of a batch of clips into one caption each. Authors implement
 ``info`` and ``caption_batch``; frame sampling (``frame_indices``, ``decode_size``, ``preprocess``) has
 defaults, and batching, decoding ahead of the model, timing, the degenerate-output checks and the
-bookkeeping live in the caption stage (:mod:`curate.caption`).
+bookkeeping live in the caption stage (:mod:`curate.stages.caption`).
 """
 
 from __future__ import annotations

@@ -13,14 +13,14 @@ def register_commands(cli):
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    from curate.cli import _guard, console, out
+    from curate.cli import console, guarded, out
     from curate.errors import CurateError
     from curate.store import Root
 
     ROOT_OPT = typer.Option(..., "--root", "-r", help="Dataset root: a directory or an fsspec URL (s3://bucket/prefix, ...).")
 
     @cli.command("search")
-    @_guard
+    @guarded
     def search_cmd(
         query: str = typer.Argument(..., help="Text to search for, e.g. \"a basketball player performing a slam dunk\"."),
         root: str = ROOT_OPT,
@@ -45,8 +45,8 @@ def register_commands(cli):
         json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
         """Find the clips that best match a text query (cosine; max over queries for query-stack encoders)."""
-        from curate.search import contact_sheet as make_sheet
-        from curate.search import search
+        from curate.query.search import contact_sheet as make_sheet
+        from curate.query.search import search
 
         if exact and (use_index or rebuild_index):
             raise CurateError("--exact excludes --index and --rebuild-index.")
@@ -75,7 +75,7 @@ def register_commands(cli):
         out.print(t)
 
     @cli.command("eval-retrieval")
-    @_guard
+    @guarded
     def eval_retrieval_cmd(
         root: str = ROOT_OPT,
         encoder: list[str] = typer.Option([], "--encoder", "-e", help="Embedding set(s) to evaluate, repeatable "
@@ -91,7 +91,7 @@ def register_commands(cli):
         json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     ) -> None:
         """Text->video and video->text R@1/5/10, MedianR, MeanR of each embedding set, on clips with captions."""
-        from curate.retrieval import METRIC_KEYS, evaluate, format_cell, markdown_table
+        from curate.query.retrieval import METRIC_KEYS, evaluate, format_cell, markdown_table
 
         if not Root(root).exists(""):
             raise CurateError(f"{root} does not exist.")

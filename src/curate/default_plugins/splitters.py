@@ -70,13 +70,13 @@ def _has_gpu() -> bool:
 
 
 def _transnetv2(**options):
-    from curate.transnetv2 import TransNetV2Splitter
+    from curate.splitters.transnetv2 import TransNetV2Splitter
 
     return TransNetV2Splitter(**options)
 
 
 def _scenedetect(kind: str, **options):
-    from curate.split import SceneDetectSplitter
+    from curate.stages.split import SceneDetectSplitter
 
     return SceneDetectSplitter(kind, **options)
 

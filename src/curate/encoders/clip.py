@@ -157,7 +157,7 @@ class ClipEncoder(Encoder):
     def preprocess(self, frames: np.ndarray):
         return preprocess_clip_frames(frames, self.image_size, self.mean, self.std)
 
-    def _encode_frames(self, x):
+    def encode_frames(self, x):
         import torch
 
         with torch.inference_mode(), autocast(self.autocast):
@@ -168,7 +168,7 @@ class ClipEncoder(Encoder):
         import torch
 
         counts = [int(t.shape[0]) for t in inputs]
-        feats = self._encode_frames(torch.cat(list(inputs)))
+        feats = self.encode_frames(torch.cat(list(inputs)))
         out, i = [], 0
         for n in counts:
             out.append(l2_normalize(feats[i:i + n].mean(0)))

@@ -26,7 +26,7 @@ class Scorer:
     #: "clip": each clip is scored from its own pixels/rows, so the scorer runs per batch of sources (mapped
     #: Airflow tasks on the GPU workers, ``curate score --shard i/n``); "root": it needs the whole root
     #: (dedup, alignment over every embedding set) and runs once, after the batches. None: "clip" when
-    #: ``incremental``, else "root" (see :func:`curate.score.scope_of`).
+    #: ``incremental``, else "root" (see :func:`curate.stages.score.scope_of`).
     scope: ClassVar[str | None] = None
 
     def columns(self, root: Root) -> list[str]:
@@ -82,8 +82,8 @@ class AlignmentScorer(Scorer):
     @staticmethod
     def _no_caption_reasons(root: Root, name: str, ids: list[str], sims: dict, errs: dict) -> None:
         """A set of generated-caption embeddings has no row for a clip without an ok generated caption: say so."""
-        from curate.caption import caption_errors
-        from curate.embed import caption_source
+        from curate.stages.caption import caption_errors
+        from curate.stages.embed import caption_source
 
         cap = caption_source(root, name)
         missing = [i for i in ids if i not in sims and i not in errs] if cap is not None else []

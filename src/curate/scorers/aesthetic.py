@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from curate.encoders.base import uniform_indices
 from curate.errors import CurateError
-from curate.frames import batches, clip_groups, decode_clips
+from curate.media.frames import batches, clip_groups, decode_clips
 from curate.scorers import Scorer
 from curate.store import Root
 from curate.weights import resolve_weights
@@ -90,7 +90,7 @@ class AestheticScorer(Scorer):
         """Aesthetic score of each preprocessed frame: MLP(L2-normalised CLIP image embedding)."""
         import torch
 
-        feats = self.clip._encode_frames(x)  # L2-normalised, fp32
+        feats = self.clip.encode_frames(x)  # L2-normalised, fp32
         with torch.inference_mode():
             return self.mlp(feats.cpu()).squeeze(-1).numpy()
 

@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 
 from curate.errors import CurateError
 from curate.scorers import Scorer
-from curate.storage import scratch_dir
 from curate.store import Root
+from curate.store.storage import scratch_dir
 
 
 class DedupScorer(Scorer):

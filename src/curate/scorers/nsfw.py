@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from curate.encoders.base import uniform_indices
 from curate.errors import CurateError
-from curate.frames import batches, clip_groups, decode_clips
+from curate.media.frames import batches, clip_groups, decode_clips
 from curate.scorers import Scorer
 from curate.scorers.pixels import frames_per_chunk, result_table, short_error, size_for_long_side
 from curate.store import Root

@@ -1,7 +1,7 @@
 """What the content scorers (``text``, ``nsfw``, ``quality``) share: the decode size of small analysis
-frames, chunk sizing for :func:`curate.frames.decode_clips`, and the result table with one error column.
+frames, chunk sizing for :func:`curate.media.frames.decode_clips`, and the result table with one error column.
 
-Each of them samples a few frames per clip through :mod:`curate.frames` (one decord reader per
+Each of them samples a few frames per clip through :mod:`curate.media.frames` (one decord reader per
 source, decoded in threads ahead of the model), scores every clip on its own, and turns a clip that
 fails to decode or to score into a row with nulls and a readable reason; the rest of the batch goes on.
 """
@@ -31,9 +31,9 @@ def size_for_long_side(width: int, height: int, target: int) -> tuple[int, int]:
 
 
 def frames_per_chunk(frames_per_clip: int) -> int:
-    """The ``frames_per_clip`` to pass to :func:`curate.frames.decode_clips` so that one decode chunk holds
+    """The ``frames_per_clip`` to pass to :func:`curate.media.frames.decode_clips` so that one decode chunk holds
     about :data:`CHUNK_FRAMES` frames (decode_clips cuts chunks of 256 frames)."""
-    from curate.frames import MAX_FRAMES_PER_READ
+    from curate.media.frames import MAX_FRAMES_PER_READ
 
     clips = max(1, CHUNK_FRAMES // max(1, frames_per_clip))
     return max(1, MAX_FRAMES_PER_READ // clips)

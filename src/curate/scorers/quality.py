@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.encoders.base import uniform_indices
-from curate.frames import clip_groups, decode_clips
+from curate.media.frames import clip_groups, decode_clips
 from curate.scorers import Scorer
 from curate.scorers.pixels import result_table, size_for_width
 from curate.store import Root

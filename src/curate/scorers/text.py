@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.errors import CurateError
-from curate.frames import clip_groups, decode_clips
+from curate.media.frames import clip_groups, decode_clips
 from curate.scorers import Scorer
 from curate.scorers.pixels import frames_per_chunk, result_table, short_error, size_for_width
 from curate.store import Root

@@ -4,7 +4,7 @@ Raw web video has no clip-level captions (a title describes a whole video), so I
 Open-Sora captioned every clip with a VLM and then scored how well each caption matches its clip. This
 stage writes one row per clip: ``clip_id, caption, captioner, model, weights, prompt, generation``
 (JSON of the generation options), ``tokens`` (generated), ``seconds`` (the clip's share of its batch's
-generation time), ``status, error``. Frames are decoded by :func:`curate.frames.decode_clips` in
+generation time), ``status, error``. Frames are decoded by :func:`curate.media.frames.decode_clips` in
 threads ahead of the model, clips are batched across sources, and the configuration is recorded in
 ``_meta.json`` (running again with other options asks for another ``--name``).
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from curate.errors import CurateError
 from curate.faults import crashpoint
-from curate.frames import batches, clip_groups, decode_clips
+from curate.media.frames import batches, clip_groups, decode_clips
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, caption_schema, rows_to_table
 

@@ -192,9 +192,9 @@ def evaluate(root, names: Sequence[str] | None = None, *, subset: str | None = N
     """
     import pyarrow.compute as pc
 
-    from curate.caption import caption_source_label, caption_texts
-    from curate.embed import caption_source, embedding_sets_for_caption
-    from curate.search import published_clip_ids
+    from curate.query.search import published_clip_ids
+    from curate.stages.caption import caption_source_label, caption_texts
+    from curate.stages.embed import caption_source, embedding_sets_for_caption
     from curate.store import Root
 
     root = Root(root) if not isinstance(root, Root) else root

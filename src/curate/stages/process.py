@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from curate.embed import _embed_batch, _meta, check_meta, load_encoder
-from curate.frames import _ahead, decode_streams, sample_stream
-from curate.media import yuv_to_rgb
+from curate.media.frames import decode_streams, read_ahead, sample_stream
+from curate.media.video import yuv_to_rgb
 from curate.progress import NullProgress, Progress, StageResult
-from curate.split import ClipAppender, clip_row, error_row, failure_message, shape_scenes, transition_rows, transitions_table
-from curate.storage import scratch_dir
+from curate.stages.embed import check_meta, embed_batch, embedding_meta, load_encoder
+from curate.stages.split import ClipAppender, clip_row, error_row, failure_message, shape_scenes, transition_rows, transitions_table
 from curate.store import Root, embedding_schema, maintain, rows_to_table
+from curate.store.storage import scratch_dir
 
 #: frames of the scene in progress kept in RAM; a longer scene goes on in a file under ROOT/.tmp
 SCENE_RAM_BYTES = 256 << 20
@@ -133,11 +133,11 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
 
     ``workers`` sources are decoded at a time (each by its own ffmpeg, its detector in a thread): one
     decode of one source rarely keeps a many-core GPU node busy. ``source_ids`` makes it per-batch work
-    (as :func:`curate.embed.embed`): only those sources, no ``embed-<name>`` lock, appends only, no table
+    (as :func:`curate.stages.embed.embed`): only those sources, no ``embed-<name>`` lock, appends only, no table
     maintenance; without it the whole root, under the lock, maintained at the end."""
 
-    from curate.embed import embed
     from curate.plugins import get_encoder, get_splitter
+    from curate.stages.embed import embed
 
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
@@ -171,7 +171,7 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
             splitter.load()  # a bad weights file stops here, not as an error row on every source
         enc = encoder_obj or load_encoder(encoder, options, device)
         enc.decoder = "ffmpeg"
-        root.write_embedding_meta(name, _meta(encoder, options, enc))
+        root.write_embedding_meta(name, embedding_meta(encoder, options, enc))
         progress.start(len(sources), f"process ({detector} + {name})")
         tmpdir = scratch_dir()
 
@@ -192,7 +192,7 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
         clips_written = 0
 
         def run_batch() -> None:
-            for r in _embed_batch(enc, batch):
+            for r in embed_batch(enc, batch):
                 sid = r["clip_id"].rsplit("-", 2)[0]
                 if sid in written:
                     rows.append(r)
@@ -263,7 +263,7 @@ def _sources_ahead(sources: list[dict], items, workers: int, size: int):
         while (src := next_source()) is not None:
             yield from items(src)
 
-    return _ahead(*(worker() for _ in range(max(1, workers))), size=size)
+    return read_ahead(*(worker() for _ in range(max(1, workers))), size=size)
 
 
 def _process_source(root: Root, src: dict, enc, splitter, detector: str, min_clip_s: float, max_clip_s: float | None,

@@ -1,21 +1,5 @@
-"""The dataset root and its tables.
-
-A root is a local directory or any fsspec URL (``s3://bucket/prefix``, ``gs://``, ``az://``, ``file://``);
-see :mod:`curate.storage` for the file API and the scratch directory. Every table (``sources``, ``clips``,
-``scores``, ``embeddings/<name>``, ``features/<name>``, ...) is a `Lance <https://lancedb.github.io/lance/>`_
-dataset in the directory of its name. Lance commits each write as a new version with a conditional
-create of the version's manifest (put-if-absent on object storage), so several processes on several
-machines append to and upsert (``merge_insert``) one table at once without any lock, and a crash leaves
-at most unreferenced data files, never a half-written version. A commit that loses a race is retried
-(:func:`retry_commit`). Appends add fragments; :meth:`Table.compact` merges them and removes old versions
-(the maintenance step, ``curate compact``).
-
-What still needs a single writer (a stage run over the whole root, a subset's card, an index build) takes
-:meth:`Root.lock`: a lease file created conditionally under ``ROOT/.locks/``, never ``flock``.
-
-A root written by curate before Lance (tables as directories of ``part-*.parquet``) is read transparently
-and migrated table by table on its first write, or all at once by ``curate migrate``.
-"""
+"""Tables: one Lance dataset per table, appends and upserts (merge_insert) with commit retries, reads,
+compaction; the schemas of the built-in tables and atomic writes of plain files."""
 
 from __future__ import annotations
 
@@ -23,8 +7,6 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -36,13 +18,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from curate.errors import CurateError, StageBusy
+from curate.errors import CurateError
 from curate.faults import crashpoint
-from curate.storage import Location, is_remote, lance_storage_options
+from curate.store.leases import HOST, holder_alive
+from curate.store.storage import Location, is_remote, lance_storage_options
 
 os.environ.setdefault("LANCE_LOG", "error")  # not "No existing dataset ..., it will be created" on every new table
 
-__all__ = ["SCHEMAS", "Root", "Table", "retry_commit", "stable_id"]
 
 
 def stable_id(*parts: str, length: int = 16) -> str:
@@ -82,7 +64,7 @@ def embedding_schema() -> pa.Schema:
 
 
 def caption_schema() -> pa.Schema:
-    """``captions/<name>``: one generated caption per clip (see :mod:`curate.caption`)."""
+    """``captions/<name>``: one generated caption per clip (see :mod:`curate.stages.caption`)."""
     return pa.schema([
         ("clip_id", STR), ("caption", STR), ("captioner", STR), ("model", STR), ("weights", STR), ("prompt", STR),
         ("generation", STR), ("tokens", I64), ("seconds", F64), ("status", STR), ("error", STR), ("updated_at", F64),
@@ -292,7 +274,7 @@ class Table:
         marker = "_creating"
         deadline = time.time() + 120
         while not self._exists():
-            if self._loc.create(marker, json.dumps({"host": _HOST, "pid": os.getpid(), "at": time.time()})):
+            if self._loc.create(marker, json.dumps({"host": HOST, "pid": os.getpid(), "at": time.time()})):
                 try:
                     if not self._exists():
                         self._write(with_primary_key(schema.empty_table(), self.key), "create")
@@ -303,7 +285,7 @@ class Table:
             with contextlib.suppress(ValueError):
                 info = self._loc.read_json(marker)
             if info is not None and (time.time() - float(info.get("at", 0)) > 60 or (
-                    info.get("host") == _HOST and not _alive(info))):
+                    info.get("host") == HOST and not holder_alive(info))):
                 self._loc.rm(marker)  # its creator died before finishing
                 continue
             if time.time() > deadline:
@@ -502,444 +484,8 @@ def _keep_last(t: pa.Table, key: str) -> pa.Table:
     return t.take(pc.take(last, pc.sort_indices(last)))  # those rows, in table order
 
 
-# -- leases: single writers and claims without flock ---------------------------------------------------
-
-#: a lease not renewed for this long is stale (its holder died on another machine); same-machine holders
-#: are checked by process id at once
-LEASE_TTL_S = float(os.environ.get("CURATE_LEASE_TTL_S", "300"))
-_HOST = socket.gethostname()
-
-
-def _alive(info: dict) -> bool:
-    """Whether the holder of a lease (a dict read from its file) may still be working."""
-    if info.get("host") == _HOST and isinstance(info.get("pid"), int):
-        try:
-            os.kill(info["pid"], 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
-    return float(info.get("expires", 0)) > time.time()
-
-
-class Lease:
-    """A small file created conditionally (put-if-absent): whoever created it holds what it names until
-    it is released or stops renewing it (every ``ttl / 3`` s, by a daemon thread). A stale lease is taken
-    over through one more conditional create, so of two processes that find the same stale lease only
-    one takes it."""
-
-    def __init__(self, loc: Location, rel: str, ttl: float = LEASE_TTL_S, renew: bool = True) -> None:
-        self.loc, self.rel, self.ttl, self.renew = loc, rel, ttl, renew
-        self.token = uuid.uuid4().hex
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _body(self) -> str:
-        return json.dumps({"host": _HOST, "pid": os.getpid(), "token": self.token,
-                           "expires": time.time() + self.ttl, "holder": f"pid {os.getpid()} on {_HOST}"})
-
-    def holder(self) -> dict | None:
-        with contextlib.suppress(ValueError):
-            return self.loc.read_json(self.rel)
-        return {}
-
-    def acquire(self) -> bool:
-        for _ in range(3):
-            if self.loc.create(self.rel, self._body()):
-                self._start()
-                return True
-            info = self.holder()
-            if info is None:  # released in between
-                continue
-            if _alive(info):
-                return False
-            if not self.loc.create(f"{self.rel}.takeover-{info.get('token', 'none')}", self._body()):
-                return False  # someone else is taking this stale lease over
-            self.loc.rm(self.rel)
-            self.loc.rm(f"{self.rel}.takeover-{info.get('token', 'none')}")
-        return False
-
-    def _start(self) -> None:
-        if not self.renew:
-            return
-
-        def beat():
-            while not self._stop.wait(self.ttl / 3):
-                with contextlib.suppress(Exception):
-                    if (self.holder() or {}).get("token") == self.token:
-                        self.loc.write_bytes(self.rel, self._body())
-
-        self._thread = threading.Thread(target=beat, daemon=True, name=f"lease {self.rel}")
-        self._thread.start()
-
-    def release(self) -> None:
-        self._stop.set()
-        if (self.holder() or {}).get("token") == self.token:
-            self.loc.rm(self.rel)
-
-
-class Root:
-    """A dataset root: one directory (local or a URL) that holds every table, the media and the subsets."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.loc = Location(path)
-        self.location = self.loc.base
-        self.remote = self.loc.remote
-
-    def __repr__(self) -> str:
-        return f"Root({self.location!r})"
-
-    def __str__(self) -> str:
-        return self.location
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Root) and other.location == self.location
-
-    def __hash__(self) -> int:
-        return hash(self.location)
-
-    @property
-    def path(self) -> Path:
-        """The root as a local path (local roots only; use the file API below for both kinds)."""
-        return self.loc.local_path()
-
-    def ensure(self) -> Root:
-        if not self.remote:
-            self.path.mkdir(parents=True, exist_ok=True)
-        return self
-
-    # -- the file API (paths relative to the root; local directory or object storage alike)
-    def url(self, rel: str | os.PathLike = "") -> str:
-        """The URL (or absolute local path) of ``rel``."""
-        return self.loc.url(rel)
-
-    def open(self, rel: str | os.PathLike, mode: str = "rb"):
-        return self.loc.open(rel, mode)
-
-    def exists(self, rel: str | os.PathLike) -> bool:
-        return self.loc.exists(rel)
-
-    def ls(self, rel: str | os.PathLike = "", dirs: bool | None = None) -> list[str]:
-        return self.loc.ls(rel, dirs)
-
-    def read_bytes(self, rel: str | os.PathLike) -> bytes:
-        return self.loc.read_bytes(rel)
-
-    def read_text(self, rel: str | os.PathLike) -> str:
-        return self.loc.read_text(rel)
-
-    def read_json(self, rel: str | os.PathLike, default=None):
-        return self.loc.read_json(rel, default)
-
-    def write_bytes(self, rel: str | os.PathLike, data: bytes | str) -> None:
-        self.loc.write_bytes(rel, data)
-
-    def create(self, rel: str | os.PathLike, data: bytes | str) -> bool:
-        return self.loc.create(rel, data)
-
-    def put_file(self, local: str | os.PathLike, rel: str | os.PathLike) -> None:
-        self.loc.put_file(local, rel)
-
-    def rm(self, rel: str | os.PathLike, recursive: bool = False) -> None:
-        self.loc.rm(rel, recursive)
-
-    def du(self, rel: str | os.PathLike) -> int:
-        return self.loc.du(rel)
-
-    def local_copy(self, rel: str | os.PathLike):
-        """Context manager: a local file with ``rel``'s content (downloaded to scratch when remote)."""
-        return self.loc.local_copy(rel)
-
-    def media_file(self, rel: str | os.PathLike) -> Path:
-        """A local file to decode ``rel`` from: the file itself on a local root, a cached download in the
-        scratch directory on a remote one."""
-        return self.loc.cached_copy(rel)
-
-    def local_dir(self, rel: str | os.PathLike):
-        """Context manager: a local directory whose files end up under ``rel`` (uploaded when remote)."""
-        return self.loc.local_dir(rel)
-
-    def local_output(self, rel: str | os.PathLike):
-        """Context manager: a local file to write that becomes ``rel`` on a clean exit."""
-        return self.loc.local_output(rel)
-
-    def write_parquet(self, table: pa.Table, rel: str | os.PathLike, **kwargs) -> None:
-        """Write ``table`` as one Parquet file at ``rel`` (atomically)."""
-        with self.local_output(rel) as tmp:
-            pq.write_table(table, tmp, compression="zstd", **kwargs)
-
-    def read_parquet(self, rel: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-        with self.open(rel, "rb") as f:
-            return pq.read_table(f, columns=columns)
-
-    def inside(self, *parts: str) -> Path:
-        """A local path under the root (local roots only); anything outside it is refused."""
-        return self.loc.local_path("/".join(parts))
-
-    # -- tables
-    def table(self, rel: str, key: str, schema: pa.Schema | None = None) -> Table:
-        """The table stored at ``rel`` (e.g. ``features/clip``)."""
-        return Table(self.url(rel), key, schema)
-
-    @property
-    def sources(self) -> Table:
-        return self.table("sources", "source_id", SCHEMAS["sources"])
-
-    @property
-    def clips(self) -> Table:
-        return self.table("clips", "clip_id", SCHEMAS["clips"])
-
-    @property
-    def scores(self) -> Table:
-        return self.table("scores", "clip_id")
-
-    def embeddings(self, name: str) -> Table:
-        return self.table(f"embeddings/{_safe_name(name)}", "clip_id", embedding_schema())
-
-    def embedding_names(self) -> list[str]:
-        return self.ls("embeddings", dirs=True)
-
-    def embedding_meta(self, name: str) -> dict:
-        return self.read_json(f"embeddings/{_safe_name(name)}/_meta.json", {}) or {}
-
-    def write_embedding_meta(self, name: str, meta: dict) -> bool:
-        """Write ``embeddings/<name>/_meta.json`` unless it exists (a conditional create: of concurrent
-        batches of one embedding run, the first writes it). True when this call wrote it."""
-        rel = f"embeddings/{_safe_name(name)}/_meta.json"
-        if self.exists(rel):
-            return False
-        return self.create(rel, json.dumps(meta, indent=2, default=str))
-
-    def tables(self) -> list[str]:
-        """Relative paths of every table under the root (Lance or legacy Parquet parts)."""
-        out = [t for t in ("sources", "clips", "transitions", "scores") if self.exists(t)]
-        for group in ("embeddings", "features", "captions", "score_parts"):
-            out += [f"{group}/{n}" for n in self.ls(group, dirs=True)]
-        return out
-
-    def subset_rel(self, name: str) -> str:
-        """The subset's directory, relative to the root (``subsets/<name>``)."""
-        return f"subsets/{_safe_name(name)}"
-
-    def captions(self, name: str) -> Table:
-        """``captions/<name>``: the captions one captioner configuration generated (curate caption)."""
-        return self.table(f"captions/{safe_name(name)}", "clip_id", caption_schema())
-
-    def caption_names(self) -> list[str]:
-        return [n for n in self.ls("captions", dirs=True) if not n.startswith(".")]
-
-    def caption_meta(self, name: str) -> dict:
-        """The configuration that made ``captions/<name>`` (captioner, options, model, weights, prompt, ...)."""
-        return self.read_json(f"captions/{safe_name(name)}/_meta.json", {}) or {}
-
-    def write_caption_meta(self, name: str, meta: dict) -> None:
-        self.write_bytes(f"captions/{safe_name(name)}/_meta.json", json.dumps(meta, indent=2, default=str))
-
-    def subset_dir(self, name: str) -> Path:
-        """The subset's directory as a local path (local roots only: see :meth:`subset_rel`)."""
-        return self.inside(self.subset_rel(name))
-
-    def subset_names(self) -> list[str]:
-        return [n for n in self.ls("subsets", dirs=True) if not n.startswith(".")]
-
-    @property
-    def media_dir(self) -> Path:
-        return self.inside("media")
-
-    # -- single writers and claims
-    @contextlib.contextmanager
-    def shared_run(self, stage: str) -> Iterator[SharedRun]:
-        """Join the runs of a stage that may run side by side (ingest, split), on any machine: yields a
-        :class:`SharedRun` whose :meth:`SharedRun.claim` gives each item to one run. Table writes need
-        no lock (Lance commits them); a claim only saves a second run the same work."""
-        run = SharedRun(self, stage)
-        try:
-            yield run
-        finally:
-            run.close()
-
-    @contextlib.contextmanager
-    def write_lock(self, table: str) -> Iterator[None]:
-        """No lock any more: Lance commits concurrent appends and upserts safely. Kept for callers."""
-        yield
-
-    @contextlib.contextmanager
-    def lock(self, stage: str) -> Iterator[None]:
-        """Hold the lock of one stage on this root (a lease created conditionally under ``.locks/``,
-        on object storage too); a second run of the same stage fails clearly."""
-        lease = Lease(self.loc, f".locks/{_lock_name(stage)}.lock")
-        if not lease.acquire():
-            holder = (lease.holder() or {}).get("holder", "another process")
-            raise StageBusy(
-                f"Another `curate {stage}` is running on {self} ({holder}). Wait for it to finish; "
-                "two runs of one stage on one root never run at once. (If that process is gone, its lease "
-                f"expires after CURATE_LEASE_TTL_S={LEASE_TTL_S:.0f} s.)"
-            )
-        try:
-            yield
-        finally:
-            lease.release()
-
-
-def _lock_name(stage: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stage)
-
-
-class SharedRun:
-    """A process's membership in the concurrent runs of one stage (see :meth:`Root.shared_run`)."""
-
-    first = True  # nothing to repair before others join any more
-
-    def __init__(self, root: Root, stage: str) -> None:
-        self.root, self.stage = root, _lock_name(stage)
-        self._mutex = threading.Lock()
-        self._run = Lease(root.loc, f".locks/{self.stage}.runs/{uuid.uuid4().hex}")
-        self._run_started = False
-        self._claimed: list[str] = []
-
-    def ready(self) -> None:
-        """Kept for callers: runs no longer wait for each other."""
-
-    def claim(self, item: str) -> bool:
-        """Claim ``item`` for this process until the run ends; False if a live run elsewhere has it.
-
-        A conditional create of ``.locks/<stage>.claims/<item>`` naming this run; a claim whose run is
-        gone (its process died on this machine, or its lease expired) is taken over."""
-        with self._mutex:
-            if not self._run_started:
-                self._run.acquire()
-                self._run_started = True
-            rel = f".locks/{self.stage}.claims/{_lock_name(item)}"
-            if rel in self._claimed:
-                return True
-            body = json.dumps({"run": self._run.rel, "host": _HOST, "pid": os.getpid()})
-            for _ in range(2):
-                if self.root.create(rel, body):
-                    self._claimed.append(rel)
-                    return True
-                try:
-                    info = self.root.read_json(rel)
-                except ValueError:
-                    info = {}
-                if info is None:
-                    continue
-                run = None
-                with contextlib.suppress(ValueError):
-                    run = self.root.read_json(info.get("run") or ".locks/none", None)
-                if run is not None and _alive(run):
-                    return False
-                self.root.rm(rel)  # its run is gone: take it over
-            return False
-
-    def close(self) -> None:
-        for rel in self._claimed:
-            self.root.rm(rel)
-        if self._run_started:
-            self._run.release()
-
-
-def check_name(name: str) -> str:
-    """``name`` if it is a safe subset / embedding-set / captions-set name, else a :class:`CurateError`."""
-    return safe_name(name)
-
-
-def safe_name(name: str) -> str:
-    """Names of subsets/embedding sets become directory names: keep them to a safe alphabet."""
-    import re
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}", name or "") or ".." in name:
-        raise CurateError(
-            f"Invalid name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit."
-        )
-    return name
-
-
 def rows_to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
     rows = list(rows)
     return pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
 
 
-_safe_name = safe_name  # the name older modules import
-
-
-def table_at(root: Root, name: str) -> Table:
-    """The table named ``name`` under ``root`` (``sources``, ``clips``, ``scores``, ``embeddings/<n>``,
-    ``features/<n>``, or any other directory that holds one)."""
-    kind, _, sub = name.strip("/").partition("/")
-    if kind in ("sources", "clips", "scores") and not sub:
-        return getattr(root, kind)
-    if kind == "transitions" and not sub:
-        from curate.split import transitions_table
-
-        return transitions_table(root)
-    if kind == "embeddings" and sub:
-        return root.embeddings(sub)
-    if kind == "captions" and sub:
-        return root.captions(sub)
-    if kind == "features" and sub:
-        from curate.features import SCHEMA
-
-        return root.table(f"features/{safe_name(sub)}", "source_id", SCHEMA)
-    rel = Location.clean(name)
-    if not rel or not (root.exists(f"{rel}/_versions") or Table(root.url(rel), "clip_id").legacy_parts()):
-        known = ", ".join(root.tables()) or "none"
-        raise CurateError(f"No table {name!r} under {root} (tables: {known}).")
-    return root.table(rel, "source_id" if kind == "sources" else "clip_id")
-
-
-def maintain(root: Root | str | os.PathLike, tables: Iterable[str] | None = None,
-             older_than: timedelta | None = None) -> list[str]:
-    """Table maintenance of a root, run once after its writers are done (``curate compact``, the DAG's
-    maintenance task): merges each table's fragments (Lance ``compact_files``) and removes versions older
-    than ``older_than`` (default ``CURATE_KEEP_VERSIONS_S``, an hour). Safe while others write: a commit
-    that conflicts is retried. ``tables``: names such as ``"clips"`` or ``"embeddings/clip"`` (default:
-    every table of the root). Returns the tables it compacted."""
-    root = root if isinstance(root, Root) else Root(root)
-    done = []
-    for name in (list(tables) if tables is not None else root.tables()):
-        table = table_at(root, name)
-        if table.lance() is None:
-            continue
-        table.compact(older_than=older_than)
-        done.append(name)
-    return done
-
-
-def export_table(root: Root | str | os.PathLike, name: str, out: str | os.PathLike,
-                 version: int | None = None) -> int:
-    """Write table ``name`` (optionally as of ``version``) as one plain Parquet file at ``out`` (a local
-    path or URL), streamed batch by batch; returns the rows written."""
-    root = root if isinstance(root, Root) else Root(root)
-    table = table_at(root, name)
-    d = table.dataset(version) if version is not None else table.dataset()
-    if d is None:
-        raise CurateError(f"Table {name!r} under {root} is empty.")
-    if is_remote(out):
-        parent, _, rel = str(out).rstrip("/").rpartition("/")
-    else:
-        p = Path(out).expanduser().resolve()
-        parent, rel = str(p.parent), p.name
-    loc = Location(parent)
-    rows = 0
-    with loc.local_output(rel) as tmp, pq.ParquetWriter(tmp, d.schema, compression="zstd") as writer:
-        def batches():
-            nonlocal rows
-            for b in d.to_batches(batch_size=ROW_GROUP_ROWS):
-                rows += b.num_rows
-                yield b
-
-        write_row_groups(writer, batches())
-    return rows
-
-
-def migrate(root: Root | str | os.PathLike) -> dict[str, int]:
-    """Turn every table of a root written by curate before Lance (``part-*.parquet``) into a Lance dataset;
-    returns {table: rows moved}. Tables already in Lance are left as they are."""
-    root = root if isinstance(root, Root) else Root(root)
-    out = {}
-    for name in root.tables():
-        table = table_at(root, name)
-        if table.legacy_parts():
-            out[name] = table.migrate()
-    return out

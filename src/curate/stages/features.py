@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.errors import CurateError
-from curate.media import get_frames, open_video
+from curate.media.video import get_frames, open_video
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, safe_name
 
@@ -49,7 +49,7 @@ def frame_times(duration_s: float, src_fps: float, num_frames: int, *, fps: floa
 def features(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | None = None, name: str | None = None,
              fps: float | None = None, frames: int | None = None, device: str = "auto", batch_size: int = 64,
              save_numpy: bool = False, progress: Progress | None = None) -> StageResult:
-    from curate.embed import load_encoder
+    from curate.stages.embed import load_encoder
 
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
@@ -95,7 +95,7 @@ def features(root: Root | str, encoder: str = "clip", *, options: dict[str, Any]
 def show_predictions(root: Root | str, texts: Sequence[str], *, name: str = "clip", encoder: str = "clip",
                      options: dict[str, Any] | None = None, device: str = "auto", source_ids: Sequence[str] | None = None):
     """Per-frame softmax over ``texts`` (logit scale of the model), from stored features: [(source_id, ts, probs)]."""
-    from curate.embed import load_encoder
+    from curate.stages.embed import load_encoder
 
     root = Root(root) if not isinstance(root, Root) else root
     enc = load_encoder(encoder, options, device)

@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 
 from curate.errors import CurateError
 from curate.faults import crashpoint
-from curate.frames import batches, clip_groups, decode_clips
+from curate.media.frames import batches, clip_groups, decode_clips
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, embedding_schema, maintain, rows_to_table
 
@@ -54,7 +54,7 @@ def load_encoder(encoder: str, options: dict[str, Any] | None = None, device: st
     return enc
 
 
-def _meta(encoder_name: str, options: dict, enc, caption: str | None = None) -> dict:
+def embedding_meta(encoder_name: str, options: dict, enc, caption: str | None = None) -> dict:
     info = enc.info
     extra = {"caption": caption} if caption else {}
     return {"encoder": encoder_name, "options": options, **extra, "model": info.model, "weights": info.weights,
@@ -80,14 +80,14 @@ def check_meta(root: Root, name: str, encoder: str, options: dict, caption: str 
 def caption_source(root: Root, name: str) -> str | None:
     """The captions set whose texts are the ``text_emb`` of ``embeddings/<name>`` (None: the clips table's
     caption, from the source list); recorded in its ``_meta.json`` by ``curate embed --caption``."""
-    from curate.caption import parse_caption_source
+    from curate.stages.caption import parse_caption_source
 
     return parse_caption_source(root.embedding_meta(name).get("caption"))
 
 
 def embedding_sets_for_caption(root: Root, caption: str | None) -> list[str]:
     """Embedding sets whose ``text_emb`` embeds the caption source ``caption`` (``source`` / ``captions:NAME``)."""
-    from curate.caption import parse_caption_source
+    from curate.stages.caption import parse_caption_source
 
     want = parse_caption_source(caption)
     return [n for n in root.embedding_names() if caption_source(root, n) == want]
@@ -120,7 +120,7 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
     it the run covers the whole root, holds the ``embed-<name>`` lock (a second whole-root run fails
     clearly) and maintains the table at its end.
     """
-    from curate.caption import caption_source_label, parse_caption_source, require_captions
+    from curate.stages.caption import caption_source_label, parse_caption_source, require_captions
 
     root = Root(root) if not isinstance(root, Root) else root
     options = {k: str(v) for k, v in (options or {}).items()}
@@ -146,7 +146,7 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
 def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_name: str | None,
            cap_label: str | None, device: str, batch_size: int, workers: int, clip_ids: Iterable[str] | None,
            source_ids: set[str] | None, flush_every: int, progress: Progress, encoder_obj) -> StageResult:
-    from curate.caption import caption_texts
+    from curate.stages.caption import caption_texts
 
     result = StageResult("embed", extra={"encoder": encoder, "name": name, **({"caption": cap_label} if cap_name else {})})
     check_meta(root, name, encoder, options, cap_label)
@@ -170,7 +170,7 @@ def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_
     if clips.empty:
         return result.done()
     enc = encoder_obj or load_encoder(encoder, options, device)
-    root.write_embedding_meta(name, _meta(encoder, options, enc, cap_label))  # batches may all write it: same content
+    root.write_embedding_meta(name, embedding_meta(encoder, options, enc, cap_label))  # batches may all write it: same content
     result.extra["weights"] = enc.info.weights
     progress.start(len(clips), f"embed ({name})")
     rows: list[dict] = []
@@ -186,7 +186,7 @@ def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_
     if donor is not None:  # same encoder and options: copy the clip vectors, embed only the texts
         copied: set[str] = set()
         for batch in _donor_batches(root, donor, todo, batch_size):
-            for r in _embed_batch(enc, batch, texts=texts):
+            for r in embed_batch(enc, batch, texts=texts):
                 rows.append(r)
                 copied.add(r["clip_id"])
                 result.ok += r["status"] == "ok"
@@ -198,7 +198,7 @@ def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_
     groups = clip_groups(root, todo) if todo else []
     decoded = decode_clips(root, enc, groups, workers=workers, frames_per_clip=enc.info.num_frames)
     for batch in batches(decoded, batch_size):
-        for r in _embed_batch(enc, batch, texts=texts):
+        for r in embed_batch(enc, batch, texts=texts):
             rows.append(r)
             if r["status"] == "ok":
                 result.ok += 1
@@ -222,7 +222,7 @@ def embedded_ids(table, clip_ids: list[str] | None = None) -> set[str]:
 
 
 class _Vector:
-    """A clip vector copied from another embedding set (``_embed_batch`` passes it through unchanged)."""
+    """A clip vector copied from another embedding set (``embed_batch`` passes it through unchanged)."""
 
     def __init__(self, values: list[float]) -> None:
         self.values = values
@@ -245,7 +245,7 @@ def _donor_batches(root: Root, donor: str, clip_ids: list[str], batch_size: int)
         yield batch
 
 
-def _embed_batch(enc, batch: list[tuple[dict, Any, str | None]], texts: dict[str, str] | None = None) -> list[dict]:
+def embed_batch(enc, batch: list[tuple[dict, Any, str | None]], texts: dict[str, str] | None = None) -> list[dict]:
     """Rows for decoded clips ``(clip, input, decode error)``; ``texts`` (clip id -> text) replaces the clips'
     own captions; an input that is a :class:`_Vector` is a clip vector copied from another set."""
     now = time.time()

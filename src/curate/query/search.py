@@ -398,7 +398,7 @@ _ENCODER_LOCK = threading.Lock()
 
 def embed_query(root: Root | str, name: str, text: str, *, device: str = "auto") -> np.ndarray:
     """Embed ``text`` with the encoder and options recorded in ``embeddings/<name>/_meta.json`` -> ``[D]``."""
-    from curate.embed import load_encoder
+    from curate.stages.embed import load_encoder
 
     root = _root(root)
     es = embedding_set(root, name)
@@ -505,7 +505,7 @@ def search(root: Root | str, query: str | None, name: str, *, k: int = 10, subse
     if used == "exact":
         ids, scores = exact_topk(root, name, qv, k, allowed=allowed)
     info = describe_clips(root, ids)
-    from curate.caption import caption_source_label, caption_texts
+    from curate.stages.caption import caption_source_label, caption_texts
 
     generated = caption_texts(root, cap, ids) if cap is not None and ids else {}
     results = []
@@ -523,8 +523,8 @@ def search(root: Root | str, query: str | None, name: str, *, k: int = 10, subse
 
 def _shown_caption(root: Root, name: str, caption: str | None) -> str | None:
     """The captions set whose texts search results show (None: the source list's caption)."""
-    from curate.caption import parse_caption_source, require_captions
-    from curate.embed import caption_source
+    from curate.stages.caption import parse_caption_source, require_captions
+    from curate.stages.embed import caption_source
 
     cap = caption_source(root, name) if caption is None else parse_caption_source(caption)
     if cap is not None:
@@ -555,7 +555,7 @@ def contact_sheet(root: Root | str, results: Sequence[dict], path: str | os.Path
     """A PNG grid of the middle frame of each hit, labelled with rank, score, clip id and time range."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from curate.media import MediaError, get_frames, open_video
+    from curate.media.video import MediaError, get_frames, open_video
 
     root = _root(root)
     info = describe_clips(root, [r["clip_id"] for r in results])

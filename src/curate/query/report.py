@@ -78,7 +78,7 @@ def funnel_png(summary: dict, path: Path) -> None:
 
 
 def middle_frame(root: Root, clip: dict, src: dict, height: int = 96) -> np.ndarray:
-    from curate.media import get_frames, open_video
+    from curate.media.video import get_frames, open_video
 
     w, h = int(src["width"]), int(src["height"])
     size = (max(2, int(round(w * height / h / 2)) * 2), height)

@@ -308,7 +308,7 @@ class TransNetV2Splitter:
         return TransNetV2Tracker(self)
 
     def __call__(self, path, fps: float, num_frames: int) -> list[tuple[int, int]]:
-        from curate.split import track_source
+        from curate.stages.split import track_source
 
         return track_source(self, path, fps, num_frames)[0]
 
@@ -319,7 +319,7 @@ class TransNetV2Tracker:
     skip_loop_filter = False  # `curate process` decodes with deblocking (for the encoder): the same frames here
 
     def __init__(self, splitter: TransNetV2Splitter) -> None:
-        from curate.media import Stream
+        from curate.media.video import Stream
 
         self.s = splitter
         self.streams = [Stream(WIDTH, HEIGHT, "rgb24", "bicubic")]  # the reference's ffmpeg -s 48x27

@@ -93,9 +93,9 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
 
 def alignment_sets(root: Root, encoder: str | None, caption: str) -> list[str]:
     """The embedding sets ``score --caption`` aligns: those whose text embeddings are ``caption``."""
-    from curate.caption import caption_source_label, parse_caption_source
-    from curate.embed import embedding_sets_for_caption
     from curate.errors import CurateError
+    from curate.stages.caption import caption_source_label, parse_caption_source
+    from curate.stages.embed import embedding_sets_for_caption
 
     label = caption_source_label(parse_caption_source(caption))
     sets = embedding_sets_for_caption(root, caption)

@@ -4,7 +4,7 @@ Nothing is recomputed: the scores table is scanned in Arrow record batches (only
 rules need), so memory stays bounded however many clips there are. Rules, applied in this order:
 
 1. thresholds on score columns (``min_sim``, durations, ``min_aesthetic``, ``max_dup_sim``...) and
-   ``where`` expressions (see :mod:`curate.where`); a missing (null) score fails its rule;
+   ``where`` expressions (see :mod:`curate.stages.where`); a missing (null) score fails its rule;
 2. ``top_percent``: keep the best P% by one column among the clips that pass 1. Exactly
    ``ceil(P/100 * n)`` clips are kept; ties at the cut are broken by clip id (ascending), so the
    result is deterministic;
@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError
+from curate.stages.where import Where
 from curate.store import Root, write_row_groups
-from curate.where import Where
 
 #: threshold options: name -> (column, op). "{sim}" is the alignment column of the chosen encoder.
 THRESHOLDS = {
@@ -114,8 +114,8 @@ def sim_column(encoder: str | None, columns: list[str]) -> str:
 def caption_rule(root: Root, options: dict[str, Any], columns: list[str]) -> Rule | None:
     """With ``caption="captions:NAME"``: point ``options["encoder"]`` at the embedding set of those captions
     and return the rule that keeps only clips scored against one (an ok generated caption)."""
-    from curate.caption import caption_source_label, parse_caption_source
-    from curate.embed import embedding_sets_for_caption
+    from curate.stages.caption import caption_source_label, parse_caption_source
+    from curate.stages.embed import embedding_sets_for_caption
 
     cap = parse_caption_source(options.get("caption"))
     if cap is None:

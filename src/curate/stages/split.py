@@ -100,8 +100,8 @@ class SceneDetectTracker:
 
 def track_source(splitter, path: Path, fps: float, num_frames: int) -> tuple[list[tuple[int, int]], list[dict]]:
     """Run a splitter's tracker over one decode of ``path``: (scene ranges, transition spans)."""
-    from curate.frames import decode_streams
-    from curate.media import probe
+    from curate.media.frames import decode_streams
+    from curate.media.video import probe
 
     pr = probe(path)
     tracker = splitter.tracker(fps, pr.width, pr.height)
@@ -123,7 +123,7 @@ DETECT_WIDTH = 256
 
 def detect_stream(width: int, height: int, detect_width: int = DETECT_WIDTH):
     """The frames scene detectors see: BGR, ``detect_width`` px wide, fast bilinear downscale."""
-    from curate.media import Stream
+    from curate.media.video import Stream
 
     w = min(detect_width, width) // 2 * 2 or 2
     return Stream(w, max(2, int(round(height * w / width / 2)) * 2), "bgr24", "fast_bilinear")

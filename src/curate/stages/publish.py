@@ -30,15 +30,15 @@ import pyarrow.compute as pc
 
 from curate.errors import CurateError
 from curate.faults import crashpoint
-from curate.media import MediaError, cut_clip
+from curate.media.video import MediaError, cut_clip
 from curate.progress import NullProgress, Progress, StageResult
-from curate.storage import scratch_dir
 from curate.store import Root
+from curate.store.storage import scratch_dir
 
 
 def _primary_encoder(summary: dict, columns: list[str]) -> str | None:
     """The embedding set whose vectors go into the shards: the one a rule filtered on, else the first scored."""
-    from curate.filter import sim_encoders
+    from curate.stages.filter import sim_encoders
 
     ruled = sim_encoders([r["column"] for r in summary.get("rules", []) if r.get("column")])
     sims = ruled or sim_encoders(columns)
@@ -87,7 +87,7 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
         card = dataset_card(root, subset, summary, annotations, enc, n_shards, cut, choice)
         root.write_bytes(f"{out}/README.md", card)
         if root.exists(f"{out}/report/report.md"):  # keep an earlier `curate report` in the new card
-            from curate.report import embed_in_card
+            from curate.query.report import embed_in_card
 
             embed_in_card(root, f"{out}/README.md", root.read_text(f"{out}/report/report.md"), prefix="report/")
     return result.done()
@@ -105,7 +105,7 @@ def _write_shards(root: Root, out: str, shard_size: int, workers: int, cut: str,
                   shard: tuple[int, int] | None, progress: Progress, result: StageResult):
     """Write the shards (all, or those of ``shard``) that are missing or out of date; returns (filter summary,
     primary encoder, caption choice, annotations of those shards, file names of every shard)."""
-    from curate.caption import caption_source_label, parse_caption_source
+    from curate.stages.caption import caption_source_label, parse_caption_source
 
     summary = root.read_json(f"{out}/filter.json", {})
     choice = parse_caption_source(caption if caption is not None else (summary.get("options") or {}).get("caption"))
@@ -183,7 +183,7 @@ class _Generated:
     ``caption`` field holds (``choice``: a captions-set name, or None for the source list's)."""
 
     def __init__(self, root: Root, clip_ids: pa.ChunkedArray, choice: str | None) -> None:
-        from curate.caption import caption_texts
+        from curate.stages.caption import caption_texts
 
         self.choice = choice
         self.names = root.caption_names()

@@ -26,10 +26,10 @@ from urllib.parse import unquote, urlparse
 
 from curate.errors import CurateError
 from curate.faults import crashpoint
-from curate.media import MediaError, probe
+from curate.media.video import MediaError, probe
 from curate.progress import NullProgress, Progress, StageResult
-from curate.storage import scratch_tree
 from curate.store import SCHEMAS, Root, rows_to_table, stable_id
+from curate.store.storage import scratch_tree
 
 LIST_SUFFIXES = {".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".txt"}
 VIDEO_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,5}")

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from curate.errors import CurateError
-from curate.media import MediaError, ffmpeg_check, ffmpeg_reap, get_frames, open_video
+from curate.media.video import MediaError, ffmpeg_check, ffmpeg_reap, get_frames, open_video
 from curate.store import Root
 
 MAX_FRAMES_PER_READ = 256
@@ -77,7 +77,7 @@ def decode_clips(root: Root, sampler: Sampler, groups: list[tuple[dict, list[dic
     producer thread runs ahead of the consumer); the others by decord's random access.
     """
     if getattr(sampler, "decoder", "decord") == "ffmpeg":
-        yield from _ahead((item for src, clips in groups for item in decode_source_ffmpeg(root, sampler, src, clips)),
+        yield from read_ahead((item for src, clips in groups for item in decode_source_ffmpeg(root, sampler, src, clips)),
                           size=max(8, 4 * workers))
         return
     step = max(1, MAX_FRAMES_PER_READ // max(1, frames_per_clip))
@@ -123,7 +123,7 @@ def _in_daemon(fn, *args):
     return fut
 
 
-def _ahead(*producers: Iterator, size: int) -> Iterator:
+def read_ahead(*producers: Iterator, size: int) -> Iterator:
     """Run each iterator of ``producers`` in its own thread, up to ``size`` items ahead of the consumer
     (items of several producers interleave as they come). When the consumer stops, the producers are
     closed (a producer's ``finally`` kills its decoder)."""
@@ -188,12 +188,12 @@ FFMPEG_SAMPLE_SHORT_SIDE = 256
 def sample_stream(sampler: Sampler, width: int, height: int):
     """The decoded stream encoders sample from with ``decoder=ffmpeg``: I420 (yuv420p), area-scaled in ffmpeg
     to the encoder's decode size (or a shorter side of 256 px), even dimensions; only sampled frames are
-    converted to RGB (:func:`curate.media.yuv_to_rgb`). `curate embed` and `curate process` both use it,
+    converted to RGB (:func:`curate.media.video.yuv_to_rgb`). `curate embed` and `curate process` both use it,
     which is what makes their embeddings equal.
 
     Why YUV: scaling in the source's own YUV and converting only the few sampled frames costs ffmpeg a
     fraction of an RGB conversion of every frame, and half the bytes through the pipe."""
-    from curate.media import Stream, scaled_size
+    from curate.media.video import Stream, scaled_size
 
     w, h = sampler.decode_size(width, height) or scaled_size(width, height, FFMPEG_SAMPLE_SHORT_SIDE)
     # area: an antialiased downscale, cheaper than bicubic
@@ -213,7 +213,7 @@ def clip_frame_indices(sampler: Sampler, clip: dict, fps: float, n_decodable: in
 def decode_source_ffmpeg(root: Root, sampler: Sampler, src: dict, clips: list[dict]) -> Iterator[tuple[dict, Any, str | None]]:
     """One sequential ffmpeg decode of a source; yields each clip as soon as its last sampled frame is read,
     so memory holds the sampled frames of the open clips only."""
-    from curate.media import decode_frames
+    from curate.media.video import decode_frames
 
     clips = sorted(clips, key=lambda c: int(c["start_frame"]))
     fps = float(src["fps"])
@@ -259,7 +259,7 @@ def decode_source_ffmpeg(root: Root, sampler: Sampler, src: dict, clips: list[di
 
 def _prep(sampler: Sampler, idx: list[int], frames: dict[int, np.ndarray], fallback: np.ndarray):
     """The sampler's input from I420 frames (converted to RGB here, only the sampled ones)."""
-    from curate.media import yuv_to_rgb
+    from curate.media.video import yuv_to_rgb
 
     return sampler.preprocess(np.stack([yuv_to_rgb(frames.get(i, fallback)) for i in idx]))
 
@@ -268,10 +268,10 @@ def decode_streams(path, streams: list, *, skip_loop_filter: bool = False, timeo
                    duration_s: float | None = None) -> Iterator[tuple[np.ndarray, ...]]:
     """Decode the first video stream ONCE into several outputs and yield one tuple of frames per frame.
 
-    One ffmpeg decodes, ``split``s the decoded frames and scales each copy to its :class:`curate.media.Stream`
+    One ffmpeg decodes, ``split``s the decoded frames and scales each copy to its :class:`curate.media.video.Stream`
     (e.g. the encoder's I420 frames, the scene detector's 256 px BGR and TransNetV2's 48x27 RGB): each
     output has its own pipe, read as the frames come (``select``), so no output can stall the others.
-    With one stream this is :func:`curate.media.decode_frames`. A watchdog kills ffmpeg after ``timeout_s``
+    With one stream this is :func:`curate.media.video.decode_frames`. A watchdog kills ffmpeg after ``timeout_s``
     (default: 60 s plus 3x the duration); stopping the iteration early kills ffmpeg.
     """
     import fcntl
@@ -282,7 +282,7 @@ def decode_streams(path, streams: list, *, skip_loop_filter: bool = False, timeo
     import threading
     from pathlib import Path
 
-    from curate.media import PIPE_BYTES, decode_frames, probe
+    from curate.media.video import PIPE_BYTES, decode_frames, probe
 
     if len(streams) == 1:
         for frame in decode_frames(path, streams[0], skip_loop_filter=skip_loop_filter, timeout_s=timeout_s,

@@ -1,0 +1,1 @@
+"""Shot-boundary models behind the splitter plugins (:mod:`curate.default_plugins.splitters`)."""

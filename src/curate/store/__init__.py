@@ -1,0 +1,46 @@
+"""The dataset root and its tables.
+
+A root is a local directory or any fsspec URL (``s3://bucket/prefix``, ``gs://``, ``az://``, ``file://``);
+see :mod:`curate.store.storage` for the file API and the scratch directory. Every table (``sources``, ``clips``,
+``scores``, ``embeddings/<name>``, ``features/<name>``, ...) is a `Lance <https://lancedb.github.io/lance/>`_
+dataset in the directory of its name. Lance commits each write as a new version with a conditional
+create of the version's manifest (put-if-absent on object storage), so several processes on several
+machines append to and upsert (``merge_insert``) one table at once without any lock, and a crash leaves
+at most unreferenced data files, never a half-written version. A commit that loses a race is retried
+(:func:`retry_commit`). Appends add fragments; :meth:`Table.compact` merges them and removes old versions
+(the maintenance step, ``curate compact``).
+
+What still needs a single writer (a stage run over the whole root, a subset's card, an index build) takes
+:meth:`Root.lock`: a lease file created conditionally under ``ROOT/.locks/``, never ``flock``.
+
+A root written by curate before Lance (tables as directories of ``part-*.parquet``) is read transparently
+and migrated table by table on its first write, or all at once by ``curate migrate``.
+
+The package: :mod:`curate.store.storage` (file API over local paths and fsspec URLs, scratch),
+:mod:`curate.store.tables` (a Lance table; schemas; atomic plain-file writes), :mod:`curate.store.leases`
+(single writers and claims by conditional create) and :mod:`curate.store.root` (the root and its
+maintenance). What the stages use is re-exported here.
+"""
+
+from curate.store.leases import Lease, SharedRun
+from curate.store.root import Root, check_name, export_table, maintain, migrate, safe_name, table_at
+from curate.store.tables import (
+    KEYS,
+    SCHEMAS,
+    Table,
+    caption_schema,
+    conform,
+    embedding_schema,
+    has_duplicates,
+    retry_commit,
+    rows_to_table,
+    stable_id,
+    write_bytes_atomic,
+    write_row_groups,
+    write_table_atomic,
+)
+
+__all__ = ["KEYS", "SCHEMAS", "Lease", "Root", "SharedRun", "Table", "caption_schema", "check_name", "conform",
+           "embedding_schema", "export_table", "has_duplicates", "maintain", "migrate", "retry_commit",
+           "rows_to_table", "safe_name", "stable_id", "table_at", "write_bytes_atomic", "write_row_groups",
+           "write_table_atomic"]

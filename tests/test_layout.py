@@ -1,0 +1,41 @@
+"""The rooms talk through public names: no module imports another's underscored names or reaches into them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "curate"
+
+
+def _private_uses(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    where = path.relative_to(SRC) if path.is_relative_to(SRC) else path.name
+    modules: set[str] = set()  # local names bound to curate modules
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("curate"):
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    found.append(f"{where}:{node.lineno} imports {node.module}.{a.name}")
+                modules.add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("curate"):
+                    modules.add(a.asname or a.name.split(".")[0])
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name) and node.value.id in modules):
+            found.append(f"{where}:{node.lineno} uses {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names():
+    found = [f for p in sorted(SRC.rglob("*.py")) for f in _private_uses(p)]
+    assert not found, "\n".join(found)
+
+
+def test_the_checker_sees_a_private_import(tmp_path):
+    p = tmp_path / "probe.py"
+    p.write_text("from curate.stages.embed import _hidden\nimport curate.store as st\nst._x\nfrom os import _exit\n")
+    assert len(_private_uses(p)) == 2
