@@ -39,3 +39,18 @@ def test_the_checker_sees_a_private_import(tmp_path):
     p = tmp_path / "probe.py"
     p.write_text("from curate.stages.embed import _hidden\nimport curate.store as st\nst._x\nfrom os import _exit\n")
     assert len(_private_uses(p)) == 2
+
+
+def test_listing_commands_and_parsing_dag_glue_load_nothing_heavy():
+    """`curate --help` and the DAG glue the DAG processor imports on every parse pay no pyarrow/Lance/torch import."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from curate.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "import curate.airflow.tasks, curate.pipeline, curate.store.storage\n"
+            "heavy = sorted(m for m in ('pyarrow', 'lance', 'torch', 'pandas', 'numpy') if m in sys.modules)\n"
+            "print('HEAVY', heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out, out[-500:]

@@ -15,7 +15,11 @@ def register_commands(cli):
 
     from curate.cli import console, guarded, out
     from curate.errors import CurateError
-    from curate.store import Root
+
+    def root_exists(root: str) -> bool:
+        from curate.store import Root  # pyarrow and Lance load when a command runs, not when it is listed
+
+        return Root(root).exists("")
 
     ROOT_OPT = typer.Option(..., "--root", "-r", help="Dataset root: a directory or an fsspec URL (s3://bucket/prefix, ...).")
 
@@ -50,7 +54,7 @@ def register_commands(cli):
 
         if exact and (use_index or rebuild_index):
             raise CurateError("--exact excludes --index and --rebuild-index.")
-        if not Root(root).exists(""):
+        if not root_exists(root):
             raise CurateError(f"{root} does not exist.")
         method = "index" if (use_index or rebuild_index) and not exact else ("exact" if exact else "auto")
         r = search(root, query, encoder, k=k, subset=subset, method=method, device=device, nprobe=nprobe,
@@ -93,7 +97,7 @@ def register_commands(cli):
         """Text->video and video->text R@1/5/10, MedianR, MeanR of each embedding set, on clips with captions."""
         from curate.query.retrieval import METRIC_KEYS, evaluate, format_cell, markdown_table
 
-        if not Root(root).exists(""):
+        if not root_exists(root):
             raise CurateError(f"{root} does not exist.")
         ev = evaluate(root, encoder or None, subset=subset, max_clips=max_clips, seed=seed, caption=caption)
         if json_out:
