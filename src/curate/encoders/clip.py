@@ -21,13 +21,16 @@ from typing import Any
 import numpy as np
 
 from curate.encoders.base import Encoder, EncoderInfo, autocast, autocast_dtype, l2_normalize
+from curate.encoders.pixel_stats import CLIP_MEAN, CLIP_STD
 from curate.errors import CurateError, WeightsUnavailable
-from curate.weights import is_offline, resolve_weights, weights_help
+from curate.weights import is_offline, read_state_dict, resolve_weights, weights_help
 
 OPENAI_NAMES = {  # video_features / openai-clip names -> open_clip architectures
     "RN50": "RN50", "RN101": "RN101", "RN50x4": "RN50x4", "RN50x16": "RN50x16", "RN50x64": "RN50x64",
     "ViT-B/32": "ViT-B-32", "ViT-B/16": "ViT-B-16", "ViT-L/14": "ViT-L-14", "ViT-L/14@336px": "ViT-L-14-336",
 }
+#: entries of OpenAI's CLIP files that are model settings, not parameters
+OPENAI_SETTINGS = frozenset({"input_resolution", "context_length", "vocab_size"})
 
 
 def register_model_config(path: str | Path) -> str:
@@ -80,8 +83,9 @@ def load_open_clip(model: str, weights: str, device: str, model_config: str | No
         return m.eval(), open_clip.get_tokenizer(model), f"{model}/{weights}"
     path = resolve_weights(weights, what=f"clip {model}")
     m = open_clip.create_model(model, pretrained=None, device="cpu")
-    state = _read_checkpoint(path)
-    state = _to_open_clip_keys(state)
+    # OpenAI CLIP names are open_clip's own names; open_clip state dicts, safetensors or TorchScript .pt
+    state = read_state_dict(path, what=f"clip {model}", torchscript=True)
+    state = {k: v for k, v in state.items() if k not in OPENAI_SETTINGS}
     missing, unexpected = m.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("attn_mask")]
     if missing or unexpected:
@@ -90,34 +94,6 @@ def load_open_clip(model: str, weights: str, device: str, model_config: str | No
                           "Pass the matching model= (or model_config=).")
     m.to(device)
     return m.eval(), open_clip.get_tokenizer(model), str(path)
-
-
-def _read_checkpoint(path: Path) -> dict:
-    import torch
-
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception:
-        try:  # OpenAI's released .pt files are TorchScript archives
-            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception as e:
-            raise CurateError(f"Cannot read checkpoint {path}: {e}") from e
-    if isinstance(obj, dict) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CurateError(f"Checkpoint {path} does not hold a state dict")
-    return obj
-
-
-def _to_open_clip_keys(state: dict) -> dict:
-    """Strip DDP ``module.`` prefixes; OpenAI CLIP names are open_clip's own names."""
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
 
 
 class ClipEncoder(Encoder):
@@ -140,8 +116,8 @@ class ClipEncoder(Encoder):
         visual = self.model.visual
         size = getattr(visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.mean = torch.tensor(getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
-        self.std = torch.tensor(getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+        self.mean = torch.tensor(getattr(visual, "image_mean", None) or CLIP_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(getattr(visual, "image_std", None) or CLIP_STD).view(1, 3, 1, 1)
         with torch.inference_mode():
             self.embed_dim = int(self.model.encode_text(self.tokenizer(["a"]).to(self.device)).shape[-1])
         self.autocast = autocast_dtype(precision, self.device, "clip")

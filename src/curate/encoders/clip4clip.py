@@ -54,8 +54,10 @@ from typing import Any
 import numpy as np
 
 from curate.encoders.base import Encoder, EncoderInfo, autocast, autocast_dtype, l2_normalize
+from curate.encoders.clip import OPENAI_SETTINGS
+from curate.encoders.pixel_stats import CLIP_MEAN, CLIP_STD
 from curate.errors import CurateError, WeightsUnavailable
-from curate.weights import resolve_weights, weights_help
+from curate.weights import HF_WEIGHT_FILES, read_state_dict, resolve_weights, strip_prefix, weights_help
 
 __all__ = [
     "DEFAULT_TOKENIZER",
@@ -72,14 +74,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = "Searchium-ai/clip4clip-webvid150k"
 DEFAULT_TOKENIZER = "openai/clip-vit-base-patch32"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HEADS = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
 #: checkpoint key prefixes of CLIP4Clip's similarity heads -> the head that creates them
 HEAD_PREFIXES = {"frame_position_embeddings.": "seqLSTM/seqTransf", "transformerClip.": "seqTransf",
                  "lstm_visual.": "seqLSTM", "cross.": "tightTransf", "similarity_dense.": "tightTransf"}
 FRAMES_PER_FORWARD = 256  # frames of many clips go through the vision tower together, this many at a time
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -254,7 +253,6 @@ _TOP = {"visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
         "ln_final.bias": "text_model.final_layer_norm.bias",
         "logit_scale": "logit_scale"}
 _BLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$")
-_IGNORED_OPENAI = {"input_resolution", "context_length", "vocab_size"}
 
 
 def openai_to_hf_state_dict(clip_state: dict) -> tuple[dict, list[str]]:
@@ -267,7 +265,7 @@ def openai_to_hf_state_dict(clip_state: dict) -> tuple[dict, list[str]]:
     out: dict = {}
     unknown: list[str] = []
     for k, v in clip_state.items():
-        if k in _IGNORED_OPENAI:
+        if k in OPENAI_SETTINGS:
             continue
         if k in _TOP:
             out[_TOP[k]] = v
@@ -347,32 +345,6 @@ def infer_clip_config(clip_state: dict):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=embed_dim)
 
 
-def _torch_load(path: Path) -> dict:
-    import torch
-
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CurateError(f"Cannot read checkpoint {path} with torch.load(weights_only=True): "
-                          f"{type(e).__name__}: {str(e)[:300]}") from e
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not obj:
-        raise CurateError(f"Checkpoint {path} does not hold a state dict")
-    if all(isinstance(k, str) and k.startswith("module.") for k in obj):  # saved from DDP
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def _read_state(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return _torch_load(path)
-
-
 def _load_towers(config, state: dict, where: str):
     """Build the two HF towers from ``config`` and load ``state`` (CLIPModel names) strictly."""
     from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
@@ -440,21 +412,6 @@ def _hub_snapshot(repo: str, required: Sequence[str], any_of: Sequence[str], opt
             _hub_file(repo, f, what)
     assert folder is not None
     return folder
-
-
-def _dir_weights(folder: Path) -> dict:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return _read_state(folder / name)
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (folder / index).is_file():
-            shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
-            state: dict = {}
-            for shard in shards:
-                state.update(_read_state(folder / shard))
-            return state
-    raise WeightsUnavailable(f"{folder} has no model.safetensors or pytorch_model.bin. "
-                             + weights_help("clip4clip"))
 
 
 # -- tokenizer -----------------------------------------------------------------------------------
@@ -577,12 +534,12 @@ class Clip4ClipEncoder(Encoder):
             if config is not None:
                 raise CurateError("clip4clip config= only applies to weights=random (checkpoints carry their config)")
             if _is_hub_repo(weights):
-                folder = _hub_snapshot(weights, ("config.json",), WEIGHT_FILES, ("preprocessor_config.json",), what)
+                folder = _hub_snapshot(weights, ("config.json",), HF_WEIGHT_FILES, ("preprocessor_config.json",), what)
             else:
                 folder = resolve_weights(weights, what=what)
             if folder.is_dir():
                 cfg = self._config_from(folder)
-                state = _dir_weights(folder)
+                state = read_state_dict(folder, what="clip4clip")
                 self.vision, self.text = _load_towers(cfg, state, f"Checkpoint {folder}")
                 if (folder / "preprocessor_config.json").is_file():
                     pre_cfg = json.loads((folder / "preprocessor_config.json").read_text())
@@ -636,8 +593,8 @@ class Clip4ClipEncoder(Encoder):
         return cfg
 
     def _load_repo_checkpoint(self, path: Path):
-        state = _torch_load(path)
-        clip = {k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")}
+        state = read_state_dict(path, what="a CLIP4Clip checkpoint (pytorch_model.bin.<epoch>)")
+        clip = strip_prefix(state, "clip.", only=True)
         heads = {k: v for k, v in state.items() if not k.startswith("clip.")}
         if not clip:
             raise CurateError(f"{path} has no 'clip.'-prefixed tensors: not a CLIP4Clip checkpoint "

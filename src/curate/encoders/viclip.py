@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 
 from curate.encoders.base import Encoder, EncoderInfo, autocast, autocast_dtype, l2_normalize
+from curate.encoders.pixel_stats import IMAGENET_MEAN, IMAGENET_STD
 from curate.errors import CurateError, WeightsUnavailable
-from curate.weights import resolve_weights
+from curate.weights import read_state_dict, resolve_weights, strip_prefix
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -52,8 +53,6 @@ __all__ = [
     "preprocess_viclip_frames",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: default checkpoint per size (the L/14 .pth of the paper; B/16 only exists as the -hf safetensors repo)
 DEFAULT_WEIGHTS = {"l": "OpenGVLab/ViCLIP/ViClip-InternVid-10M-FLT.pth", "b": "OpenGVLab/ViCLIP-B-16-hf"}
@@ -362,46 +361,20 @@ _ANCHOR = "vision_encoder.conv1.weight"
 
 
 def read_checkpoint(path: Path) -> tuple[dict, dict[str, Any]]:
-    """Read a state dict (.pth/.pt/.bin via ``torch.load(weights_only=True)``, or .safetensors) and any
-    adjacent ``config.json`` (the -hf repos). A directory is searched for ``model.safetensors`` first."""
-    import torch
-
+    """Read a state dict (see :func:`curate.weights.read_state_dict`: .pth/.pt/.bin, .safetensors or a
+    directory) and the ``config.json`` beside it, if any (the -hf repos name their size there)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
     hf_config: dict[str, Any] = {}
-    if path.is_dir():
-        cfg = path / "config.json"
-        if cfg.is_file():
-            hf_config = json.loads(cfg.read_text())
-        candidates = [path / "model.safetensors", *sorted(path.glob("*.safetensors")),
-                      *sorted(path.glob("*.pth")), *sorted(path.glob("*.pt")), *sorted(path.glob("*.bin"))]
-        files = [c for c in candidates if c.is_file()]
-        if not files:
-            raise WeightsUnavailable(f"Directory {path} holds no .safetensors/.pth/.pt/.bin checkpoint for viclip")
-        path = files[0]
-    elif path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
+    if (folder / "config.json").is_file() and (path.is_dir() or path.suffix == ".safetensors"):
         try:
-            hf_config = json.loads((path.parent / "config.json").read_text())
+            hf_config = json.loads((folder / "config.json").read_text())
         except json.JSONDecodeError:
             hf_config = {}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), hf_config
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CurateError(f"Cannot read checkpoint {path} with torch.load(weights_only=True): {e}") from e
-    for _ in range(3):  # {'model': sd}, {'state_dict': sd}, {'module': sd}
-        if isinstance(obj, dict) and not any(k.endswith(_ANCHOR) for k in obj):
-            inner = next((obj[k] for k in ("model", "state_dict", "module") if isinstance(obj.get(k), dict)), None)
-            if inner is None:
-                break
-            obj = inner
-    if not isinstance(obj, dict):
-        raise CurateError(f"Checkpoint {path} does not hold a state dict")
-    return obj, hf_config
+    return read_state_dict(path, what="viclip"), hf_config
 
 
-def strip_prefix(state: dict) -> tuple[dict, str]:
+def strip_common_prefix(state: dict) -> tuple[dict, str]:
     """Remove a common prefix (``model.``, ``viclip.``, ``module.``...) found in front of
     ``vision_encoder.conv1.weight``. Returns the renamed dict and the prefix (``""`` if none)."""
     prefixes = {k[: -len(_ANCHOR)] for k in state if k.endswith(_ANCHOR)}
@@ -414,7 +387,7 @@ def strip_prefix(state: dict) -> tuple[dict, str]:
     prefix = prefixes.pop()
     if not prefix:
         return state, ""
-    return {(k.removeprefix(prefix)): v for k, v in state.items()}, prefix
+    return strip_prefix(state, prefix), prefix
 
 
 def load_viclip_state_dict(model, state: dict, source: str = "checkpoint") -> list[str]:
@@ -535,7 +508,7 @@ class ViCLIPEncoder(Encoder):
         else:
             path = resolve_viclip_weights(weights)
             state, hf_config = read_checkpoint(path)
-            state, prefix = strip_prefix(state)
+            state, prefix = strip_common_prefix(state)
             if prefix:
                 self.extra["key_prefix_stripped"] = prefix
             if not config and isinstance(hf_config.get("size"), str) and size_key is None:

@@ -20,7 +20,7 @@ from curate.errors import CurateError
 from curate.media.frames import batches, clip_groups, decode_clips
 from curate.scorers import Scorer
 from curate.store import Root
-from curate.weights import resolve_weights
+from curate.weights import read_state_dict, resolve_weights
 
 DEFAULT_WEIGHTS = ("https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
                    "sac+logos+ava1-l14-linearMSE.pth")
@@ -36,11 +36,8 @@ def build_mlp(in_dim: int):
 
 def load_predictor(weights: str):
     """The MLP from a checkpoint with the original keys ``layers.{0,2,4,6,7}.{weight,bias}``."""
-    import torch
-
     path = resolve_weights(weights, what="the aesthetic predictor")
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
+    state = read_state_dict(path, what="the aesthetic predictor")
     if "layers.0.weight" not in state:
         raise CurateError(f"{path} is not an improved-aesthetic-predictor checkpoint (no layers.0.weight; "
                           f"keys: {list(state)[:6]})")
