@@ -23,14 +23,14 @@ import hashlib
 import json
 import os
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError, WeightsUnavailable
 
-__all__ = ["add_prefix", "cache_dir", "checkpoint_files", "is_offline", "read_state_dict", "resolve_weights",
-           "strip_prefix", "weights_help"]
+__all__ = ["add_prefix", "cache_dir", "checkpoint_files", "hub_file", "hub_folder", "is_hub_repo", "is_offline",
+           "read_state_dict", "resolve_weights", "strip_prefix", "weights_help"]
 
 
 def is_offline() -> bool:
@@ -76,6 +76,46 @@ def resolve_weights(spec: str, *, filename: str | None = None, what: str = "this
         f"Don't know how to find weights {spec!r}: give a local path, an https URL or a Hugging Face id "
         "(org/repo or org/repo/file)."
     )
+
+
+def is_hub_repo(spec: str) -> bool:
+    """True for a bare Hugging Face repo id ``org/repo`` (optionally ``hf-hub:``) that is not a local path."""
+    s = spec.removeprefix("hf-hub:")
+    parts = s.split("/")
+    return (len(parts) == 2 and all(parts) and not Path(spec).expanduser().exists()
+            and not spec.startswith(("/", ".", "~", "file://", "http://", "https://")))
+
+
+def hub_file(repo: str, filename: str, what: str = "this encoder") -> Path:
+    """One file of a hub repo, through :func:`resolve_weights` (cached, offline-aware)."""
+    return resolve_weights(f"{repo.removeprefix('hf-hub:')}/{filename}", what=what)
+
+
+def hub_folder(repo: str, *, required: Sequence[str] = (), any_of: Sequence[str] = (), optional: Sequence[str] = (),
+               what: str = "this encoder") -> Path:
+    """Fetch the files a model needs from a hub repo (not the whole repo) and return their snapshot folder:
+    every ``required`` file, the first of ``any_of`` that exists, and those of ``optional`` that exist."""
+    folder = None
+    for f in required:
+        folder = hub_file(repo, f, what).parent
+    if any_of:
+        errors = []
+        for f in any_of:
+            try:
+                folder = hub_file(repo, f, what).parent
+                break
+            except WeightsUnavailable as e:
+                errors.append(e)
+        else:
+            raise errors[0]
+    for f in optional:
+        try:
+            folder = hub_file(repo, f, what).parent
+        except WeightsUnavailable:
+            pass
+    if folder is None:
+        raise WeightsUnavailable(f"None of {', '.join(optional)} could be fetched from {repo}. " + weights_help(what))
+    return folder
 
 
 def _download_url(url: str, what: str) -> Path:

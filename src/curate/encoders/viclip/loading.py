@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from curate.errors import CurateError, WeightsUnavailable
-from curate.weights import read_state_dict, resolve_weights, strip_prefix
+from curate.errors import CurateError
+from curate.weights import hub_folder, is_hub_repo, read_state_dict, resolve_weights, strip_prefix
 
 __all__ = ["DEFAULT_WEIGHTS", "load_viclip_state_dict", "read_checkpoint", "resolve_viclip_weights",
            "strip_common_prefix"]
@@ -80,28 +80,15 @@ def load_viclip_state_dict(model, state: dict, source: str = "checkpoint") -> li
     return tolerated
 
 
-def _is_bare_repo(spec: str) -> bool:
-    """``org/repo`` (optionally ``hf-hub:``) that is not a local path: a hub repo without a file name."""
-    s = spec.removeprefix("hf-hub:")
-    if Path(spec).expanduser().exists() or s.startswith(("/", ".", "~", "http://", "https://", "file://")):
-        return False
-    parts = s.split("/")
-    return len(parts) == 2 and all(parts)
-
-
 def resolve_viclip_weights(spec: str) -> Path:
     """A local checkpoint path for ``spec`` (see :func:`curate.weights.resolve_weights`). A bare hub repo
     ``org/repo`` means its ``model.safetensors`` (the -hf layout; its ``config.json`` is fetched too when
     possible), except ``OpenGVLab/ViCLIP``, which means its ``ViClip-InternVid-10M-FLT.pth``."""
     what = f"viclip ({spec})"
-    if not _is_bare_repo(spec):
+    if not is_hub_repo(spec):
         return resolve_weights(spec, what=what)
     repo = spec.removeprefix("hf-hub:")
     if repo.lower() == "opengvlab/viclip":
         return resolve_weights(DEFAULT_WEIGHTS["l"], what=what)
-    path = resolve_weights(repo, filename="model.safetensors", what=what)
-    try:  # only names the size; the shapes say the rest
-        resolve_weights(f"{repo}/config.json", what=what)
-    except WeightsUnavailable:
-        pass
-    return path
+    # config.json only names the size; the shapes say the rest
+    return hub_folder(repo, required=("model.safetensors",), optional=("config.json",), what=what) / "model.safetensors"
