@@ -165,7 +165,7 @@ def curate_pipeline():
 
         return run(ct.check_root(params["root"]), params["subset"],
                    encoder=captioned.get("embedding_name") or ct.embedding_name(params),
-                   caption=captioned.get("caption"), **ct.filter_kwargs(params))
+                   caption=captioned.get("caption"), **ct.filter_kwargs(params)).as_dict()
 
     @task
     def plan_cut(summary: dict, params=None) -> list[dict]:

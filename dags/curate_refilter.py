@@ -34,7 +34,7 @@ def curate_refilter():
     def filter_clips(root: str, params=None) -> dict:
         from curate.stages.filter import filter_clips as run
 
-        return run(root, params["subset"], encoder=params["encoder"], **ct.filter_kwargs(params))
+        return run(root, params["subset"], encoder=params["encoder"], **ct.filter_kwargs(params)).as_dict()
 
     @task(outlets=[ct.SUBSETS])
     def publish(root: str, summary: dict, params=None):

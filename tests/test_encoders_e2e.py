@@ -68,7 +68,7 @@ def test_encoder_runs_through_every_stage(name, split_root, tiny_clip, tmp_path)
     v = np.stack(emb.video_emb.to_numpy()).reshape(len(emb), *meta["video_emb_shape"])
     assert np.allclose(np.linalg.norm(v, axis=-1), 1, atol=1e-4)  # unit vectors (per query for stacks)
     score(split_root, encoder=name)
-    s = filter_clips(split_root, f"s-{name}", encoder=name, top_percent=50)
+    s = filter_clips(split_root, f"s-{name}", encoder=name, top_percent=50).as_dict()
     p = publish(split_root, f"s-{name}", shard_size=10)
     assert p.ok == s["kept"] > 0
     shard = next((split_root / "subsets" / f"s-{name}" / "shards").glob("*.tar"))

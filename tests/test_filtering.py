@@ -65,7 +65,7 @@ def test_duplicated_clip_is_removed_keeping_the_better_scored_copy(root):
     for (a, ra), (b, rb) in zip(orig.iterrows(), copy.iterrows()):
         worse, better = (a, b) if ra.clip_sim < rb.clip_sim else (b, a)
         assert c.loc[worse, "dup_of"] == better and c.loc[worse, "dup_sim"] > 0.999
-    s = filter_clips(root, "dedup", max_dup_sim=0.98)
+    s = filter_clips(root, "dedup", max_dup_sim=0.98).as_dict()
     kept = set(read_table(root / "subsets" / "dedup" / "selection.parquet").clip_id)
     assert s["kept"] == len(c) - 2 and len(kept & set(orig.index) | kept & set(copy.index)) == 2
     for (a, ra), (b, rb) in zip(orig.iterrows(), copy.iterrows()):
@@ -148,13 +148,13 @@ def _kept(root, subset):
 
 
 def test_top_percent_keeps_exactly_ceil_p_n_with_ties_by_clip_id(synthetic):
-    s = filter_clips(synthetic, "t30", top_percent=30)
+    s = filter_clips(synthetic, "t30", top_percent=30).as_dict()
     # 9 rankable (one null): ceil(0.3*9)=3 -> 0.9, 0.8 and the first 0.7 by clip id
     assert s["kept"] == math.ceil(0.3 * 9) == 3 and _kept(synthetic, "t30") == ["c00", "c01", "c02"]
-    s = filter_clips(synthetic, "t50", top_percent=50)
+    s = filter_clips(synthetic, "t50", top_percent=50).as_dict()
     assert _kept(synthetic, "t50") == ["c00", "c01", "c02", "c03", "c04"]  # ceil(4.5)=5
     # after absolute rules: only clips >= 3 s are ranked (8 of them, 7 with a score): ceil(0.3*7) = 3
-    s = filter_clips(synthetic, "flt", min_duration=3, top_percent=30)
+    s = filter_clips(synthetic, "flt", min_duration=3, top_percent=30).as_dict()
     assert _kept(synthetic, "flt") == ["c02", "c03", "c04"] and s["funnel"]["min_duration"] == 2
 
 
@@ -174,27 +174,27 @@ def test_where_expression_filters_and_cannot_run_code(synthetic):
 
 
 def test_max_per_source_keeps_the_best_of_each_source(synthetic):
-    s = filter_clips(synthetic, "cap", max_per_source=2)
+    s = filter_clips(synthetic, "cap", max_per_source=2).as_dict()
     assert _kept(synthetic, "cap") == ["c00", "c01", "c05", "c06"] and s["funnel"]["max_per_source"] == 6
     filter_clips(synthetic, "cap2", max_per_source=1, per_source_by="motion")
     assert _kept(synthetic, "cap2") == ["c04", "c09"]
 
 
 def test_thresholds_on_every_scorer_column(synthetic):
-    s = filter_clips(synthetic, "x", min_aesthetic=4.5, max_dup_sim=0.98, min_motion=1)
+    s = filter_clips(synthetic, "x", min_aesthetic=4.5, max_dup_sim=0.98, min_motion=1).as_dict()
     assert _kept(synthetic, "x") == ["c03", "c04", "c06", "c08", "c09"]
     assert s["dropped_by_rule"] == {"min_aesthetic": 3, "min_motion": 1, "max_dup_sim": 2}
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_presets_load_and_run(synthetic, preset):
-    s = filter_clips(synthetic, f"p-{preset.stem}", preset=preset.stem)
+    s = filter_clips(synthetic, f"p-{preset.stem}", preset=preset.stem).as_dict()
     assert 0 < s["kept"] < s["total"]
     assert json.loads((synthetic.subset_dir(f"p-{preset.stem}") / "filter.json").read_text())["options"]
 
 
 def test_presets_are_found_by_name_and_explicit_options_override(synthetic):
-    s = filter_clips(synthetic, "o", preset="internvid-aes", min_aesthetic=5.5)
+    s = filter_clips(synthetic, "o", preset="internvid-aes", min_aesthetic=5.5).as_dict()
     assert [r["value"] for r in s["rules"]] == [5.5]
     with pytest.raises(CurateError, match="No preset"):
         filter_clips(synthetic, "o", preset="nope")

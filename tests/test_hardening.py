@@ -89,7 +89,7 @@ def test_later_stages_account_for_every_item_and_publish_decodable_clips(hostile
     assert set(errs.error.str.contains("no scene")) == {True}  # the one-frame video
     emb = read_table(root / "embeddings" / "clip")
     assert set(emb.clip_id) == set(clips[clips.status == "ok"].clip_id)
-    assert res["publish"].ok == res["filter"]["kept"] > 0
+    assert res["publish"].ok == res["filter"].extra["kept"] > 0
     for shard in (root / "subsets" / "all" / "shards").glob("*.tar"):
         with tarfile.open(shard) as tar:
             for m in tar.getmembers():

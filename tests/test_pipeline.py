@@ -116,7 +116,7 @@ def test_alignment_score_is_cosine_and_missing_caption_is_an_error(root):
 def test_filter_counts_match_the_scores_table(root):
     scores = read_table(root / "scores")
     t = float(scores.clip_sim.median())
-    s = filter_clips(root, "half", min_sim=t, max_duration=1.9)
+    s = filter_clips(root, "half", min_sim=t, max_duration=1.9).as_dict()
     expected = scores[(scores.clip_sim >= t) & (scores.duration_s <= 1.9)]
     assert s["kept"] == len(expected) and s["total"] == len(scores)
     assert s["dropped_by_rule"]["min_sim"] == int((~(scores.clip_sim >= t)).sum())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -107,209 +108,197 @@ def _sources(root: str, shard: str | None, source_ids: Path | None) -> list[str]
     return select_sources(root, shard, source_ids)
 
 
-def _size(v: str | None) -> int | None:
-    if not v:
-        return None
-    v = v.strip().upper()
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    if v[-1:] in mult:
-        return int(float(v[:-1]) * mult[v[-1]])
-    if v.endswith("B") and v[-2:-1] in mult:
-        return int(float(v[:-2]) * mult[v[-2]])
-    return int(v)
+JSON_HELP = "Print the summary as JSON."
+_ANNOTATIONS = {"int": int, "float": float, "str": str, "size": str}
+
+
+def _typer_param(o) -> inspect.Parameter:
+    """One declared stage option (:class:`curate.stages.options.Opt`) as a typer option."""
+    decls = [o.cli_flag, *([o.short] if o.short else [])]
+    extra = {"metavar": o.metavar} if o.metavar else {}
+    if o.kind == "bool":  # a flag that switches the default (--retry-errors; --no-local for allow_local)
+        ann, default = bool, False if o.invert else bool(o.default)
+    elif o.kind in ("list", "dict", "dicts"):
+        ann = list[str]
+        default = list(o.default) if o.kind == "list" and o.default else []
+    else:
+        ann = _ANNOTATIONS[o.kind]
+        if o.is_nullable or o.kind == "size":
+            ann = ann | None
+        default = None if o.kind == "size" else o.default
+    info = typer.Option(... if o.required else default, *decls, help=o.help, **extra)
+    return inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=ann)
+
+
+def _from_cli(stage: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """The typer values of a stage's declared options -> the stage's keyword arguments (checked and coerced
+    by the declarations: the command line, YAML and the DAG params take the same values)."""
+    from curate.stages.embed import parse_options
+    from curate.stages.options import coerce, merge_into, stage_options
+
+    opts = stage_options(stage)
+    out: dict[str, Any] = {}
+    for name, v in raw.items():
+        o = opts[name]
+        if o.kind == "bool" and o.invert:
+            v = not v
+        elif o.kind == "list":
+            v = list(v) if v else (None if o.default is None else [])
+        elif o.kind == "dict":
+            v = parse_options(v) or None
+        elif o.kind == "dicts":  # -o scorer.key=value, or key=value with one scorer
+            scorers = raw.get("scorers") or []
+            nested: dict[str, dict[str, str]] = {}
+            for k, x in parse_options(v).items():
+                if "." in k:
+                    sub, key = k.split(".", 1)
+                elif len(scorers) == 1:
+                    sub, key = scorers[0], k
+                else:
+                    raise CurateError(f"Option {k!r}: with several scorers, prefix it with the scorer "
+                                      f"(e.g. aesthetic.{k}).")
+                nested.setdefault(sub, {})[key] = x
+            v = nested
+        out[name] = coerce(o, v, o.cli_flag)
+    return merge_into(stage, out)
+
+
+def stage_options(stage: str, after: str = "root"):
+    """Give a command the typer options of ``stage``'s declared options (:mod:`curate.stages.options`),
+    inserted after its parameter ``after``; the command gets them as ``**opts``, ready for the stage."""
+    import functools
+    import typing
+
+    from curate.stages.options import STAGES
+
+    declared = [o for o in STAGES[stage] if o.cli]
+
+    def deco(fn):
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        at = [p.name for p in own].index(after) + 1
+        generated = [_typer_param(o) for o in declared]
+        params = [*own[:at], *generated, *own[at:]]
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+        names = {o.name for o in declared}
+
+        @functools.wraps(fn)
+        def wrapper(**kw):
+            raw = {k: v for k, v in kw.items() if k in names}
+            return fn(**{k: v for k, v in kw.items() if k not in names}, **_from_cli(stage, raw))
+
+        wrapper.__signature__ = inspect.Signature(params, return_annotation=None)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # typer reads the signature above, not fn's
+        return wrapper
+
+    return deco
+
+
+JSON_OPT = typer.Option(False, "--json", help=JSON_HELP)
+SHARD_OPT = typer.Option(None, "--shard", help=SHARD_HELP)
+SOURCE_IDS_OPT = typer.Option(None, "--source-ids", help=SOURCE_IDS_HELP)
+
+# The stage commands below get their stage's options from curate.stages.options (@stage_options): only what
+# the command line adds (--root, --shard, --source-ids, --json) is declared here.
 
 
 @app.command()
 @guarded
+@stage_options("ingest")
 def ingest(
     sources: list[str] = typer.Argument(..., help="Source list(s): CSV/TSV/JSONL/JSON/Parquet/TXT with a 'url' column "
                                                    "(http(s) URL or local path) and optional 'caption', 'title', "
                                                    "'start_s'/'end_s'; other columns are kept in 'meta'. A bare URL or "
                                                    "video path works too."),
     root: str = ROOT_OPT,
-    workers: int = typer.Option(4, help="Parallel downloads."),
-    max_height: int | None = typer.Option(None, help="Download the best format no taller than this (e.g. 720)."),
-    max_filesize: str | None = typer.Option(None, help="Skip files larger than this (bytes, or 500M / 2G)."),
-    max_duration: float | None = typer.Option(None, help="Mark sources longer than this many seconds as errors."),
-    retry_errors: bool = typer.Option(False, "--retry-errors", help="Re-queue error rows whose kind is retryable "
-                                                                     "(network, timeout, rate_limited, bot_check)."),
-    no_local: bool = typer.Option(False, "--no-local", help="Refuse local paths and file:// URLs."),
-    allow_dir: list[str] = typer.Option([], "--allow-dir", help="Only read local files under these directories."),
-    timeout: float = typer.Option(30.0, help="Network timeout per request, seconds."),
-    retries: int = typer.Option(2, help="Retries of transient download errors (exponential backoff with jitter)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    json_out: bool = JSON_OPT,
+    **opts: Any,
 ) -> None:
     """Register sources and download/copy their media into ROOT/media (yt-dlp for http/https), probing each."""
     from curate.stages.ingest import ingest as run
 
-    r = run(root, sources, workers=workers, max_height=max_height, max_filesize=_size(max_filesize),
-            max_duration=max_duration, retry_errors=retry_errors, allow_local=not no_local,
-            local_dirs=allow_dir or None, socket_timeout=timeout, retries=retries, progress=RichProgress())
-    finish(r, json_out)
+    finish(run(root, sources, progress=RichProgress(), **opts), json_out)
 
 
 @app.command()
 @guarded
+@stage_options("split")
 def split(
     root: str = ROOT_OPT,
-    detector: str = typer.Option("auto", help="Splitter plugin: auto (transnetv2 with a GPU, else content), transnetv2 "
-                                              "(TransNetV2, dissolves kept out of clips), content (ContentDetector), "
-                                              "adaptive, threshold, none (whole source), or a third-party one "
-                                              "(`curate plugins`)."),
-    threshold: float | None = typer.Option(None, help="Detector threshold (transnetv2 0.5, content 27, adaptive 3, "
-                                                      "threshold 12)."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Detector option key=value (e.g. min_scene_len=10, "
-                                                                 "device=cpu, weights=PATH)."),
-    min_clip_s: float = typer.Option(1.0, help="Drop scenes shorter than this (seconds)."),
-    max_clip_s: float = typer.Option(60.0, help="Cut scenes longer than this into equal pieces (seconds; 0 = no limit)."),
-    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
-    source_ids: Path | None = typer.Option(None, "--source-ids", help=SOURCE_IDS_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    shard: str | None = SHARD_OPT,
+    source_ids: Path | None = SOURCE_IDS_OPT,
+    json_out: bool = JSON_OPT,
+    **opts: Any,
 ) -> None:
     """Detect scenes in every ingested source and write clip rows [start, end) to ROOT/clips."""
-    from curate.stages.embed import parse_options
     from curate.stages.split import split as run
 
-    opts = parse_options(option)
-    if threshold is not None:
-        opts["threshold"] = threshold
-    r = run(root, source_ids=_sources(root, shard, source_ids), detector=detector, options=opts,
-            min_clip_s=min_clip_s, max_clip_s=max_clip_s or None, progress=RichProgress())
-    finish(r, json_out)
+    finish(run(root, source_ids=_sources(root, shard, source_ids), progress=RichProgress(), **opts), json_out)
 
 
 @app.command()
 @guarded
+@stage_options("embed")
 def embed(
     root: str = ROOT_OPT,
-    encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder plugin name (`curate plugins`)."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value, repeatable "
-                                                                 "(clip: model=ViT-B-32 weights=openai frames=8)."),
-    name: str | None = typer.Option(None, help="Name of this embedding set (default: the encoder name); scores "
-                                                  "become <name>_sim. Use it to compare two configurations."),
-    caption: str = typer.Option("source", "--caption", help="Text to embed as each clip's caption: source (the "
-                                                             "source list's) or captions:NAME (generated by `curate "
-                                                             "caption`; --name then defaults to <encoder>_<NAME> and "
-                                                             "clip vectors are copied from a set with the same "
-                                                             "encoder and options)."),
-    device: str = typer.Option("auto", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
-    batch_size: int = typer.Option(32, help="Clips per forward pass."),
-    workers: int = typer.Option(2, help="Decoder threads running ahead of the model."),
-    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
-    source_ids: Path | None = typer.Option(None, "--source-ids", help=SOURCE_IDS_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    shard: str | None = SHARD_OPT,
+    source_ids: Path | None = SOURCE_IDS_OPT,
+    json_out: bool = JSON_OPT,
+    **opts: Any,
 ) -> None:
     """Embed every clip (sampled frames) and its caption with an encoder; writes ROOT/embeddings/<name>."""
     from curate.stages.embed import embed as run
-    from curate.stages.embed import parse_options
 
-    r = run(root, encoder, options=parse_options(option), name=name, caption=caption, device=device,
-            batch_size=batch_size, workers=workers, source_ids=_sources(root, shard, source_ids),
-            progress=RichProgress())
-    finish(r, json_out)
+    finish(run(root, source_ids=_sources(root, shard, source_ids), progress=RichProgress(), **opts), json_out)
 
 
 @app.command()
 @guarded
-def caption(
-    root: str = ROOT_OPT,
-    captioner: str = typer.Option("hf", "--captioner", "-c", help="Captioner plugin name (`curate plugins`)."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Captioner option key=value, repeatable (hf: "
-                                                                 "weights=Qwen/Qwen2.5-VL-3B-Instruct frames=8 "
-                                                                 "max_new_tokens=128 prompt=...)."),
-    name: str | None = typer.Option(None, help="Name of this captions set (default: the captioner name); later "
-                                                  "stages use it as --caption captions:<name>."),
-    device: str = typer.Option("auto", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
-    batch_size: int = typer.Option(8, help="Clips per generate call."),
-    workers: int = typer.Option(2, help="Decoder threads running ahead of the model."),
-    retry_errors: bool = typer.Option(False, "--retry-errors", help="Caption again the clips whose row is an error "
-                                                                     "(degenerate output, failed generation)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-) -> None:
+@stage_options("caption")
+def caption(root: str = ROOT_OPT, json_out: bool = JSON_OPT, **opts: Any) -> None:
     """Caption every clip with a vision-language model (sampled frames + a prompt); writes ROOT/captions/<name>."""
     from curate.stages.caption import caption as run
-    from curate.stages.embed import parse_options
 
-    r = run(root, captioner, options=parse_options(option), name=name, device=device, batch_size=batch_size,
-            workers=workers, retry_errors=retry_errors, progress=RichProgress())
-    finish(r, json_out)
+    finish(run(root, progress=RichProgress(), **opts), json_out)
 
 
 @app.command()
 @guarded
+@stage_options("process")
 def process(
     root: str = ROOT_OPT,
-    encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder plugin name (`curate plugins`)."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value, repeatable."),
-    name: str | None = typer.Option(None, help="Name of the embedding set (default: the encoder name)."),
-    detector: str = typer.Option("auto", help="auto (transnetv2 with a GPU, else content), transnetv2, content, "
-                                              "adaptive or threshold."),
-    threshold: float | None = typer.Option(None, help="Detector threshold (transnetv2 0.5, content 27, adaptive 3, "
-                                                      "threshold 12)."),
-    detector_option: list[str] = typer.Option([], "--detector-option", help="Detector option key=value, repeatable "
-                                                                          "(as `curate split -o`: device=cpu ...)."),
-    min_clip_s: float = typer.Option(1.0, help="Drop scenes shorter than this (seconds)."),
-    max_clip_s: float = typer.Option(60.0, help="Cut scenes longer than this into equal pieces (seconds; 0 = no limit)."),
-    device: str = typer.Option("auto", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
-    batch_size: int = typer.Option(32, help="Clips per forward pass."),
-    workers: int = typer.Option(1, help="Sources decoded at a time (each its own ffmpeg and detector thread); "
-                                        "on a many-core GPU node about cores/4 keeps the encoder fed."),
-    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
-    source_ids: Path | None = typer.Option(None, "--source-ids", help=SOURCE_IDS_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    shard: str | None = SHARD_OPT,
+    source_ids: Path | None = SOURCE_IDS_OPT,
+    json_out: bool = JSON_OPT,
+    **opts: Any,
 ) -> None:
     """Split and embed in ONE decode pass per source (= split, then embed -o decoder=ffmpeg)."""
-    from curate.stages.embed import parse_options
     from curate.stages.process import process as run
 
-    det_opts = parse_options(detector_option)
-    if threshold is not None:
-        det_opts["threshold"] = threshold
-    r = run(root, encoder, options=parse_options(option), name=name, detector=detector,
-            detector_options=det_opts or None, min_clip_s=min_clip_s,
-            max_clip_s=max_clip_s or None, device=device, batch_size=batch_size, workers=workers,
-            source_ids=_sources(root, shard, source_ids), progress=RichProgress())
-    finish(r, json_out)
+    finish(run(root, source_ids=_sources(root, shard, source_ids), progress=RichProgress(), **opts), json_out)
 
 
 @app.command()
 @guarded
+@stage_options("score")
 def score(
     root: str = ROOT_OPT,
-    encoder: str | None = typer.Option(None, "--encoder", "-e", help="Only this embedding set (default: all)."),
-    scorer: list[str] = typer.Option(["technical", "alignment"], "--scorer", "-s",
-                                     help="Scorer plugins to run (repeatable): technical, alignment, aesthetic, "
-                                          "motion, dedup, text (on-screen text), nsfw, quality, or third-party "
-                                          "ones."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Scorer option scorer.key=value (e.g. "
-                                                                 "aesthetic.recipe=opensora, dedup.by=aesthetic); "
-                                                                 "plain key=value when one scorer is given."),
-    caption: str | None = typer.Option(None, "--caption", help="Alignment only of the embedding sets whose text "
-                                                                "embeddings are this caption source (source, or "
-                                                                "captions:NAME embedded with `curate embed --caption`)."),
     shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP + " Only per-clip scorers (aesthetic, "
                                                                          "motion, text, nsfw, quality) run per "
                                                                          "shard; the next run without --shard "
                                                                          "merges them."),
-    source_ids: Path | None = typer.Option(None, "--source-ids", help=SOURCE_IDS_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    source_ids: Path | None = SOURCE_IDS_OPT,
+    json_out: bool = JSON_OPT,
+    **opts: Any,
 ) -> None:
     """Compute score columns into ROOT/scores: alignment (<encoder>_sim), technical, aesthetic, motion, dedup,
     text, nsfw, quality."""
-    from curate.stages.embed import parse_options
     from curate.stages.score import score as run
 
-    opts: dict[str, dict[str, str]] = {}
-    for k, v in parse_options(option).items():
-        if "." in k:
-            name, key = k.split(".", 1)
-        elif len(scorer) == 1:
-            name, key = scorer[0], k
-        else:
-            raise CurateError(f"Option {k!r}: with several scorers, prefix it with the scorer (e.g. aesthetic.{k}).")
-        opts.setdefault(name, {})[key] = v
-    r = run(root, scorers=scorer, encoder=encoder, options=opts, caption=caption, source_ids=_sources(root, shard, source_ids),
-            progress=RichProgress())
+    r = run(root, source_ids=_sources(root, shard, source_ids), progress=RichProgress(), **opts)
     left = r.extra.get("root_scope") or []
     if left and not json_out:
         console.print(f"[yellow]not run per shard[/] (they need the whole root): {escape(', '.join(left))}; run "
@@ -318,139 +307,78 @@ def score(
     finish(r, json_out)
 
 
+def print_filter(r) -> None:
+    """The filter summary: kept of total, then each rule with what it dropped in order and on its own."""
+    d = r.as_dict()
+    console.print(f"[bold green]filter[/] subset={escape(d['subset'])} kept {d['kept']} of {d['total']} clips")
+    for rule in d["rules"]:
+        cond = rule["value"] if rule["kind"] == "where" else f"{rule['column']} {rule['op']} {rule['value']}"
+        alone = d["dropped_by_rule"].get(rule["name"])
+        console.print(f"  {escape(rule['name'])}: {escape(str(cond))} dropped {d['funnel'][rule['name']]} in order"
+                      + (f", {alone} on its own" if alone is not None else ""))
+
+
+def print_result(r) -> None:
+    """One stage's line in `curate run` and `make demo` (filter: kept of total)."""
+    if r.stage == "filter":
+        console.print(f"[bold green]filter[/] kept {r.ok} of {r.total} clips")
+    else:
+        finish(r)
+
+
 @app.command("filter")
 @guarded
-def filter_cmd(
-    root: str = ROOT_OPT,
-    subset: str = typer.Option(..., "--subset", help="Name of the subset to create (ROOT/subsets/<name>)."),
-    preset: str | None = typer.Option(None, help="Preset name (internvid-flt, internvid-aes, panda, opensora, "
-                                                    "clean-content) or a YAML path; explicit options override it."),
-    min_sim: float | None = typer.Option(None, help="Keep clips with <encoder>_sim >= this."),
-    encoder: str | None = typer.Option(None, "--encoder", "-e", help="Which <encoder>_sim, when several were scored."),
-    caption: str | None = typer.Option(None, "--caption", help="captions:NAME: the generated captions are the "
-                                                                "subset's captions: --min-sim applies to the embedding "
-                                                                "set of those captions, clips without one are dropped, "
-                                                                "and publish puts them in the caption field."),
-    min_duration: float | None = typer.Option(None, help="Keep clips at least this long (seconds)."),
-    max_duration: float | None = typer.Option(None, help="Keep clips at most this long (seconds)."),
-    min_aesthetic: float | None = typer.Option(None, help="Keep aesthetic >= this (1-10; InternVid-Aes: 4)."),
-    min_motion: float | None = typer.Option(None, help="Keep motion >= this (px/frame at 160 px; still clips ~0)."),
-    max_motion: float | None = typer.Option(None, help="Keep motion <= this."),
-    max_dup_sim: float | None = typer.Option(None, help="Drop a clip when a better clip is at least this similar "
-                                                           "(needs the dedup scorer; Open-Sora: 0.98)."),
-    min_width: int | None = typer.Option(None, help="Keep sources at least this wide (px)."),
-    min_height: int | None = typer.Option(None, help="Keep sources at least this tall (px)."),
-    min_aspect: float | None = typer.Option(None, help="Keep width/height >= this."),
-    max_aspect: float | None = typer.Option(None, help="Keep width/height <= this."),
-    min_fps: float | None = typer.Option(None, help="Keep sources with fps >= this."),
-    max_text_area: float | None = typer.Option(None, help="Keep text_area <= this: fraction of the frame covered by "
-                                                             "on-screen text, 0-1 (text scorer; 0.02 drops subtitles)."),
-    max_text_boxes: int | None = typer.Option(None, help="Keep clips with at most this many text boxes in a frame "
-                                                            "(text scorer; Open-Sora counts boxes)."),
-    max_nsfw: float | None = typer.Option(None, help="Keep nsfw <= this (nsfw scorer, 0-1; 0.5 drops detected "
-                                                        "nudity)."),
-    min_sharpness: float | None = typer.Option(None, help="Keep sharpness >= this (quality scorer: variance of the "
-                                                             "Laplacian at 256 px; blurred clips score tens)."),
-    min_brightness: float | None = typer.Option(None, help="Keep brightness >= this (quality scorer, mean luma 0-1)."),
-    max_brightness: float | None = typer.Option(None, help="Keep brightness <= this."),
-    min_contrast: float | None = typer.Option(None, help="Keep contrast >= this (quality scorer, RMS contrast 0-1)."),
-    max_black_frac: float | None = typer.Option(None, help="Keep clips with at most this fraction of black frames."),
-    max_frozen_frac: float | None = typer.Option(None, help="Keep clips with at most this fraction of frozen "
-                                                               "(near-identical) consecutive sampled frames."),
-    max_letterbox: float | None = typer.Option(None, help="Keep clips whose letterbox bars take at most this fraction "
-                                                             "of the height."),
-    max_pillarbox: float | None = typer.Option(None, help="Keep clips whose pillarbox bars take at most this fraction "
-                                                             "of the width."),
-    where: list[str] = typer.Option([], "--where", help="Expression over score columns, repeatable, e.g. "
-                                                         "\"clip_sim >= 0.3 and (aesthetic > 4.5 or motion < 2)\"."),
-    top_percent: float | None = typer.Option(None, help="Keep the best P%% by --top-by among clips passing the other "
-                                                           "thresholds (exactly ceil(P/100*n); ties by clip id)."),
-    top_by: str | None = typer.Option(None, help="Column for --top-percent (default: the alignment score)."),
-    max_per_source: int | None = typer.Option(None, help="Keep at most N clips per source (Panda-70M: 3)."),
-    per_source_by: str | None = typer.Option(None, help="Column ranking clips within a source (default: alignment)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-) -> None:
+@stage_options("filter")
+def filter_cmd(root: str = ROOT_OPT, json_out: bool = JSON_OPT, **opts: Any) -> None:
     """Select clips by rules over stored scores (nothing is recomputed) -> ROOT/subsets/<name>/selection.parquet."""
     from curate.stages.filter import filter_clips
 
-    s = filter_clips(root, subset, encoder=encoder, caption=caption, min_sim=min_sim, min_duration=min_duration,
-                     max_duration=max_duration, where=where or None, top_percent=top_percent, top_by=top_by,
-                     max_per_source=max_per_source, per_source_by=per_source_by, preset=preset,
-                     min_aesthetic=min_aesthetic, min_motion=min_motion, max_motion=max_motion,
-                     max_dup_sim=max_dup_sim, min_width=min_width, min_height=min_height, min_aspect=min_aspect,
-                     max_aspect=max_aspect, min_fps=min_fps, max_text_area=max_text_area,
-                     max_text_boxes=max_text_boxes, max_nsfw=max_nsfw, min_sharpness=min_sharpness,
-                     min_brightness=min_brightness, max_brightness=max_brightness, min_contrast=min_contrast,
-                     max_black_frac=max_black_frac, max_frozen_frac=max_frozen_frac, max_letterbox=max_letterbox,
-                     max_pillarbox=max_pillarbox)
+    r = filter_clips(root, **opts)
     if json_out:
-        out.print_json(json.dumps(s, default=str))
-        return
-    console.print(f"[bold green]filter[/] subset={escape(subset)} kept {s['kept']} of {s['total']} clips")
-    for r in s["rules"]:
-        cond = r["value"] if r["kind"] == "where" else f"{r['column']} {r['op']} {r['value']}"
-        alone = s["dropped_by_rule"].get(r["name"])
-        console.print(f"  {escape(r['name'])}: {escape(str(cond))} dropped {s['funnel'][r['name']]} in order"
-                      + (f", {alone} on its own" if alone is not None else ""))
+        out.print_json(json.dumps(r.as_dict(), default=str))
+    else:
+        print_filter(r)
 
 
 @app.command()
 @guarded
+@stage_options("publish")
 def publish(
     root: str = ROOT_OPT,
-    subset: str = typer.Option(..., "--subset", help="Subset made by `curate filter`."),
-    shard_size: int = typer.Option(1000, help="Clips per WebDataset shard."),
-    workers: int = typer.Option(4, help="Parallel ffmpeg cuts."),
-    cut: str = typer.Option("accurate", help="accurate: frame-accurate H.264 re-encode; copy: stream copy (exact only "
-                                             "at keyframes, fast, lossless)."),
-    caption: str | None = typer.Option(None, "--caption", help="What the caption field holds: source or "
-                                                                "captions:NAME (default: what `curate filter --caption` "
-                                                                "chose, else source). Every generated caption is "
-                                                                "published beside it either way."),
-    shard: str | None = typer.Option(None, "--shard", help="Write only WebDataset shards K with K %% N == I (e.g. "
+    shard: str | None = typer.Option(None, "--shard", help="Write only WebDataset shards K with K % N == I (e.g. "
                                                            "3/8): N processes cut one subset together; then one run "
                                                            "without --shard writes annotations.parquet and the card."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    json_out: bool = JSON_OPT,
+    **opts: Any,
 ) -> None:
     """Cut the kept clips and write WebDataset shards, annotations.parquet and a README.md dataset card."""
     from curate.stages.publish import publish as run
     from curate.stages.shard import parse_shard
 
-    r = run(root, subset, shard_size=shard_size, workers=workers, cut=cut, caption=caption, shard=parse_shard(shard),
-            progress=RichProgress())
-    finish(r, json_out)
+    finish(run(root, shard=parse_shard(shard), progress=RichProgress(), **opts), json_out)
 
 
 @app.command()
 @guarded
+@stage_options("features")
 def features(
     root: str = ROOT_OPT,
-    encoder: str = typer.Option("clip", "--encoder", "-e", help="Encoder with per-frame image features (clip)."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (model=ViT-B/32 ...)."),
-    name: str | None = typer.Option(None, help="Name of this feature set (default: the encoder name)."),
-    fps: float | None = typer.Option(None, help="Frames per second to extract (video_features extraction_fps)."),
-    frames: int | None = typer.Option(None, help="Extract N frames uniformly over the video (extraction_total)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
-    batch_size: int = typer.Option(64, help="Frames per forward pass."),
-    save_numpy: bool = typer.Option(False, "--save-numpy", help="Also write <source_id>_<name>.npy, _timestamps_ms.npy "
-                                                               "and _fps.npy (video_features layout) under "
-                                                               "ROOT/features_npy/<name>/."),
     show_pred: list[str] | None = typer.Option(None, "--show-pred", help="Texts to classify each frame against: "
                                                                            "prints per-frame softmax probabilities."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary (and predictions) as JSON."),
+    **opts: Any,
 ) -> None:
     """Per-source frame features (num_frames, D) with timestamps_ms and fps, as video_features writes them."""
-    from curate.stages.embed import parse_options
     from curate.stages.features import features as run
     from curate.stages.features import show_predictions
 
-    opts = parse_options(option)
-    r = run(root, encoder, options=opts, name=name, fps=fps, frames=frames, device=device, batch_size=batch_size,
-            save_numpy=save_numpy, progress=RichProgress())
+    r = run(root, progress=RichProgress(), **opts)
     if not show_pred:
         finish(r, json_out)
         return
-    preds = show_predictions(root, show_pred, name=name or encoder, encoder=encoder, options=opts, device=device)
+    encoder = opts.get("encoder", "clip")
+    preds = show_predictions(root, show_pred, name=opts.get("name") or encoder, encoder=encoder,
+                             options=opts.get("options") or {}, device=opts.get("device", "auto"))
     if json_out:
         out.print_json(json.dumps([{"source_id": s, "timestamps_ms": ts, "probs": p.round(5).tolist(),
                                     "texts": show_pred} for s, ts, p in preds]))
@@ -485,8 +413,7 @@ def run(config: Path = typer.Argument(..., help="YAML file (see configs/); relat
     from curate.pipeline import load_config, run_config
 
     cfg = load_config(config)
-    run_config(cfg, RichProgress, on_result=lambda r: finish(r) if hasattr(r, "as_dict") else
-               console.print(f"[bold green]filter[/] kept {r['kept']} of {r['total']} clips"))
+    run_config(cfg, RichProgress, on_result=print_result)
     status_table(cfg["root"])
 
 

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from curate.cli import RichProgress, finish, status_table
+    from curate.cli import RichProgress, print_result, status_table
     from curate.errors import CurateError, WeightsUnavailable
     from curate.pipeline import load_config, run_config
     from curate.samples import make_demo_inputs
@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path = root / "demo.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     try:
-        run_config(load_config(cfg_path), RichProgress, on_result=lambda r: finish(r) if hasattr(r, "as_dict")
-                   else console.print(f"[bold green]filter[/] kept {r['kept']} of {r['total']} clips"))
+        run_config(load_config(cfg_path), RichProgress, on_result=print_result)
     except WeightsUnavailable as e:
         console.print(f"[bold red]The pretrained CLIP weights could not be loaded.[/] {escape(str(e))}\n\n"
                       "Without internet access the demo can continue only with randomly initialised weights, "

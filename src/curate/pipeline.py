@@ -1,10 +1,15 @@
 """`curate run CONFIG.yaml`: every stage from one YAML file (examples under ``configs/``).
 
-Top-level keys: ``root``, ``sources`` and one section per stage (``ingest``, ``split``, ``caption``
-(a mapping or a list of mappings, one per captioner), ``embed`` (a mapping or a list of mappings, one
-per encoder; ``caption: captions:NAME`` embeds generated captions), ``score``, ``filter``, ``publish``).
-A stage whose section is absent is skipped; relative paths are relative to the config file. Stages run
-in that order (caption before embed, so an embed entry can embed the generated captions).
+Top-level keys: ``root``, ``sources`` and one section per stage (``ingest``, ``split``, ``process``,
+``caption`` (a mapping or a list of mappings, one per captioner), ``embed`` (a mapping or a list of
+mappings, one per encoder; ``caption: captions:NAME`` embeds generated captions), ``score``, ``filter``,
+``publish``). A section's keys are the stage's options, declared once in :mod:`curate.stages.options`
+(as `curate <stage> --help` lists them); unknown keys and values of the wrong type are errors that name
+the key. A stage whose section is absent is skipped; relative paths are relative to the config file.
+Stages run in that order (caption before embed, so an embed entry can embed the generated captions).
+
+``process``: split and embed in one decode per source (`curate process`) with that section's encoder;
+it replaces ``split`` (a config has one or the other). Further ``embed`` entries embed the usual way.
 
 ``one_pass`` (default true): when the config has a split section and its first embed entry can run with
 it, the two run as `curate process` (one decode per source: scene detection, frame sampling and the
@@ -22,23 +27,37 @@ import yaml
 
 from curate.errors import CurateError
 from curate.progress import NullProgress, Progress, StageResult
+from curate.stages.options import YAML_STAGES, check_section, yaml_keys
 from curate.store.storage import is_remote
 
-SECTIONS = {
-    "ingest": {"workers", "max_height", "max_filesize", "max_duration", "retry_errors", "allow_local", "local_dirs",
-               "socket_timeout", "retries", "backoff_s"},
-    "split": {"detector", "options", "min_clip_s", "max_clip_s"},
-    "caption": {"captioner", "name", "options", "device", "batch_size", "workers", "retry_errors"},
-    "embed": {"encoder", "name", "caption", "options", "device", "batch_size", "workers"},
-    "score": {"scorers", "encoder", "options", "caption"},
-    "filter": {"subset", "encoder", "caption", "min_sim", "min_duration", "max_duration", "min_aesthetic", "min_motion",
-               "max_motion", "max_dup_sim", "min_width", "min_height", "min_aspect", "max_aspect", "min_fps",
-               "max_text_area", "max_text_boxes", "max_nsfw", "min_sharpness", "min_brightness", "max_brightness",
-               "min_contrast", "max_black_frac", "max_frozen_frac", "max_letterbox", "max_pillarbox",
-               "where", "top_percent", "top_by", "max_per_source", "per_source_by", "preset"},
-    "publish": {"subset", "shard_size", "workers", "cut", "caption"},
-}
+#: the keys of each stage's section: the stage's options as :mod:`curate.stages.options` declares them
+SECTIONS: dict[str, set[str]] = {stage: yaml_keys(stage) for stage in YAML_STAGES}
+#: sections that may be a list of mappings (one entry per captioner / encoder)
+LISTS = {"caption", "embed"}
 TOP = {"root", "sources", "one_pass", *SECTIONS}
+
+
+def check_sections(cfg: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``cfg`` with every stage section checked against the stage's declared options and coerced to the
+    types the stage takes (idempotent: :func:`run_config` checks what it is given too)."""
+    cfg = dict(cfg)
+    for sec in SECTIONS:
+        if sec not in cfg:
+            continue
+        items = cfg[sec]
+        many = isinstance(items, list)
+        if many and sec not in LISTS:
+            raise CurateError(f"{where}section {sec!r} must be a mapping (only {' and '.join(sorted(LISTS))} take "
+                              "a list)")
+        checked = []
+        for item in (items if many else [items]):
+            if item is not None and not isinstance(item, dict):
+                raise CurateError(f"{where}section {sec!r} must be a mapping")
+            checked.append(check_section(sec, item, where))
+        cfg[sec] = checked if many else checked[0]
+    if "process" in cfg and "split" in cfg:
+        raise CurateError(f"{where}'process' splits and embeds in one pass: give it or a 'split' section, not both")
+    return cfg
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -54,14 +73,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     unknown = set(cfg) - TOP
     if unknown:
         raise CurateError(f"{p}: unknown keys {sorted(unknown)} (known: {sorted(TOP)})")
-    for sec, allowed in SECTIONS.items():
-        items = cfg.get(sec)
-        for item in (items if isinstance(items, list) else [items] if items else []):
-            if not isinstance(item, dict):
-                raise CurateError(f"{p}: section {sec!r} must be a mapping")
-            bad = set(item) - allowed
-            if bad:
-                raise CurateError(f"{p}: unknown keys in {sec}: {sorted(bad)} (known: {sorted(allowed)})")
+    cfg = check_sections(cfg, f"{p}: ")
     if "root" not in cfg:
         raise CurateError(f"{p}: 'root' is required")
     base = p.resolve().parent
@@ -90,7 +102,7 @@ def one_pass_embed(cfg: dict[str, Any], embeds: list[dict]) -> dict | None:
 
 
 def run_config(cfg: dict[str, Any], progress_factory: Callable[[], Progress] = NullProgress,
-               on_result: Callable[[StageResult | dict], None] = lambda r: None) -> list[StageResult | dict]:
+               on_result: Callable[[StageResult], None] = lambda r: None) -> list[StageResult]:
     """Run the stages of a loaded config in order; returns each stage's result."""
     from curate.stages.caption import caption
     from curate.stages.embed import embed
@@ -100,8 +112,9 @@ def run_config(cfg: dict[str, Any], progress_factory: Callable[[], Progress] = N
     from curate.stages.score import score
     from curate.stages.split import split
 
+    cfg = check_sections(cfg)
     root = cfg["root"]
-    results: list[StageResult | dict] = []
+    results: list[StageResult] = []
 
     def record(r):
         results.append(r)
@@ -112,8 +125,13 @@ def run_config(cfg: dict[str, Any], progress_factory: Callable[[], Progress] = N
         record(ingest(root, cfg.get("sources"), progress=progress_factory(), **(cfg.get("ingest") or {})))
     embeds = cfg.get("embed") or []
     embeds = list(embeds if isinstance(embeds, list) else [embeds])
-    first = one_pass_embed(cfg, embeds)
-    if first is not None:  # split + the first embedding set in one decode per source
+    first = None if "process" in cfg else one_pass_embed(cfg, embeds)
+    if "process" in cfg:  # split + embed in one decode per source, as configured
+        from curate.stages.process import process
+
+        pr = dict(cfg["process"] or {})
+        record(process(root, pr.pop("encoder", "clip"), progress=progress_factory(), **pr))
+    elif first is not None:  # split + the first embedding set in one decode per source
         from curate.stages.process import process
 
         e, s = dict(embeds.pop(0)), dict(cfg.get("split") or {})

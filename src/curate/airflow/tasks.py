@@ -24,10 +24,11 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias, ExceptionRetryPolicy, Param, RetryAction, RetryRule
 from airflow.sdk.exceptions import AirflowFailException
 
+from curate.stages.options import json_schema, option, stage_options
+from curate.store import NAME_PATTERN
 from curate.store.storage import is_remote
 
-#: same alphabet as curate.store.safe_name (subset and embedding-set names become directory names)
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+__all__ = ["NAME_PATTERN"]  # re-exported: what curate.store.safe_name accepts, as a JSON-Schema pattern
 #: every published subset is announced through this alias as the asset ``curate://<subset>``
 SUBSETS = AssetAlias("curate_subsets")
 INBOX_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -140,96 +141,78 @@ def check_encoder_options(options: dict[str, Any], dirs: Sequence[str]) -> dict[
 
 
 # ----------------------------------------------------------------------------- params
-def _opt_number(default: float | None, description: str, minimum: float = 0) -> Param:
-    return Param(default, type=["null", "number"], minimum=minimum, description=description)
+def stage_param(stage: str, name: str, *, note: str = "", **override: Any) -> Param:
+    """The Param of one declared stage option (:mod:`curate.stages.options`): its type, constraints, default
+    and help, as `curate <stage> --help` shows them; ``note`` adds what only a DAG run has to know,
+    ``override`` replaces schema keys where the DAG means something else (``captioner``: null = no task)."""
+    schema = {**json_schema(option(stage, name)), **override}
+    if note:
+        schema["description"] = f"{schema['description']} {note}"
+    return Param(schema.pop("default"), **schema)
+
+
+LOCAL_PATHS = "Local paths must be under CURATE_ALLOWED_DIRS."
+#: the filter options a run takes as params of their own; every other one goes in ``filters``
+FILTER_PARAMS = ("min_sim", "min_duration", "max_duration")
 
 
 def pipeline_params() -> dict[str, Param]:
-    """JSON-Schema params of ``curate_pipeline`` (validated when a run is triggered)."""
+    """JSON-Schema params of ``curate_pipeline`` (validated when a run is triggered). The stage options are
+    generated from their declarations; sources, root, one_pass, batch_size and publish_tasks are the DAG's."""
     return {
         "sources": Param(type="string", minLength=1,
                          description="Path of a source list (CSV/TSV/JSONL/JSON/Parquet/TXT with a 'url' column, "
                                      "optional caption/title/start_s/end_s) under CURATE_ALLOWED_DIRS or ROOT/inbox."),
         "root": Param(default_root(), type="string", minLength=1,
                       description="Dataset root (must be under CURATE_ROOTS when that is set)."),
-        "subset": Param("default", type="string", pattern=NAME_PATTERN, description="Name of the subset to publish."),
-        "encoder": Param("clip", type="string", pattern=NAME_PATTERN, description="Encoder plugin (clip, ...)."),
-        "encoder_options": Param({}, type="object",
-                                 additionalProperties={"type": ["string", "number", "boolean"]},
-                                 description="Encoder options, e.g. {\"model\": \"ViT-B-32\", \"weights\": \"openai\"}."),
-        "embedding_name": Param(None, type=["null", "string"], pattern=NAME_PATTERN,
-                                description="Name of the embedding set (default: the encoder name)."),
-        "device": Param("auto", type="string", description="Torch device for the encoder (auto, cpu, cuda, cuda:1)."),
-        "embed_batch_size": Param(32, type="integer", minimum=1, maximum=4096, description="Clips per forward pass."),
+        "subset": stage_param("filter", "subset"),
+        "encoder": stage_param("embed", "encoder"),
+        "encoder_options": stage_param("embed", "options", note=LOCAL_PATHS),
+        "embedding_name": stage_param("embed", "name"),
+        "device": stage_param("embed", "device"),
+        "embed_batch_size": stage_param("embed", "batch_size"),
         "one_pass": Param(False, type="boolean",
                           description="Split and embed in ONE decode per source, on the GPU worker (`curate process`), "
                                       "instead of split tasks per batch then embed."),
-        "decode_workers": Param(1, type="integer", minimum=1, maximum=64,
-                                description="With one_pass: sources decoded at a time on the GPU worker (about "
-                                            "cores/4 there)."),
-        "min_sim": _opt_number(0.2, "Keep clips whose caption similarity is at least this (null: no rule).", -1),
-        "min_duration": _opt_number(None, "Keep clips at least this long, seconds (null: no rule)."),
-        "max_duration": _opt_number(None, "Keep clips at most this long, seconds (null: no rule)."),
-        "detector": Param("auto", type="string", enum=["auto", "transnetv2", "content", "adaptive", "threshold"],
-                          description="Scene detector: auto = transnetv2 on a GPU worker, else content."),
-        "min_clip_s": Param(1.0, type="number", minimum=0, description="Drop scenes shorter than this (s)."),
-        "max_clip_s": _opt_number(60.0, "Cut scenes longer than this into equal pieces (s; null: never)."),
+        "decode_workers": stage_param("process", "workers", note="(With one_pass, on the GPU worker.)"),
+        **{k: stage_param("filter", k, note="(null: no rule)") for k in FILTER_PARAMS},
+        "detector": stage_param("split", "detector"),
+        "min_clip_s": stage_param("split", "min_clip_s"),
+        "max_clip_s": stage_param("split", "max_clip_s"),
         "batch_size": Param(50, type="integer", minimum=1, maximum=1_000_000,
                             description="Sources per mapped ingest/split task (raised automatically so that "
                                         "the number of batches stays within [core] max_map_length)."),
-        "shard_size": Param(1000, type="integer", minimum=1, description="Clips per WebDataset shard."),
+        "shard_size": stage_param("publish", "shard_size"),
         "publish_tasks": Param(None, type=["null", "integer"], minimum=1,
                                description="Mapped cut tasks that write the WebDataset shards side by side "
                                            "(null: one per shard, at most [core] max_map_length)."),
-        "captioner": Param(None, type=["null", "string"], pattern=NAME_PATTERN,
-                           description="Captioner plugin (hf, ...) for the optional caption task on the GPU queue: "
-                                       "every clip gets a generated caption, embedded with the run's encoder; "
-                                       "min_sim then applies to it and it is the published caption (null: no "
-                                       "captioning)."),
-        "captioner_options": Param({}, type="object", additionalProperties={"type": ["string", "number", "boolean"]},
-                                   description="Captioner options, e.g. {\"weights\": \"/models/Qwen2.5-VL-3B-Instruct\", "
-                                               "\"frames\": 8, \"max_new_tokens\": 96}; local paths must be under "
-                                               "CURATE_ALLOWED_DIRS."),
-        "scorers": Param(["technical", "alignment"], type="array", items={"type": "string", "pattern": NAME_PATTERN},
-                         description="Scorer plugins run by the score task: technical, alignment, aesthetic, "
-                                     "motion, dedup, text (on-screen text, OCR), nsfw, quality, or third-party "
-                                     "ones."),
-        "scorer_options": Param({}, type="object", additionalProperties={"type": "object"},
-                                description="Options per scorer, e.g. {\"aesthetic\": {\"recipe\": \"opensora\"}}; "
-                                            "local paths must be under CURATE_ALLOWED_DIRS."),
+        "captioner": stage_param("caption", "captioner", default=None, type=["null", "string"],
+                                 note="Runs the optional caption task on the GPU queue: every clip gets a generated "
+                                      "caption, embedded with the run's encoder; min_sim then applies to it and it "
+                                      "is the published caption (null: no captioning)."),
+        "captioner_options": stage_param("caption", "options", note=LOCAL_PATHS),
+        "scorers": stage_param("score", "scorers"),
+        "scorer_options": stage_param("score", "options", note=LOCAL_PATHS),
         "filters": filters_param(),
     }
 
 
-#: the filter rules beyond min_sim/min_duration/max_duration, as JSON Schema (see `curate filter --help`)
+#: the filter rules beyond min_sim/min_duration/max_duration, as JSON Schema (see `curate filter --help`);
+#: ``preset`` is one of the shipped presets (a DAG run names no files)
 FILTER_SCHEMA: dict[str, Any] = {
-    **{k: {"type": "number"} for k in ("min_aesthetic", "min_motion", "max_motion", "max_dup_sim", "min_width",
-                                       "min_height", "min_aspect", "max_aspect", "min_fps", "max_text_area",
-                                       "max_text_boxes", "max_nsfw", "min_sharpness", "min_brightness",
-                                       "max_brightness", "min_contrast", "max_black_frac", "max_frozen_frac",
-                                       "max_letterbox", "max_pillarbox")},
-    "where": {"type": "array", "items": {"type": "string", "maxLength": 2000}},
-    "top_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
-    "top_by": {"type": "string", "pattern": NAME_PATTERN},
-    "max_per_source": {"type": "integer", "minimum": 1},
-    "per_source_by": {"type": "string", "pattern": NAME_PATTERN},
-    "preset": {"type": "string", "enum": ["internvid-flt", "internvid-aes", "panda", "opensora", "clean-content"]},
+    name: json_schema(o, nullable=False, with_default=False) for name, o in stage_options("filter").items()
+    if name not in (*FILTER_PARAMS, "subset", "encoder", "caption")
 }
 
 
 def filters_param() -> Param:
     return Param({}, type="object", properties=FILTER_SCHEMA, additionalProperties=False,
-                 description="More filter rules: where (expressions), top_percent/top_by, max_per_source/"
-                             "per_source_by, preset, min_aesthetic, min_motion, max_motion, max_dup_sim, min_width, "
-                             "min_height, min_aspect, max_aspect, min_fps, max_text_area, max_text_boxes, max_nsfw, "
-                             "min_sharpness, min_brightness, max_brightness, min_contrast, max_black_frac, "
-                             "max_frozen_frac, max_letterbox, max_pillarbox (as `curate filter`).")
+                 description="More filter rules (as `curate filter`): " + ", ".join(FILTER_SCHEMA) + ".")
 
 
 def filter_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of curate.stages.filter.filter_clips from a run's params."""
-    return {"min_sim": params.get("min_sim"), "min_duration": params.get("min_duration"),
-            "max_duration": params.get("max_duration"), **dict(params.get("filters") or {})}
+    return {**{k: params.get(k) for k in FILTER_PARAMS}, **dict(params.get("filters") or {})}
 
 
 def check_scorer_options(options: dict[str, Any], dirs: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -240,11 +223,9 @@ def refilter_params() -> dict[str, Param]:
     p = pipeline_params()
     keep = ("root", "min_sim", "min_duration", "max_duration", "shard_size", "filters")
     out = {k: p[k] for k in keep}
-    out["subset"] = Param("refiltered", type="string", pattern=NAME_PATTERN,
-                          description="Name of the new subset (must differ from the subset whose event "
-                                      "triggered the run).")
-    out["encoder"] = Param(None, type=["null", "string"], pattern=NAME_PATTERN,
-                           description="Embedding set whose similarity min_sim applies to (null: the only one).")
+    out["subset"] = stage_param("filter", "subset", default="refiltered",
+                                note="A new subset: it must differ from the subset whose event triggered the run.")
+    out["encoder"] = stage_param("filter", "encoder")
     return out
 
 

@@ -29,26 +29,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError
+from curate.progress import StageResult
+from curate.stages.options import PRESETS_DIR, STAGES, THRESHOLDS, preset_names
 from curate.stages.where import Where
 from curate.store import Root, write_row_groups
 
-#: threshold options: name -> (column, op). "{sim}" is the alignment column of the chosen encoder.
-THRESHOLDS = {
-    "min_sim": ("{sim}", ">="), "min_duration": ("duration_s", ">="), "max_duration": ("duration_s", "<="),
-    "min_aesthetic": ("aesthetic", ">="), "min_motion": ("motion", ">="), "max_motion": ("motion", "<="),
-    "max_dup_sim": ("dup_sim", "<"), "min_width": ("width", ">="), "min_height": ("height", ">="),
-    "min_aspect": ("aspect", ">="), "max_aspect": ("aspect", "<="), "min_fps": ("fps", ">="),
-    # content scorers: text (OCR), nsfw, quality
-    "max_text_area": ("text_area", "<="), "max_text_boxes": ("text_boxes", "<="), "max_nsfw": ("nsfw", "<="),
-    "min_sharpness": ("sharpness", ">="), "min_brightness": ("brightness", ">="),
-    "max_brightness": ("brightness", "<="), "min_contrast": ("contrast", ">="),
-    "max_black_frac": ("black_frac", "<="), "max_frozen_frac": ("frozen_frac", "<="),
-    "max_letterbox": ("letterbox", "<="), "max_pillarbox": ("pillarbox", "<="),
-}
 #: bounded read-ahead: pyarrow's defaults keep up to 16 batches x 4 files in flight (>1 GiB on 10M rows)
 SCAN = {"batch_readahead": 2, "fragment_readahead": 1}
-FILTER_OPTIONS = {*THRESHOLDS, "encoder", "caption", "where", "top_percent", "top_by", "max_per_source", "per_source_by",
-                  "preset"}
+#: what a preset's filter section may set: every filter option but the subset's name
+FILTER_OPTIONS = {o.name for o in STAGES["filter"]} - {"subset"}
 
 
 @dataclass
@@ -144,10 +133,9 @@ def load_preset(preset: str) -> dict[str, Any]:
 
     p = Path(preset)
     if not p.exists():
-        p = Path(__file__).parent / "presets" / f"{preset}.yaml"
+        p = PRESETS_DIR / f"{preset}.yaml"
     if not p.exists():
-        names = sorted(x.stem for x in (Path(__file__).parent / "presets").glob("*.yaml"))
-        raise CurateError(f"No preset {preset!r}: give a YAML path or one of {', '.join(names)}")
+        raise CurateError(f"No preset {preset!r}: give a YAML path or one of {', '.join(preset_names())}")
     data = yaml.safe_load(p.read_text()) or {}
     section = data.get("filter", data)
     unknown = set(section) - FILTER_OPTIONS - {"subset"}
@@ -190,14 +178,19 @@ def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, c
                  min_duration: float | None = None, max_duration: float | None = None,
                  where: str | list[str] | None = None, top_percent: float | None = None, top_by: str | None = None,
                  max_per_source: int | None = None, per_source_by: str | None = None, preset: str | None = None,
-                 batch_size: int = 262144, **thresholds: float | None) -> dict[str, Any]:
-    """Write the selection of ``subset`` and return its summary (total, kept, dropped per rule).
+                 batch_size: int = 262144, **thresholds: float | None) -> StageResult:
+    """Write the selection of ``subset``; the result counts the clips scanned (``total``) and kept (``ok``),
+    and its ``extra`` holds the summary ``filter.json`` records: ``subset``, ``kept``, ``dropped``,
+    ``rules``, ``dropped_by_rule``, ``funnel``, ``options`` (``result.as_dict()`` has them all).
 
-    ``thresholds`` takes the other keys of :data:`THRESHOLDS` (``min_aesthetic=4``, ``max_dup_sim=0.98``...).
+    The options are declared in :data:`curate.stages.options.STAGES` ``["filter"]`` (thresholds with their
+    column and op: :data:`~curate.stages.options.THRESHOLDS`); ``thresholds`` takes the threshold keys
+    beyond the durations and ``min_sim`` (``min_aesthetic=4``, ``max_dup_sim=0.98``...).
     ``caption="captions:NAME"`` makes generated captions the subset's captions (see :func:`caption_rule`);
     ``filter.json`` records it in ``options.caption`` for publish.
     A ``preset`` (name or YAML path) supplies defaults that explicit arguments override.
     """
+    result = StageResult("filter")
     root = Root(root) if not isinstance(root, Root) else root
     unknown = set(thresholds) - set(THRESHOLDS)
     if unknown:
@@ -218,7 +211,9 @@ def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, c
     with root.lock(f"filter-{subset}"), root.local_output(f"{root.subset_rel(subset)}/selection.parquet") as tmp:
         summary = _write_selection(subset, tmp, dataset, rules, top, cap, columns, options, batch_size)
     root.write_bytes(f"{root.subset_rel(subset)}/filter.json", json.dumps(summary, indent=2, default=str))
-    return summary
+    result.total, result.ok = summary["total"], summary["kept"]
+    result.extra = {k: v for k, v in summary.items() if k != "total"}
+    return result.done()
 
 
 def _write_selection(subset, tmp, dataset, rules, top, cap, columns, options, batch_size) -> dict[str, Any]:

@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING
 #: public name -> the module that defines it; imported on first use, so that ``curate.store.storage``
 #: (what the CLI shell and the DAG files need at parse time) does not pull in pyarrow and Lance
 _WHERE = {
+    "NAME_PATTERN": "names",
     **dict.fromkeys(["Lease", "SharedRun"], "leases"),
     **dict.fromkeys(["Root", "check_name", "export_table", "maintain", "migrate", "safe_name", "table_at"], "root"),
     **dict.fromkeys(["KEYS", "SCHEMAS", "Table", "caption_schema", "conform", "embedding_schema", "has_duplicates",
                      "retry_commit", "rows_to_table", "stable_id", "write_bytes_atomic", "write_row_groups",
                      "write_table_atomic"], "tables"),
 }
-__all__ = ["KEYS", "SCHEMAS", "Lease", "Root", "SharedRun", "Table", "caption_schema", "check_name", "conform",
+__all__ = ["KEYS", "NAME_PATTERN", "SCHEMAS", "Lease", "Root", "SharedRun", "Table", "caption_schema", "check_name", "conform",
            "embedding_schema", "export_table", "has_duplicates", "maintain", "migrate", "retry_commit",
            "rows_to_table", "safe_name", "stable_id", "table_at", "write_bytes_atomic", "write_row_groups",
            "write_table_atomic"]
@@ -54,6 +55,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from curate.store.leases import Lease, SharedRun
+    from curate.store.names import NAME_PATTERN
     from curate.store.root import Root, check_name, export_table, maintain, migrate, safe_name, table_at
     from curate.store.tables import (
         KEYS,

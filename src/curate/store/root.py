@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from curate.errors import CurateError, StageBusy
 from curate.store.leases import LEASE_TTL_S, Lease, SharedRun, lock_name
+from curate.store.names import NAME_PATTERN
 from curate.store.storage import Location, is_remote
 from curate.store.tables import ROW_GROUP_ROWS, SCHEMAS, Table, caption_schema, embedding_schema, write_row_groups
 
@@ -232,7 +233,7 @@ def safe_name(name: str) -> str:
     """Names of subsets/embedding sets become directory names: keep them to a safe alphabet."""
     import re
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}", name or "") or ".." in name:
+    if not re.fullmatch(NAME_PATTERN, name or "") or ".." in name:
         raise CurateError(
             f"Invalid name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit."
         )

@@ -1,0 +1,491 @@
+"""Every stage's options, declared once: name, type, default, help, CLI spelling and constraints.
+
+The shells are generated from these declarations, so an option is added, renamed or re-documented here
+and nowhere else:
+
+- ``curate <stage>``: :func:`curate.cli.stage_options` turns each :class:`Opt` into a typer option
+  (``flag``, ``short``, ``metavar``, ``help``; ``list`` options are repeatable, ``dict`` ones are
+  ``-o key=value``);
+- ``curate run`` YAML: :data:`curate.pipeline.SECTIONS` is ``{stage: keys}`` of :data:`STAGES`, and
+  :func:`check_section` refuses unknown keys and coerces values by type (``"1e-3"`` -> 0.001, ``500M``
+  -> bytes) with an error that names the key;
+- Airflow: :mod:`curate.airflow.tasks` builds each ``Param`` from :func:`json_schema`.
+
+A filter threshold is one line: ``Opt("min_x", "float", help=..., column="x", op=">=")``;
+:data:`THRESHOLDS` (what :mod:`curate.stages.filter` applies) is derived from the ``column``/``op`` fields.
+
+This module imports nothing heavy (the Airflow DAG processor imports it on every parse).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from curate.errors import CurateError
+from curate.store.names import NAME_PATTERN
+
+#: the preset files `curate filter --preset NAME` reads (``configs/presets`` links here)
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
+
+KINDS = ("int", "float", "str", "bool", "size", "list", "dict", "dicts")
+
+
+def preset_names() -> list[str]:
+    """The presets shipped with curate: the stems of ``curate/presets/*.yaml``."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def parse_size(v: Any) -> int | None:
+    """Bytes from ``123``, ``"500M"``, ``"2G"``, ``"64KB"`` (binary multiples); None/"" -> None."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, bool):
+        raise ValueError(v)
+    if isinstance(v, (int, float)):
+        return int(v)
+    s = str(v).strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if s[-1:] in mult:
+        return int(float(s[:-1]) * mult[s[-1]])
+    if s.endswith("B") and s[-2:-1] in mult:
+        return int(float(s[:-2]) * mult[s[-2]])
+    return int(s)
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One keyword argument of a stage function, as every shell shows it.
+
+    ``kind``: int, float, str, bool, size (bytes; also ``500M``), list (of strings; repeatable on the
+    command line), dict (``-o key=value`` on the command line, an object in YAML/JSON), dicts (an
+    object of objects, e.g. options per scorer).
+    """
+
+    name: str
+    kind: str
+    default: Any = None
+    help: str = ""
+    flag: str | None = None  # the CLI spelling; default --name-with-dashes
+    short: str | None = None
+    metavar: str | None = None
+    invert: bool = False  # the CLI flag sets the option to False (--no-local -> allow_local=False)
+    required: bool = False  # the CLI asks for it (YAML and DAG use the default)
+    nullable: bool | None = None  # None: when the default is None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: float | None = None
+    pattern: str | None = None  # strings, and the items of a list
+    max_length: int | None = None  # strings, and the items of a list
+    choices: tuple[str, ...] | Callable[[], Iterable[str]] | None = None
+    open_choices: bool = False  # choices are the built-in ones; the CLI and YAML take others (plugins, paths)
+    column: str | None = None  # a filter threshold: keep rows with <column> <op> value
+    op: str | None = None
+    into: str | None = None  # merged into this dict option under its own name (--threshold -> options)
+    one_str: bool = False  # a list option given one string passes it on as is (the stage takes str | list)
+    cli: bool = True
+    yaml: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: kind {self.kind!r} is not one of {KINDS}")
+
+    @property
+    def is_nullable(self) -> bool:
+        return self.default is None if self.nullable is None else self.nullable
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def choice_list(self) -> list[str] | None:
+        if self.choices is None:
+            return None
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+
+def _threshold(name: str, column: str, op: str, help: str, kind: str = "float", minimum: float | None = None) -> Opt:
+    return Opt(name, kind, None, help, column=column, op=op, minimum=minimum)
+
+
+# ----------------------------------------------------------------------------- shared declarations
+DEVICE = Opt("device", "str", "auto", "auto (cuda when available), cpu, cuda, cuda:1 ...")
+MIN_CLIP_S = Opt("min_clip_s", "float", 1.0, "Drop scenes shorter than this (seconds).", minimum=0)
+MAX_CLIP_S = Opt("max_clip_s", "float", 60.0, "Cut scenes longer than this into equal pieces (seconds; 0 = no limit).",
+                 nullable=True, minimum=0)
+THRESHOLD = Opt("threshold", "float", None, "Detector threshold (transnetv2 0.5, content 27, adaptive 3, threshold 12).",
+                into="options")
+SPLITTERS = ("auto", "transnetv2", "content", "adaptive", "threshold", "none")
+ENCODER = Opt("encoder", "str", "clip", "Encoder plugin name (`curate plugins`).", flag="--encoder", short="-e",
+              pattern=NAME_PATTERN)
+FORWARD_BATCH = Opt("batch_size", "int", 32, "Clips per forward pass.", minimum=1, maximum=4096)
+
+STAGES: dict[str, tuple[Opt, ...]] = {
+    "ingest": (
+        Opt("workers", "int", 4, "Parallel downloads.", minimum=1),
+        Opt("max_height", "int", None, "Download the best format no taller than this (e.g. 720).", minimum=1),
+        Opt("max_filesize", "size", None, "Skip files larger than this (bytes, or 500M / 2G)."),
+        Opt("max_duration", "float", None, "Mark sources longer than this many seconds as errors.", minimum=0),
+        Opt("retry_errors", "bool", False, "Re-queue error rows whose kind is retryable "
+                                           "(network, timeout, rate_limited, bot_check)."),
+        Opt("allow_local", "bool", True, "Refuse local paths and file:// URLs.", flag="--no-local", invert=True),
+        Opt("local_dirs", "list", None, "Only read local files under these directories.", flag="--allow-dir"),
+        Opt("socket_timeout", "float", 30.0, "Network timeout per request, seconds.", flag="--timeout", minimum=0),
+        Opt("retries", "int", 2, "Retries of transient download errors (exponential backoff with jitter).",
+            minimum=0),
+        Opt("backoff_s", "float", 2.0, "First retry's delay, seconds (doubled each retry, with jitter).", minimum=0,
+            cli=False),
+    ),
+    "split": (
+        Opt("detector", "str", "auto", "Splitter plugin: auto (transnetv2 with a GPU, else content), transnetv2 "
+                                       "(TransNetV2, dissolves kept out of clips), content (ContentDetector), "
+                                       "adaptive, threshold, none (whole source), or a third-party one "
+                                       "(`curate plugins`).", choices=SPLITTERS, open_choices=True,
+            pattern=NAME_PATTERN),
+        THRESHOLD,
+        Opt("options", "dict", None, "Detector option key=value (e.g. min_scene_len=10, device=cpu, weights=PATH).",
+            flag="--option", short="-o"),
+        MIN_CLIP_S,
+        MAX_CLIP_S,
+    ),
+    "process": (
+        ENCODER,
+        Opt("options", "dict", None, "Encoder option key=value, repeatable.", flag="--option", short="-o"),
+        Opt("name", "str", None, "Name of the embedding set (default: the encoder name).", pattern=NAME_PATTERN),
+        Opt("detector", "str", "auto", "auto (transnetv2 with a GPU, else content), transnetv2, content, "
+                                       "adaptive or threshold.", choices=SPLITTERS, open_choices=True,
+            pattern=NAME_PATTERN),
+        replace(THRESHOLD, into="detector_options"),
+        Opt("detector_options", "dict", None, "Detector option key=value, repeatable (as `curate split -o`: "
+                                              "device=cpu ...).", flag="--detector-option"),
+        MIN_CLIP_S,
+        MAX_CLIP_S,
+        DEVICE,
+        FORWARD_BATCH,
+        Opt("workers", "int", 1, "Sources decoded at a time (each its own ffmpeg and detector thread); "
+                                 "on a many-core GPU node about cores/4 keeps the encoder fed.", minimum=1, maximum=64),
+    ),
+    "caption": (
+        Opt("captioner", "str", "hf", "Captioner plugin name (`curate plugins`).", flag="--captioner", short="-c",
+            pattern=NAME_PATTERN),
+        Opt("options", "dict", None, "Captioner option key=value, repeatable (hf: "
+                                     "weights=Qwen/Qwen2.5-VL-3B-Instruct frames=8 max_new_tokens=128 prompt=...).",
+            flag="--option", short="-o"),
+        Opt("name", "str", None, "Name of this captions set (default: the captioner name); later "
+                                 "stages use it as --caption captions:<name>.", pattern=NAME_PATTERN),
+        DEVICE,
+        Opt("batch_size", "int", 8, "Clips per generate call.", minimum=1),
+        Opt("workers", "int", 2, "Decoder threads running ahead of the model.", minimum=1),
+        Opt("retry_errors", "bool", False, "Caption again the clips whose row is an error "
+                                           "(degenerate output, failed generation)."),
+    ),
+    "embed": (
+        ENCODER,
+        Opt("options", "dict", None, "Encoder option key=value, repeatable "
+                                     "(clip: model=ViT-B-32 weights=openai frames=8).", flag="--option", short="-o"),
+        Opt("name", "str", None, "Name of this embedding set (default: the encoder name); scores "
+                                 "become <name>_sim. Use it to compare two configurations.", pattern=NAME_PATTERN),
+        Opt("caption", "str", "source", "Text to embed as each clip's caption: source (the "
+                                    "source list's) or captions:NAME (generated by `curate "
+                                    "caption`; --name then defaults to <encoder>_<NAME> and "
+                                    "clip vectors are copied from a set with the same "
+                                    "encoder and options).", flag="--caption", nullable=True),
+        DEVICE,
+        FORWARD_BATCH,
+        Opt("workers", "int", 2, "Decoder threads running ahead of the model.", minimum=1),
+    ),
+    "score": (
+        Opt("encoder", "str", None, "Only this embedding set (default: all).", flag="--encoder", short="-e",
+            pattern=NAME_PATTERN),
+        Opt("scorers", "list", ("technical", "alignment"), "Scorer plugins to run (repeatable): technical, alignment, "
+                                                          "aesthetic, motion, dedup, text (on-screen text), nsfw, "
+                                                          "quality, or third-party ones.", flag="--scorer",
+            short="-s", pattern=NAME_PATTERN),
+        Opt("options", "dicts", None, "Scorer option scorer.key=value (e.g. aesthetic.recipe=opensora, "
+                                      "dedup.by=aesthetic); plain key=value when one scorer is given.",
+            flag="--option", short="-o"),
+        Opt("caption", "str", None, "Alignment only of the embedding sets whose text "
+                                    "embeddings are this caption source (source, or "
+                                    "captions:NAME embedded with `curate embed --caption`).", flag="--caption"),
+    ),
+    "filter": (
+        Opt("subset", "str", "default", "Name of the subset to create (ROOT/subsets/<name>).", flag="--subset",
+            required=True, pattern=NAME_PATTERN),
+        Opt("preset", "str", None, "Preset name (internvid-flt, internvid-aes, panda, opensora, "
+                                   "clean-content) or a YAML path; explicit options override it.",
+            choices=preset_names, open_choices=True),
+        _threshold("min_sim", "{sim}", ">=", "Keep clips with <encoder>_sim >= this.", minimum=-1),
+        Opt("encoder", "str", None, "Which <encoder>_sim, when several were scored.", flag="--encoder", short="-e",
+            pattern=NAME_PATTERN),
+        Opt("caption", "str", None, "captions:NAME: the generated captions are the "
+                                    "subset's captions: --min-sim applies to the embedding "
+                                    "set of those captions, clips without one are dropped, "
+                                    "and publish puts them in the caption field.", flag="--caption"),
+        _threshold("min_duration", "duration_s", ">=", "Keep clips at least this long (seconds).", minimum=0),
+        _threshold("max_duration", "duration_s", "<=", "Keep clips at most this long (seconds).", minimum=0),
+        _threshold("min_aesthetic", "aesthetic", ">=", "Keep aesthetic >= this (1-10; InternVid-Aes: 4)."),
+        _threshold("min_motion", "motion", ">=", "Keep motion >= this (px/frame at 160 px; still clips ~0)."),
+        _threshold("max_motion", "motion", "<=", "Keep motion <= this."),
+        _threshold("max_dup_sim", "dup_sim", "<", "Drop a clip when a better clip is at least this similar "
+                                                  "(needs the dedup scorer; Open-Sora: 0.98)."),
+        _threshold("min_width", "width", ">=", "Keep sources at least this wide (px).", "int"),
+        _threshold("min_height", "height", ">=", "Keep sources at least this tall (px).", "int"),
+        _threshold("min_aspect", "aspect", ">=", "Keep width/height >= this."),
+        _threshold("max_aspect", "aspect", "<=", "Keep width/height <= this."),
+        _threshold("min_fps", "fps", ">=", "Keep sources with fps >= this."),
+        # content scorers: text (OCR), nsfw, quality
+        _threshold("max_text_area", "text_area", "<=", "Keep text_area <= this: fraction of the frame covered by "
+                                                       "on-screen text, 0-1 (text scorer; 0.02 drops subtitles)."),
+        _threshold("max_text_boxes", "text_boxes", "<=", "Keep clips with at most this many text boxes in a frame "
+                                                         "(text scorer; Open-Sora counts boxes).", "int"),
+        _threshold("max_nsfw", "nsfw", "<=", "Keep nsfw <= this (nsfw scorer, 0-1; 0.5 drops detected nudity)."),
+        _threshold("min_sharpness", "sharpness", ">=", "Keep sharpness >= this (quality scorer: variance of the "
+                                                       "Laplacian at 256 px; blurred clips score tens)."),
+        _threshold("min_brightness", "brightness", ">=", "Keep brightness >= this (quality scorer, mean luma 0-1)."),
+        _threshold("max_brightness", "brightness", "<=", "Keep brightness <= this."),
+        _threshold("min_contrast", "contrast", ">=", "Keep contrast >= this (quality scorer, RMS contrast 0-1)."),
+        _threshold("max_black_frac", "black_frac", "<=", "Keep clips with at most this fraction of black frames."),
+        _threshold("max_frozen_frac", "frozen_frac", "<=", "Keep clips with at most this fraction of frozen "
+                                                           "(near-identical) consecutive sampled frames."),
+        _threshold("max_letterbox", "letterbox", "<=", "Keep clips whose letterbox bars take at most this fraction "
+                                                       "of the height."),
+        _threshold("max_pillarbox", "pillarbox", "<=", "Keep clips whose pillarbox bars take at most this fraction "
+                                                       "of the width."),
+        Opt("where", "list", None, "Expression over score columns, repeatable, e.g. "
+                                   "\"clip_sim >= 0.3 and (aesthetic > 4.5 or motion < 2)\".", flag="--where",
+            max_length=2000, one_str=True),
+        Opt("top_percent", "float", None, "Keep the best P% by --top-by among clips passing the other "
+                                          "thresholds (exactly ceil(P/100*n); ties by clip id).",
+            exclusive_minimum=0, maximum=100),
+        Opt("top_by", "str", None, "Column for --top-percent (default: the alignment score).", pattern=NAME_PATTERN),
+        Opt("max_per_source", "int", None, "Keep at most N clips per source (Panda-70M: 3).", minimum=1),
+        Opt("per_source_by", "str", None, "Column ranking clips within a source (default: alignment).",
+            pattern=NAME_PATTERN),
+    ),
+    "publish": (
+        Opt("subset", "str", "default", "Subset made by `curate filter`.", flag="--subset", required=True,
+            pattern=NAME_PATTERN),
+        Opt("shard_size", "int", 1000, "Clips per WebDataset shard.", minimum=1),
+        Opt("workers", "int", 4, "Parallel ffmpeg cuts.", minimum=1),
+        Opt("cut", "str", "accurate", "accurate: frame-accurate H.264 re-encode; copy: stream copy (exact only "
+                                      "at keyframes, fast, lossless).", choices=("accurate", "copy")),
+        Opt("caption", "str", None, "What the caption field holds: source or "
+                                    "captions:NAME (default: what `curate filter --caption` "
+                                    "chose, else source). Every generated caption is "
+                                    "published beside it either way.", flag="--caption"),
+    ),
+    "features": (
+        Opt("encoder", "str", "clip", "Encoder with per-frame image features (clip).", flag="--encoder", short="-e",
+            pattern=NAME_PATTERN),
+        Opt("options", "dict", None, "Encoder option key=value (model=ViT-B/32 ...).", flag="--option", short="-o"),
+        Opt("name", "str", None, "Name of this feature set (default: the encoder name).", pattern=NAME_PATTERN),
+        Opt("fps", "float", None, "Frames per second to extract (video_features extraction_fps).",
+            exclusive_minimum=0),
+        Opt("frames", "int", None, "Extract N frames uniformly over the video (extraction_total).", minimum=1),
+        Opt("device", "str", "auto", "auto, cpu, cuda, cuda:1 ..."),
+        Opt("batch_size", "int", 64, "Frames per forward pass.", minimum=1),
+        Opt("save_numpy", "bool", False, "Also write <source_id>_<name>.npy, _timestamps_ms.npy "
+                                         "and _fps.npy (video_features layout) under "
+                                         "ROOT/features_npy/<name>/."),
+    ),
+}
+
+#: the stages `curate run` has a YAML section for, in the order it runs them
+YAML_STAGES = ("ingest", "split", "process", "caption", "embed", "score", "filter", "publish")
+
+#: filter threshold options: name -> (column, op). "{sim}" is the alignment column of the chosen encoder.
+THRESHOLDS: dict[str, tuple[str, str]] = {o.name: (o.column, o.op) for o in STAGES["filter"] if o.column}
+
+
+def stage_options(stage: str) -> dict[str, Opt]:
+    """``{name: Opt}`` of one stage, in declaration order."""
+    try:
+        return {o.name: o for o in STAGES[stage]}
+    except KeyError:
+        raise CurateError(f"No stage {stage!r} (stages: {', '.join(STAGES)})") from None
+
+
+def option(stage: str, name: str) -> Opt:
+    opts = stage_options(stage)
+    if name not in opts:
+        raise CurateError(f"{stage} has no option {name!r} (options: {', '.join(opts)})")
+    return opts[name]
+
+
+def yaml_keys(stage: str) -> set[str]:
+    """The keys a `curate run` section of ``stage`` takes."""
+    return {o.name for o in STAGES[stage] if o.yaml}
+
+
+# ----------------------------------------------------------------------------- coercion
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "size": "a size (bytes, or 500M / 2G)", "list": "a list of strings",
+               "dict": "a mapping of key: value", "dicts": "a mapping of name: {key: value}"}
+
+
+def _bad(where: str, o: Opt, value: Any, why: str | None = None) -> CurateError:
+    """``where`` ends with the option's label (``config.yaml: filter.min_sim``, ``--min-sim``)."""
+    return CurateError(f"{where}: {why or 'expected ' + _TYPE_WORDS[o.kind]}, got {value!r}")
+
+
+def _scalar(o: Opt, v: Any, where: str) -> Any:
+    k = o.kind
+    try:
+        if k == "bool":
+            if isinstance(v, bool):
+                return v
+            if isinstance(v, str) and v.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+                return v.strip().lower() in ("true", "yes", "on", "1")
+            raise ValueError(v)
+        if isinstance(v, bool):  # True is an int in Python, never a number here
+            raise ValueError(v)
+        if k == "int":
+            if isinstance(v, float) and not v.is_integer():
+                raise ValueError(v)
+            return int(v) if isinstance(v, (int, float)) else int(str(v).strip())
+        if k == "float":
+            x = float(v) if isinstance(v, (int, float)) else float(str(v).strip())
+            if math.isnan(x):
+                raise ValueError(v)
+            return x
+        if k == "size":
+            return parse_size(v)
+        if k == "str":
+            if isinstance(v, (dict, list, tuple)):
+                raise ValueError(v)
+            return str(v)
+    except (TypeError, ValueError):
+        raise _bad(where, o, v) from None
+    raise AssertionError(k)
+
+
+def _check_str(o: Opt, s: str, where: str, strict_choices: bool) -> None:
+    if o.max_length is not None and len(s) > o.max_length:
+        raise _bad(where, o, s[:40] + "...", f"longer than {o.max_length} characters")
+    choices = o.choice_list()
+    if choices is not None and strict_choices and s not in choices:
+        raise _bad(where, o, s, f"not one of {', '.join(choices)}")
+    if o.pattern and not (choices and s in choices) and not re.fullmatch(o.pattern, s):
+        raise _bad(where, o, s, "use letters, digits, '_', '-' and '.', starting with a letter or digit")
+
+
+def coerce(o: Opt, value: Any, where: str | None = None) -> Any:
+    """``value`` as the stage function takes it, or a :class:`CurateError` that names the option
+    (``where``: how the error names it, default ``o.name``).
+
+    Strings are parsed by type (YAML reads ``1e-3`` as a string), constraints (minimum, pattern, closed
+    choices, length) are checked; ``None`` is accepted where the option may be unset.
+    """
+    where = o.name if where is None else where
+    if value is None:
+        if o.is_nullable or o.kind in ("list", "dict", "dicts"):
+            return None
+        raise _bad(where, o, value, f"must be {_TYPE_WORDS[o.kind]} (it cannot be null)")
+    if o.kind == "list":
+        if isinstance(value, str) and o.one_str:
+            _check_str(o, value, where, strict_choices=not o.open_choices)
+            return value
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise _bad(where, o, value)
+        out = []
+        for x in items:
+            if isinstance(x, (dict, list, tuple)) or x is None:
+                raise _bad(where, o, value)
+            out.append(str(x))
+            _check_str(o, out[-1], where, strict_choices=not o.open_choices)
+        return out
+    if o.kind == "dict":
+        if not isinstance(value, Mapping) or any(isinstance(v, (dict, list)) for v in value.values()):
+            raise _bad(where, o, value)
+        return {str(k): v for k, v in value.items()}
+    if o.kind == "dicts":
+        if not isinstance(value, Mapping) or any(not isinstance(v, Mapping) and v is not None
+                                                 for v in value.values()):
+            raise _bad(where, o, value)
+        return {str(k): dict(v or {}) for k, v in value.items()}
+    x = _scalar(o, value, where)
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        if o.minimum is not None and x < o.minimum:
+            raise _bad(where, o, value, f"must be >= {o.minimum:g}")
+        if o.exclusive_minimum is not None and x <= o.exclusive_minimum:
+            raise _bad(where, o, value, f"must be > {o.exclusive_minimum:g}")
+        if o.maximum is not None and x > o.maximum:
+            raise _bad(where, o, value, f"must be <= {o.maximum:g}")
+    if isinstance(x, str):
+        _check_str(o, x, where, strict_choices=not o.open_choices)
+    return x
+
+
+def check_section(stage: str, section: Mapping[str, Any] | None, where: str = "") -> dict[str, Any]:
+    """A `curate run` section as keyword arguments of the stage: unknown keys refused (with the known
+    ones), values coerced by :func:`coerce`, ``into`` options merged into their dict."""
+    opts = {o.name: o for o in STAGES[stage] if o.yaml}
+    section = dict(section or {})
+    bad = set(section) - set(opts)
+    if bad:
+        raise CurateError(f"{where}unknown keys in {stage}: {sorted(bad)} (known: {sorted(opts)})")
+    out = {k: coerce(opts[k], v, f"{where}{stage}.{k}") for k, v in section.items()}
+    return merge_into(stage, out)
+
+
+def merge_into(stage: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Move the ``into`` options (``threshold``) into the dict they belong to (``options``)."""
+    for o in STAGES[stage]:
+        if o.into and o.name in kwargs:
+            v = kwargs.pop(o.name)
+            if v is not None:
+                kwargs[o.into] = {**(kwargs.get(o.into) or {}), o.name: v}
+    return kwargs
+
+
+# ----------------------------------------------------------------------------- JSON Schema (Airflow Params)
+_JSON_TYPES = {"int": "integer", "float": "number", "str": "string", "bool": "boolean", "size": "integer"}
+#: the values an options mapping may hold (CLI -o values are strings; JSON may give numbers and booleans)
+OPTION_VALUE = {"type": ["string", "number", "boolean"]}
+
+
+def json_schema(o: Opt, *, nullable: bool | None = None, with_default: bool = True) -> dict[str, Any]:
+    """The JSON Schema of one option: type, constraints, description and (``with_default``) default.
+
+    Choices are an ``enum`` here even where the CLI and YAML take other values (a DAG run may not name
+    files or plugins beyond the built-in ones).
+    """
+    collection = o.kind in ("list", "dict", "dicts")  # unset = empty, never null
+    nullable = (o.is_nullable and not collection) if nullable is None else nullable
+    s: dict[str, Any]
+    if o.kind == "list":
+        items: dict[str, Any] = {"type": "string"}
+        if o.pattern:
+            items["pattern"] = o.pattern
+        if o.max_length is not None:
+            items["maxLength"] = o.max_length
+        s = {"type": "array", "items": items}
+    elif o.kind == "dict":
+        s = {"type": "object", "additionalProperties": OPTION_VALUE}
+    elif o.kind == "dicts":
+        s = {"type": "object", "additionalProperties": {"type": "object"}}
+    else:
+        s = {"type": _JSON_TYPES[o.kind]}
+        for key, v in (("minimum", o.minimum), ("maximum", o.maximum), ("exclusiveMinimum", o.exclusive_minimum),
+                       ("maxLength", o.max_length)):
+            if v is not None:
+                s[key] = v
+        choices = o.choice_list()
+        if choices is not None:
+            s["enum"] = [*choices, *([None] if nullable else [])]
+        elif o.pattern:
+            s["pattern"] = o.pattern
+    if nullable:
+        s["type"] = ["null", s["type"]]
+    if with_default:
+        d = o.default
+        if collection:
+            d = list(d or ()) if o.kind == "list" else dict(d or {})
+        s["default"] = d
+    s["description"] = o.help
+    return s
