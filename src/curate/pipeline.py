@@ -27,7 +27,7 @@ import yaml
 
 from curate.errors import CurateError
 from curate.progress import NullProgress, Progress, StageResult
-from curate.stages.options import YAML_STAGES, check_section, yaml_keys
+from curate.stages.options import YAML_STAGES, check_section, with_defaults, yaml_keys
 from curate.store.storage import is_remote
 
 #: the keys of each stage's section: the stage's options as :mod:`curate.stages.options` declares them
@@ -94,8 +94,12 @@ def one_pass_embed(cfg: dict[str, Any], embeds: list[dict]) -> dict | None:
 
     if not cfg.get("one_pass", True) or "split" not in cfg or not embeds:
         return None
+    from curate.stages.caption import parse_caption_source
+
     e, s = embeds[0], cfg.get("split") or {}
-    if e.get("caption") or str((e.get("options") or {}).get("decoder", "ffmpeg")) != "ffmpeg":
+    if parse_caption_source(e.get("caption")) is not None:  # generated captions: embed them the usual way
+        return None
+    if str((e.get("options") or {}).get("decoder", "ffmpeg")) != "ffmpeg":
         return None
     splitter = get_splitter(s.get("detector", "auto")).create(**(s.get("options") or {}))
     return e if feeds_one_pass(splitter) else None
@@ -122,40 +126,40 @@ def run_config(cfg: dict[str, Any], progress_factory: Callable[[], Progress] = N
         return r
 
     if cfg.get("sources") or "ingest" in cfg:
-        record(ingest(root, cfg.get("sources"), progress=progress_factory(), **(cfg.get("ingest") or {})))
+        record(ingest(root, cfg.get("sources"), progress=progress_factory(),
+                      **with_defaults("ingest", cfg.get("ingest"))))
     embeds = cfg.get("embed") or []
     embeds = list(embeds if isinstance(embeds, list) else [embeds])
     first = None if "process" in cfg else one_pass_embed(cfg, embeds)
     if "process" in cfg:  # split + embed in one decode per source, as configured
         from curate.stages.process import process
 
-        pr = dict(cfg["process"] or {})
-        record(process(root, pr.pop("encoder", "clip"), progress=progress_factory(), **pr))
+        pr = with_defaults("process", cfg["process"])
+        record(process(root, pr.pop("encoder"), progress=progress_factory(), **pr))
     elif first is not None:  # split + the first embedding set in one decode per source
         from curate.stages.process import process
 
-        e, s = dict(embeds.pop(0)), dict(cfg.get("split") or {})
-        record(process(root, e.pop("encoder", "clip"), detector_options=s.pop("options", None),
-                       progress=progress_factory(), **s, **{k: v for k, v in e.items() if k != "workers"}))
+        e, s = with_defaults("embed", embeds.pop(0)), with_defaults("split", cfg.get("split"))
+        record(process(root, e.pop("encoder"), detector_options=s.pop("options"), progress=progress_factory(),
+                       **s, **{k: v for k, v in e.items() if k not in ("workers", "caption")}))
     elif "split" in cfg:
-        record(split(root, progress=progress_factory(), **(cfg["split"] or {})))
+        record(split(root, progress=progress_factory(), **with_defaults("split", cfg["split"])))
     caps = cfg.get("caption") or []
     for c in caps if isinstance(caps, list) else [caps]:
-        c = dict(c)
-        record(caption(root, c.pop("captioner", "hf"), progress=progress_factory(), **c))
+        c = with_defaults("caption", c)
+        record(caption(root, c.pop("captioner"), progress=progress_factory(), **c))
     for e in embeds:
-        e = dict(e)
-        enc = e.pop("encoder", "clip")
-        record(embed(root, enc, progress=progress_factory(), **e))
+        e = with_defaults("embed", e)
+        record(embed(root, e.pop("encoder"), progress=progress_factory(), **e))
     if "score" in cfg:
-        record(score(root, progress=progress_factory(), **(cfg["score"] or {})))
+        record(score(root, progress=progress_factory(), **with_defaults("score", cfg["score"])))
     subset = None
     if cfg.get("filter"):
-        f = dict(cfg["filter"])
-        subset = f.pop("subset", "default")
+        f = with_defaults("filter", cfg["filter"])
+        subset = f.pop("subset")
         record(filter_clips(root, subset, **f))
     if "publish" in cfg:
-        p = dict(cfg["publish"] or {})
-        subset = p.pop("subset", subset or "default")
+        p = with_defaults("publish", cfg["publish"])
+        subset = p.pop("subset") or subset or "default"
         record(publish(root, subset, progress=progress_factory(), **p))
     return results

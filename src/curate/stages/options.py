@@ -267,8 +267,8 @@ STAGES: dict[str, tuple[Opt, ...]] = {
             pattern=NAME_PATTERN),
     ),
     "publish": (
-        Opt("subset", "str", "default", "Subset made by `curate filter`.", flag="--subset", required=True,
-            pattern=NAME_PATTERN),
+        Opt("subset", "str", None, "Subset made by `curate filter`.", flag="--subset", required=True,
+            pattern=NAME_PATTERN),  # curate run: the filter section's subset
         Opt("shard_size", "int", 1000, "Clips per WebDataset shard.", minimum=1),
         Opt("workers", "int", 4, "Parallel ffmpeg cuts.", minimum=1),
         Opt("cut", "str", "accurate", "accurate: frame-accurate H.264 re-encode; copy: stream copy (exact only "
@@ -431,6 +431,14 @@ def check_section(stage: str, section: Mapping[str, Any] | None, where: str = ""
         raise CurateError(f"{where}unknown keys in {stage}: {sorted(bad)} (known: {sorted(opts)})")
     out = {k: coerce(opts[k], v, f"{where}{stage}.{k}") for k, v in section.items()}
     return merge_into(stage, out)
+
+
+def with_defaults(stage: str, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``kwargs`` completed with the declared default of every option not given (what `curate run` passes:
+    the same defaults as the command line and the DAG params, not the stage function's own)."""
+    out = {o.name: (list(o.default) if isinstance(o.default, tuple) else o.default)
+           for o in STAGES[stage] if o.yaml and not o.into}
+    return {**out, **(kwargs or {})}
 
 
 def merge_into(stage: str, kwargs: dict[str, Any]) -> dict[str, Any]:
