@@ -399,8 +399,8 @@ def coerce(o: Opt, value: Any, where: str | None = None) -> Any:
             out.append(str(x))
             _check_str(o, out[-1], where, strict_choices=not o.open_choices)
         return out
-    if o.kind == "dict":
-        if not isinstance(value, Mapping) or any(isinstance(v, (dict, list)) for v in value.values()):
+    if o.kind == "dict":  # values as given (the plugin reads its options; -o gives strings)
+        if not isinstance(value, Mapping):
             raise _bad(where, o, value)
         return {str(k): v for k, v in value.items()}
     if o.kind == "dicts":
