@@ -25,10 +25,9 @@ from airflow.sdk import Asset, AssetAlias, ExceptionRetryPolicy, Param, RetryAct
 from airflow.sdk.exceptions import AirflowFailException
 
 from curate.stages.options import json_schema, option, stage_options
-from curate.store import NAME_PATTERN
+from curate.store import NAME_PATTERN  # what curate.store.safe_name accepts, as a JSON-Schema pattern
 from curate.store.storage import is_remote
 
-__all__ = ["NAME_PATTERN"]  # re-exported: what curate.store.safe_name accepts, as a JSON-Schema pattern
 #: every published subset is announced through this alias as the asset ``curate://<subset>``
 SUBSETS = AssetAlias("curate_subsets")
 INBOX_SUFFIXES = (".csv", ".jsonl", ".parquet")
