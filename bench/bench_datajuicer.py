@@ -69,7 +69,7 @@ def main() -> None:
                 f.write(json.dumps({"videos": [str(p)], "text": f"<__dj__video> {CAPTIONS[name]} <|__dj__eoc|>"}) + "\n")
         recipe = {
             "project_name": "curate-bench", "dataset_path": str(work / "data.jsonl"),
-            "export_path": str(work / "out" / "result.jsonl"), "np": 1, "video_key": "videos", "text_key": "text",
+            "export_path": str(work / "out" / "result.jsonl"), "np": 1, "video_key": "videos", "text_keys": "text",
             "open_tracer": False, "use_cache": False,
             "process": [
                 {"video_split_by_scene_mapper": {"detector": "ContentDetector", "threshold": 27.0,
