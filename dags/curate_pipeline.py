@@ -8,8 +8,9 @@ Each batch runs on its own: its embed starts as soon as its split is done (no ba
 so N GPU workers (queue ``gpu``, pool ``gpu``) embed N batches at once. Per-batch tasks take no lock on
 the root: a batch owns its sources' rows and only appends them; table maintenance (compaction) and what
 needs the whole root (dedup, alignment, filter, the card, the asset) run once, after the batches. With
-``one_pass``, the split tasks leave their batch alone and the batch's embed task splits and embeds in one
-decode per source (`curate process`) on the GPU worker.
+``one_pass`` (the default, when the detector and encoder options allow it), the split tasks leave their batch
+alone and the batch's embed task splits and embeds in one decode per source (`curate process`) on the GPU
+worker; ``one_pass: false`` splits on the default workers first.
 
 Every task is a thin shell over one curate stage (``curate.stages.ingest.ingest`` ... ``curate.stages.publish.publish``);
 the stages are idempotent, so clearing and re-running any task (or Airflow retrying one whose worker died)
@@ -74,7 +75,7 @@ def curate_pipeline():
             from curate.stages.split import split as run
 
             ct.label(f"batch {b['index']} ({ct.plural(ingested['sources_ok'], 'source')} ingested)")
-            if params["one_pass"]:  # the embed task splits, in the same decode as the embedding
+            if ct.use_one_pass(params):  # the embed task splits, in the same decode as the embedding
                 return {"stage": "split", "one_pass": True, "sources": ingested["sources_ok"]}
             res = ct.locked(run, ct.check_root(params["root"]), source_ids=b["source_ids"],
                             detector=params["detector"], min_clip_s=params["min_clip_s"],
@@ -89,7 +90,7 @@ def curate_pipeline():
             options = ct.check_encoder_options(params["encoder_options"], ct.allowed_dirs(root))
             common = dict(options=options, name=params["embedding_name"], device=params["device"],
                           batch_size=params["embed_batch_size"], source_ids=b["source_ids"])
-            if params["one_pass"]:
+            if ct.use_one_pass(params):
                 from curate.stages.process import process
 
                 res = process(root, params["encoder"], detector=params["detector"], min_clip_s=params["min_clip_s"],

@@ -170,9 +170,10 @@ def pipeline_params() -> dict[str, Param]:
         "embedding_name": stage_param("embed", "name"),
         "device": stage_param("embed", "device"),
         "embed_batch_size": stage_param("embed", "batch_size"),
-        "one_pass": Param(False, type="boolean",
+        "one_pass": Param(True, type="boolean",
                           description="Split and embed in ONE decode per source, on the GPU worker (`curate process`), "
-                                      "instead of split tasks per batch then embed."),
+                                      "whenever the detector and encoder options allow it (as `curate run`); false: "
+                                      "split tasks per batch, then embed."),
         "decode_workers": stage_param("process", "workers", note="(With one_pass, on the GPU worker.)"),
         **{k: stage_param("filter", k, note="(null: no rule)") for k in FILTER_PARAMS},
         "detector": stage_param("split", "detector"),
@@ -322,6 +323,15 @@ def cut_tasks(n_shards: int, tasks: int | None = None, max_len: int | None = Non
     """``{"index": i, "of": n}`` for the mapped cut tasks: task i writes the shards k with k % n == i."""
     n = max(1, min(int(tasks or n_shards or 1), n_shards or 1, max_len or max_map_length()))
     return [{"index": i, "of": n} for i in range(n)]
+
+
+def use_one_pass(params: dict[str, Any]) -> bool:
+    """Whether a run's batches split and embed in one decode (`curate process`): ``one_pass`` and a detector and
+    encoder options that allow it, by the rule `curate run` applies (:func:`curate.pipeline.one_pass_embed`)."""
+    from curate.pipeline import one_pass_embed
+
+    cfg = {"one_pass": bool(params.get("one_pass")), "split": {"detector": params.get("detector") or "auto"}}
+    return one_pass_embed(cfg, [{"options": dict(params.get("encoder_options") or {})}]) is not None
 
 
 def embedding_name(params: dict[str, Any]) -> str:
