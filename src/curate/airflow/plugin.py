@@ -220,14 +220,15 @@ def subset_page(root_key: str, subset: str, request: Request) -> HTMLResponse:
 
 def _encoders(root: str, subset_dir: SubsetDir) -> list[str]:
     """Embedding sets of the root, the one the subset's min_sim rule used first."""
-    from curate.store import Root
+    from curate.embeddings import name_from_column, reserved_columns, sets
 
-    names = Root(root).embedding_names()
+    names = sets(root)
+    reserved = reserved_columns()
     for r in _filter_summary(subset_dir).get("rules", []):
-        col = str(r.get("column", ""))
-        if col.endswith("_sim") and col[:-4] in names:
-            names.remove(col[:-4])
-            names.insert(0, col[:-4])
+        name = name_from_column(str(r.get("column", "")), reserved)
+        if name in names:
+            names.remove(name)
+            names.insert(0, name)
     return names
 
 
