@@ -19,6 +19,7 @@ ever read. Airflow does not authenticate plugin apps: the pages are read-only fo
 from __future__ import annotations
 
 import html
+import os
 import re
 from typing import Any, ClassVar
 
@@ -43,10 +44,23 @@ app = FastAPI(title="curate", docs_url=None, redoc_url=None, openapi_url=None)
 # ----------------------------------------------------------------------------- roots
 def configured_roots() -> list[str]:
     """Local paths (resolved) or URLs (``s3://bucket/prefix``) of the roots the pages show: the DAGs' roots
-    (:func:`curate.airflow.tasks.configured_roots`)."""
+    (:func:`curate.airflow.tasks.configured_roots`: ``CURATE_ROOTS``, else the Variable ``curate_roots``).
+
+    The pages are served by the API server, a server process: there the Task SDK's ``Variable.get`` reads
+    the metadata DB. ``airflow api-server`` marks its process so (``_AIRFLOW_PROCESS_CONTEXT=server``); an app
+    mounted without it (a test client) is marked for the lookup only."""
     from curate.airflow.tasks import configured_roots as roots
 
-    return roots()
+    if os.environ.get(_CONTEXT):
+        return roots()
+    os.environ[_CONTEXT] = "server"
+    try:
+        return roots()
+    finally:
+        os.environ.pop(_CONTEXT, None)
+
+
+_CONTEXT = "_AIRFLOW_PROCESS_CONTEXT"
 
 
 def _root_names(roots: list[str]) -> list[str]:
