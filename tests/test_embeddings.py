@@ -182,12 +182,7 @@ def synthetic(path, n=60, shape=(6,), errors=3, parts=3) -> tuple[Root, np.ndarr
 
 
 @pytest.mark.parametrize("shape", [(6,), (3, 4)])
-@pytest.mark.parametrize("pushdown", [True, False])
-def test_vectors_for_a_subset_of_clips_equal_a_direct_read(tmp_path, monkeypatch, shape, pushdown):
-    import curate.embeddings as E
-
-    if not pushdown:  # match the clip ids batch by batch instead of in the scan
-        monkeypatch.setattr(E, "PUSHDOWN_IDS", 0)
+def test_vectors_for_a_subset_of_clips_equal_a_direct_read(tmp_path, shape):
     root, video, text, ids = synthetic(tmp_path / "ds", shape=shape)
     want = ids[5:40:3] + ["bad1", "not-there"]
     direct = root.embeddings("syn").read_arrow(columns=["clip_id", "video_emb", "text_emb", "status"])
@@ -215,6 +210,8 @@ def test_vectors_for_a_subset_of_clips_equal_a_direct_read(tmp_path, monkeypatch
     assert es.missing_reasons(want) == {"bad1": "clip not embedded: decode: broken",
                                         **{c: "clip has no caption" for c in want if c in ids and ids.index(c) % 7 == 0}}
     assert sorted(es.clip_ids(want).to_pylist()) == sorted(c for c in want if c in ids)
+    assert list(es.vectors([])) == [] and len(es.clip_ids([])) == 0
+    assert sum(len(b.clip_ids) for b in es.vectors()) == len(ids)  # every ok row, no error row
 
 
 def test_meta_is_checked(tmp_path):

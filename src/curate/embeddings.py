@@ -54,8 +54,6 @@ __all__ = [
 SCORE_SUFFIX = "_sim"
 #: floats per streamed batch (64 MB of float32)
 BATCH_FLOATS = 1 << 24
-#: a clip-id set up to this size is pushed down to the table scan; larger ones are matched per batch
-PUSHDOWN_IDS = 65536
 COLUMNS = {"video": "video_emb", "text": "text_emb"}
 
 
@@ -261,31 +259,20 @@ class EmbeddingSet:
             raise CurateError(f"vectors(columns=...) takes video and text, not {', '.join(unknown)}.")
         width = {"video": self.queries * self.dim, "text": self.dim}
         rows = batch_rows or max(64, BATCH_FLOATS // max(1, sum(width[c] for c in cols)))
-        flt = pc.field("status") == "ok"
-        wanted = None
-        if clip_ids is not None:
-            wanted = _string_array(clip_ids)
-            if len(wanted) == 0:
-                return
-            if len(wanted) <= PUSHDOWN_IDS:
-                flt = flt & pc.field("clip_id").isin(wanted)
-                wanted = None
-        for b in self.table.iter_batches(columns=["clip_id", *(COLUMNS[c] for c in cols)], filter=flt,
+        flt = self._ids_filter(clip_ids)
+        if flt is False:
+            return
+        # the clip ids are matched in the scan (faster than per batch, whatever their number), the status
+        # here (a scan filter on it reads the table ~10% slower)
+        for b in self.table.iter_batches(columns=["clip_id", "status", *(COLUMNS[c] for c in cols)], filter=flt,
                                          batch_size=rows):
-            keep = None
+            keep = pc.fill_null(pc.equal(b.column("status"), "ok"), False)
             for c in cols:
-                v = pc.is_valid(b.column(COLUMNS[c]))
-                keep = v if keep is None else pc.and_(keep, v)
-            if wanted is not None:
-                m = pc.is_in(b.column("clip_id"), value_set=wanted)
-                keep = m if keep is None else pc.and_(keep, m)
-            if keep is not None:
-                if not pc.any(keep).as_py():
-                    continue
-                if not pc.all(keep).as_py():
-                    b = b.filter(keep)
-            if b.num_rows == 0:
+                keep = pc.and_(keep, pc.is_valid(b.column(COLUMNS[c])))
+            if not pc.any(keep).as_py():
                 continue
+            if not pc.all(keep).as_py():
+                b = b.filter(keep)
             out = {c: self._array(b.column(COLUMNS[c]), b.num_rows, c) for c in cols}
             yield VectorBatch(b.column("clip_id"), out.get("video"), out.get("text"))
 
@@ -317,21 +304,22 @@ class EmbeddingSet:
         return out
 
     def _rows(self, columns: list[str], clip_ids, *, ok: bool) -> Iterator[pa.RecordBatch]:
-        flt = pc.field("status") == "ok" if ok else None
-        wanted = None
-        if clip_ids is not None:
-            wanted = _string_array(clip_ids)
-            if len(wanted) == 0:
-                return
-            if len(wanted) <= PUSHDOWN_IDS:
-                f = pc.field("clip_id").isin(wanted)
-                flt = f if flt is None else flt & f
-                wanted = None
+        flt = self._ids_filter(clip_ids)
+        if flt is False:
+            return
+        if ok:
+            flt = (pc.field("status") == "ok") if flt is None else flt & (pc.field("status") == "ok")
         for b in self.table.iter_batches(columns=columns, filter=flt, batch_size=65536):
-            if wanted is not None:
-                b = b.filter(pc.is_in(b.column("clip_id"), value_set=wanted))
             if b.num_rows:
                 yield b
+
+    @staticmethod
+    def _ids_filter(clip_ids):
+        """The scan filter of ``clip_ids`` (None: every row; False: none)."""
+        if clip_ids is None:
+            return None
+        ids = _string_array(clip_ids)
+        return pc.field("clip_id").isin(ids) if len(ids) else False
 
     # -- similarity
     @property
