@@ -19,7 +19,6 @@ ever read. Airflow does not authenticate plugin apps: the pages are read-only fo
 from __future__ import annotations
 
 import html
-import io
 import os
 import re
 from typing import Any, ClassVar
@@ -44,18 +43,24 @@ app = FastAPI(title="curate", docs_url=None, redoc_url=None, openapi_url=None)
 
 # ----------------------------------------------------------------------------- roots
 def configured_roots() -> list[str]:
-    """Local paths (resolved) or URLs (``s3://bucket/prefix``) of the roots the pages show."""
-    from curate.airflow.tasks import normalize_root, split_roots
+    """Local paths (resolved) or URLs (``s3://bucket/prefix``) of the roots the pages show: the DAGs' roots
+    (:func:`curate.airflow.tasks.configured_roots`: ``CURATE_ROOTS``, else the Variable ``curate_roots``).
 
-    value = os.environ.get("CURATE_ROOTS")
-    if not value:
-        try:  # the API server reads Variables from the metadata DB
-            from airflow.models import Variable
+    The pages are served by the API server, a server process: there the Task SDK's ``Variable.get`` reads
+    the metadata DB. ``airflow api-server`` marks its process so (``_AIRFLOW_PROCESS_CONTEXT=server``); an app
+    mounted without it (a test client) is marked for the lookup only."""
+    from curate.airflow.tasks import configured_roots as roots
 
-            value = Variable.get("curate_roots", default_var=None)
-        except Exception:  # noqa: BLE001  (no metadata DB here: no roots)
-            value = None
-    return [normalize_root(p) for p in split_roots(value)]
+    if os.environ.get(_CONTEXT):
+        return roots()
+    os.environ[_CONTEXT] = "server"
+    try:
+        return roots()
+    finally:
+        os.environ.pop(_CONTEXT, None)
+
+
+_CONTEXT = "_AIRFLOW_PROCESS_CONTEXT"
 
 
 def _root_names(roots: list[str]) -> list[str]:
@@ -103,16 +108,16 @@ def _subset(root: str, name: str) -> SubsetDir:
 
 
 def _score_columns(root: str) -> list[str]:
-    """Numeric columns of the scores table (the histogrammable ones)."""
-    import pyarrow as pa
-
+    """Numeric columns of the scores table (the histogrammable ones): the report's
+    (:func:`curate.query.report.score_columns`); none before `curate score` ran."""
+    from curate.errors import CurateError
+    from curate.query.report import score_columns
     from curate.store import Root
 
-    d = Root(root).scores.dataset()
-    if d is None:
+    try:
+        return score_columns(Root(root))
+    except CurateError:
         return []
-    return [f.name for f in d.schema if f.name != "clip_id" and not f.name.endswith("_error")
-            and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
 
 
 def _filter_summary(subset_dir: SubsetDir) -> dict[str, Any]:
@@ -229,14 +234,15 @@ def subset_page(root_key: str, subset: str, request: Request) -> HTMLResponse:
 
 def _encoders(root: str, subset_dir: SubsetDir) -> list[str]:
     """Embedding sets of the root, the one the subset's min_sim rule used first."""
-    from curate.store import Root
+    from curate.embeddings import name_from_column, reserved_columns, sets
 
-    names = Root(root).embedding_names()
+    names = sets(root)
+    reserved = reserved_columns()
     for r in _filter_summary(subset_dir).get("rules", []):
-        col = str(r.get("column", ""))
-        if col.endswith("_sim") and col[:-4] in names:
-            names.remove(col[:-4])
-            names.insert(0, col[:-4])
+        name = name_from_column(str(r.get("column", "")), reserved)
+        if name in names:
+            names.remove(name)
+            names.insert(0, name)
     return names
 
 
@@ -292,58 +298,17 @@ def histogram(root_key: str, subset: str, column: str) -> Response:
     d = _subset(root, subset)
     if not _COLUMN.fullmatch(column) or column not in _score_columns(root):
         raise HTTPException(404, "unknown score column")
-    rules = [r for r in _filter_summary(d).get("rules", []) if r.get("column") == column]
+    rules = _filter_summary(d).get("rules", [])
     png = histogram_png(root, column, rules)
     return Response(png, media_type="image/png", headers=_HEADERS)
 
 
 def histogram_png(root: str, column: str, rules: list[dict], bins: int = 40) -> bytes:
-    """PNG histogram of a score column (streamed in record batches) with threshold lines."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    """The report's histogram (:func:`curate.query.report.histogram_png`), imported when a page asks for one
+    (Airflow imports this module in every process)."""
+    from curate.query.report import histogram_png as draw
 
-    from curate.store import Root
-
-    table = Root(root).scores
-
-    def values():
-        for b in table.iter_batches(columns=[column]):
-            x = b.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
-            yield x[np.isfinite(x)]
-
-    lo, hi, n = np.inf, -np.inf, 0
-    for x in values():
-        if x.size:
-            lo, hi, n = min(lo, x.min()), max(hi, x.max()), n + x.size
-    for r in rules:
-        lo, hi = min(lo, float(r["value"])), max(hi, float(r["value"]))
-    if not np.isfinite(lo):
-        lo, hi = 0.0, 1.0
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, bins + 1)
-    counts = np.zeros(bins, dtype=np.int64)
-    for x in values():
-        counts += np.histogram(x, bins=edges)[0]
-
-    fig = Figure(figsize=(6.4, 4.0), dpi=80)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.stairs(counts, edges, fill=True, color="#4c78a8")
-    for r in rules:
-        ax.axvline(float(r["value"]), color="#d62728", linestyle="--", linewidth=2,
-                   label=f"{r.get('name')}: {r.get('op')} {r.get('value')}")
-    if rules:
-        ax.legend(loc="best", framealpha=0.9)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"{column} ({n} clips)")
-    ax.set_xlabel(column)
-    ax.set_ylabel("clips")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return draw(root, column, rules, bins)
 
 
 class CuratePlugin(AirflowPlugin):

@@ -48,9 +48,10 @@ def register_commands(cli):
                                                                     "text embeddings embed)."),
         json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
-        """Find the clips that best match a text query (cosine; max over queries for query-stack encoders)."""
-        from curate.query.search import contact_sheet as make_sheet
+        """Find the clips that best match a text query (the set's similarity: cosine, max over queries for query-stack
+        encoders, or the encoder's own)."""
         from curate.query.search import search
+        from curate.query.sheets import results_sheet as make_sheet
 
         if exact and (use_index or rebuild_index):
             raise CurateError("--exact excludes --index and --rebuild-index.")

@@ -101,7 +101,12 @@ class Encoder:
       ``[B, *video_emb_shape]``, L2-normalised along the last axis.
     - ``embed_text_batch(texts)`` returns ``[N, D]`` float32, L2-normalised.
     - ``similarity(video, text)`` (optional override) maps ``[B, *video_emb_shape]`` x ``[B, D]`` (pairs)
-      to ``[B]``; the default is the cosine of two unit vectors (a dot product).
+      to ``[B]``; the default is the cosine of two unit vectors (a dot product; the best query's for
+      stacks). An override is the embedding set's similarity: `curate embed` records it in ``_meta.json``
+      (``encoder_similarity``) and alignment scores, search (exact only) and retrieval metrics then create
+      the encoder through its plugin factory, once per process, and call it
+      (:meth:`curate.embeddings.EmbeddingSet.similarity`). Without an override they use the stored
+      vectors directly, with no model.
     """
 
     name: ClassVar[str] = "encoder"
@@ -136,7 +141,8 @@ class Encoder:
         return None
 
     def similarity(self, video: np.ndarray, text: np.ndarray) -> np.ndarray:
-        """Alignment score of aligned pairs (row i of ``video`` with row i of ``text``)."""
+        """Alignment score of aligned pairs (row i of ``video`` with row i of ``text``); overriding it changes
+        the scores of this encoder's embedding sets (see the class docstring)."""
         video = np.asarray(video, dtype=np.float32)
         text = np.asarray(text, dtype=np.float32)
         if video.ndim == 3:  # query stacks: best query, as BLIP-2 ITC does

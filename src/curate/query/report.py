@@ -41,21 +41,62 @@ def score_columns(root: Root) -> list[str]:
             and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
 
 
-def histogram_png(values: np.ndarray, column: str, thresholds: list[tuple[str, float]], path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    v = values[~np.isnan(values)]
-    ax.hist(v, bins=min(50, max(5, int(np.sqrt(max(len(v), 1))))), color="#4c72b0", alpha=0.85)
-    for label, t in thresholds:
-        ax.axvline(t, color="#c44e52", linestyle="--", linewidth=1.5)
-        ax.annotate(f"{label} {t:g}", xy=(t, ax.get_ylim()[1] * 0.92), color="#c44e52", fontsize=8,
-                    ha="left", xytext=(3, 0), textcoords="offset points")
-    ax.set_title(f"{column}  (n={len(v)}, missing={int(np.isnan(values).sum())})", fontsize=10)
+def threshold_rules(rules: list[dict], column: str) -> list[dict]:
+    """The rules of a filter summary drawn on ``column``'s histogram: a numeric threshold on that column."""
+    return [r for r in rules if r.get("column") == column and r.get("kind") != "per_source"
+            and isinstance(r.get("value"), (int, float)) and not isinstance(r.get("value"), bool)
+            and np.isfinite(r["value"])]
+
+
+def histogram_png(root: Root | str, column: str, rules: list[dict], bins: int = 40) -> bytes:
+    """PNG (512 x 320) histogram of a score column, streamed in record batches (memory holds one batch), with
+    the numeric thresholds of ``rules`` (a filter summary's) on that column marked. No pyplot: thread-safe
+    (the Airflow UI plugin serves it too)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    table = (root if isinstance(root, Root) else Root(root)).scores
+    rules = threshold_rules(rules, column)
+
+    def values():
+        for b in table.iter_batches(columns=[column]):
+            x = b.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
+            yield x[np.isfinite(x)]
+
+    lo, hi, n = np.inf, -np.inf, 0
+    for x in values():
+        if x.size:
+            lo, hi, n = min(lo, x.min()), max(hi, x.max()), n + x.size
+    for r in rules:
+        lo, hi = min(lo, float(r["value"])), max(hi, float(r["value"]))
+    if not np.isfinite(lo):
+        lo, hi = 0.0, 1.0
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = np.zeros(bins, dtype=np.int64)
+    for x in values():
+        counts += np.histogram(x, bins=edges)[0]
+
+    fig = Figure(figsize=(6.4, 4.0), dpi=80)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.stairs(counts, edges, fill=True, color="#4c78a8")
+    for r in rules:
+        ax.axvline(float(r["value"]), color="#d62728", linestyle="--", linewidth=2,
+                   label=f"{r.get('name')}: {r.get('op')} {r.get('value')}")
+    if rules:
+        ax.legend(loc="best", framealpha=0.9)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"{column} ({n} clips)")
     ax.set_xlabel(column)
     ax.set_ylabel("clips")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def funnel_png(summary: dict, path: Path) -> None:
@@ -77,39 +118,17 @@ def funnel_png(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def middle_frame(root: Root, clip: dict, src: dict, height: int = 96) -> np.ndarray:
-    from curate.media.video import get_frames, open_video
-
-    w, h = int(src["width"]), int(src["height"])
-    size = (max(2, int(round(w * height / h / 2)) * 2), height)
-    vr = open_video(root.media_file(src["media_path"]), size=size)
-    mid = (int(clip["start_frame"]) + int(clip["end_frame"])) // 2
-    return get_frames(vr, [mid])[0]
-
-
 def contact_sheet_png(root: Root, rows: list[tuple[str, list[dict]]], column: str, path: Path) -> None:
-    """A grid: one row per group (top / bottom), middle frame of each clip labelled with its score."""
-    plt = _plt()
-    srcs = {s["source_id"]: s for s in root.sources.read_arrow(
-        columns=["source_id", "media_path", "width", "height"]).to_pylist()}
-    ncols = max(len(r) for _, r in rows) or 1
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.9 * ncols, 1.7 * len(rows)), dpi=100, squeeze=False)
-    for i, (label, clips) in enumerate(rows):
-        for j in range(ncols):
-            ax = axes[i][j]
-            ax.axis("off")
-            if j >= len(clips):
-                continue
-            c = clips[j]
-            try:
-                ax.imshow(middle_frame(root, c, srcs[c["source_id"]]))
-            except Exception:  # an undecodable clip still gets its label
-                ax.text(0.5, 0.5, "no frame", ha="center", va="center", fontsize=7)
-            ax.set_title(f"{label} {c[column]:.3g}", fontsize=7)
-    fig.suptitle(f"{column}: best and worst clips", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    """A grid (:func:`curate.query.sheets.contact_sheet`): one row per group (top / bottom), the middle frame of
+    each clip labelled with its score."""
+    from curate.query.sheets import contact_sheet
+
+    ncols = max([len(r) for _, r in rows] + [1])
+    cells: list[dict | None] = []
+    for label, clips in rows:
+        cells += [{"clip_id": c["clip_id"], "title": f"{label} {c[column]:.3g}", "subtitle": c["clip_id"]}
+                  for c in clips] + [None] * (ncols - len(clips))
+    contact_sheet(root, cells, path, columns=ncols, thumb_width=192)
 
 
 def make_report(root: Root | str, subset: str | None = None, *, top_k: int = 6) -> dict[str, Any]:
@@ -142,11 +161,8 @@ def _write_report(root: Root, subset: str | None, summary: dict, cols: list[str]
     stats = []
     for col in cols:
         v = np.asarray(pc.fill_null(table[col].cast("float64"), np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
-        marks = [(r["name"], float(r["value"])) for r in summary.get("rules", [])
-                 if r.get("column") == col and isinstance(r.get("value"), (int, float)) and np.isfinite(r["value"])
-                 and r.get("kind") != "per_source"]
         name = f"hist_{col}.png"
-        histogram_png(v, col, marks, out / name)
+        write_bytes_atomic(histogram_png(root, col, summary.get("rules", [])), out / name)
         images.append((f"Distribution of {col}", name))
         ok = v[~np.isnan(v)]
         stats.append((col, len(ok), *(np.percentile(ok, [0, 25, 50, 75, 100]).tolist() if len(ok) else [np.nan] * 5)))

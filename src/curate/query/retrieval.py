@@ -21,17 +21,19 @@ every clip the same embedding scores at chance level or worse, never R@1 = 100. 
 counts only strictly higher scores and is undefined for exact ties; with distinct scores the two
 agree exactly.
 
-Similarity is the cosine of L2-normalised vectors; for encoders with ``[Q, D]`` query stacks it is
-the maximum over the Q queries (BLIP-2 ITC), as in ``curate score``.
+Similarity is the embedding set's, as in ``curate score`` (:class:`curate.embeddings.EmbeddingSet`):
+the cosine of L2-normalised vectors (for encoders with ``[Q, D]`` query stacks the maximum over the Q
+queries, BLIP-2 ITC), or the encoder's own ``similarity`` when it overrides it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from curate.embeddings import cosine_matrix
 from curate.errors import CurateError
 
 __all__ = [
@@ -51,14 +53,11 @@ TIE_EPS = 1e-6
 METRIC_KEYS = ("R1", "R5", "R10", "MedianR", "MeanR")
 
 
-def similarity(text: np.ndarray, video: np.ndarray) -> np.ndarray:
-    """``[M, D]`` captions x ``[N, D]`` (or ``[N, Q, D]``) clips -> ``[M, N]`` (max over queries for stacks)."""
-    text = np.asarray(text, dtype=np.float32)
-    video = np.asarray(video, dtype=np.float32)
-    if video.ndim == 3:
-        n, q, d = video.shape
-        return (text @ video.reshape(n * q, d).T).reshape(len(text), n, q).max(axis=2)
-    return text @ video.T
+#: ``[M, D]`` captions x ``[N, D]`` (or ``[N, Q, D]``) clips -> ``[M, N]``
+Similarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+#: the cosine matrix (max over queries for stacks): :func:`curate.embeddings.cosine_matrix`
+similarity = cosine_matrix
 
 
 def _block_rows(n_cols: int, q: int, budget: int = 1 << 24) -> int:
@@ -77,7 +76,7 @@ def _rank_inputs(text, video, caption_of_video):
 
 
 def t2v_ranks(text: np.ndarray, video: np.ndarray, caption_of_video: Sequence[int], *, eps: float = TIE_EPS,
-              block: int | None = None) -> np.ndarray:
+              block: int | None = None, sim: Similarity = cosine_matrix) -> np.ndarray:
     """1-based rank of each caption's best-ranked clip among all clips (see the module docstring)."""
     text, video, cap, m, n, q = _rank_inputs(text, video, caption_of_video)
     if m and np.bincount(cap, minlength=m)[:m].min() == 0:
@@ -86,7 +85,7 @@ def t2v_ranks(text: np.ndarray, video: np.ndarray, caption_of_video: Sequence[in
     out = np.empty(m, dtype=np.int64)
     for a in range(0, m, block):
         b = min(m, a + block)
-        s = similarity(text[a:b], video)  # [b-a, N]
+        s = sim(text[a:b], video)  # [b-a, N]
         gt = cap[None, :] == np.arange(a, b)[:, None]
         best = np.where(gt, s, -np.inf).max(axis=1)
         ahead = ((s >= best[:, None] - eps) & ~gt).sum(axis=1)
@@ -95,14 +94,14 @@ def t2v_ranks(text: np.ndarray, video: np.ndarray, caption_of_video: Sequence[in
 
 
 def v2t_ranks(text: np.ndarray, video: np.ndarray, caption_of_video: Sequence[int], *, eps: float = TIE_EPS,
-              block: int | None = None) -> np.ndarray:
+              block: int | None = None, sim: Similarity = cosine_matrix) -> np.ndarray:
     """1-based rank of each clip's own caption among all distinct captions."""
     text, video, cap, m, n, q = _rank_inputs(text, video, caption_of_video)
     block = block or _block_rows(m, q)
     out = np.empty(n, dtype=np.int64)
     for a in range(0, n, block):
         b = min(n, a + block)
-        s = similarity(text, video[a:b]).T  # [b-a, M]
+        s = sim(text, video[a:b]).T  # [b-a, M]
         own = cap[a:b]
         gt_score = s[np.arange(b - a), own]
         ahead = (s >= gt_score[:, None] - eps).sum(axis=1) - 1  # minus the correct caption itself
@@ -133,10 +132,11 @@ def group_captions(captions: Sequence[str]) -> tuple[list[str], np.ndarray]:
     return list(index), of
 
 
-def evaluate_arrays(text_per_clip: np.ndarray, video: np.ndarray, captions: Sequence[str]) -> dict[str, Any]:
+def evaluate_arrays(text_per_clip: np.ndarray, video: np.ndarray, captions: Sequence[str], *,
+                    sim: Similarity = cosine_matrix) -> dict[str, Any]:
     """Metrics of one encoder from per-clip caption embeddings, clip embeddings and caption strings.
 
-    The text embedding of a distinct caption is that of its first clip.
+    The text embedding of a distinct caption is that of its first clip; ``sim`` scores captions x clips.
     """
     unique, of = group_captions(captions)
     first = np.full(len(unique), -1, dtype=np.int64)
@@ -144,39 +144,27 @@ def evaluate_arrays(text_per_clip: np.ndarray, video: np.ndarray, captions: Sequ
         first[of[i]] = i
     text = np.asarray(text_per_clip, np.float32)[first] if len(unique) else np.zeros((0, video.shape[-1]), np.float32)
     return {"clips": len(video), "captions": len(unique),
-            "t2v": metrics(t2v_ranks(text, video, of)), "v2t": metrics(v2t_ranks(text, video, of))}
+            "t2v": metrics(t2v_ranks(text, video, of, sim=sim)), "v2t": metrics(v2t_ranks(text, video, of, sim=sim))}
 
 
 def load_pairs(root, name: str, clip_ids: Iterable[str] | None = None):
-    """``(clip_ids, video [N,...], text [N,D])`` of clips with an ok clip embedding and a caption embedding."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """``(clip_ids, video [N,...], text [N,D])`` of clips with an ok clip embedding and a caption embedding,
+    by clip id."""
+    from curate.embeddings import EmbeddingSet
 
-    from curate.store import Root
-
-    root = Root(root) if not isinstance(root, Root) else root
-    meta = root.embedding_meta(name)
-    if not meta:
-        known = ", ".join(root.embedding_names()) or "none"
-        raise CurateError(f"No embedding set named {name!r} under {root}/embeddings (found: {known}). "
-                          "Run `curate embed` first.")
-    shape = [int(x) for x in meta.get("video_emb_shape") or [-1]]
-    t = root.embeddings(name).read_arrow(columns=["clip_id", "video_emb", "text_emb", "status"])
-    keep = pc.and_(pc.equal(t["status"], "ok"), pc.and_(pc.is_valid(t["video_emb"]), pc.is_valid(t["text_emb"])))
-    t = t.filter(pc.fill_null(keep, False))
-    if clip_ids is not None:
-        t = t.filter(pc.is_in(t["clip_id"], value_set=pa.array(list(clip_ids), pa.string())))
-    t = t.sort_by("clip_id")
-    n = t.num_rows
-    video = np.asarray(t["video_emb"].combine_chunks().flatten(), np.float32)
-    text = np.asarray(t["text_emb"].combine_chunks().flatten(), np.float32)
-    d = shape[-1] if shape[-1] > 0 else (video.size // n if n else 1)
-    try:
-        video = video.reshape(n, *shape) if len(shape) == 2 else video.reshape(n, d)
-        text = text.reshape(n, d)
-    except ValueError:
-        raise CurateError(f"embeddings/{name}: vectors do not match video_emb_shape {shape} of _meta.json") from None
-    return t["clip_id"].to_pylist(), video, text
+    es = EmbeddingSet(root, name)
+    es.meta  # noqa: B018  (a missing or malformed set is a readable error)
+    ids: list[str] = []
+    videos: list[np.ndarray] = []
+    texts: list[np.ndarray] = []
+    for i, v, t in es.vectors(clip_ids if clip_ids is None else list(clip_ids), columns=("video", "text")):
+        ids.extend(i.to_pylist())
+        videos.append(v)
+        texts.append(t)
+    order = np.argsort(np.asarray(ids, dtype=object).astype(str), kind="stable") if ids else np.zeros(0, np.int64)
+    video = np.concatenate(videos)[order] if videos else np.zeros((0, *es.video_shape), np.float32)
+    text = np.concatenate(texts)[order] if texts else np.zeros((0, es.dim), np.float32)
+    return [ids[i] for i in order], video, text
 
 
 def evaluate(root, names: Sequence[str] | None = None, *, subset: str | None = None, max_clips: int | None = None,
@@ -192,9 +180,10 @@ def evaluate(root, names: Sequence[str] | None = None, *, subset: str | None = N
     """
     import pyarrow.compute as pc
 
+    from curate.embeddings import EmbeddingSet, sets
     from curate.query.search import published_clip_ids
     from curate.stages.caption import caption_source_label, caption_texts
-    from curate.stages.embed import caption_source, embedding_sets_for_caption
+    from curate.stages.embed import embedding_sets_for_caption
     from curate.store import Root
 
     root = Root(root) if not isinstance(root, Root) else root
@@ -209,10 +198,11 @@ def evaluate(root, names: Sequence[str] | None = None, *, subset: str | None = N
         if not names:
             raise CurateError(f"No embedding set has text embeddings of {caption!r}: run `curate embed "
                               f"--caption {caption}` first.")
-    names = names or root.embedding_names()
+    names = names or sets(root)
     if not names:
         raise CurateError(f"No embedding sets under {root}/embeddings: run `curate embed` first.")
-    sources = {name: caption_source(root, name) for name in names}
+    es_of = {name: EmbeddingSet(root, name) for name in names}
+    sources = {name: es_of[name].caption for name in names}
     clips = root.clips.read_arrow(columns=["clip_id", "caption", "status"])
     clips = clips.filter(pc.fill_null(pc.equal(clips["status"], "ok"), False))
     texts_of: dict[str | None, dict[str, str]] = {}
@@ -239,9 +229,10 @@ def evaluate(root, names: Sequence[str] | None = None, *, subset: str | None = N
         ids, video, text = loaded[name]
         pos = {c: i for i, c in enumerate(ids)}
         sel = np.asarray([pos[c] for c in common], dtype=np.int64)
-        meta = root.embedding_meta(name)
+        meta = es_of[name].meta
         caption_of = texts_of[sources[name]]
-        r = evaluate_arrays(text[sel], video[sel], [caption_of[c] for c in common]) if len(sel) else \
+        r = evaluate_arrays(text[sel], video[sel], [caption_of[c] for c in common], sim=es_of[name].score_matrix) \
+            if len(sel) else \
             {"clips": 0, "captions": 0, "t2v": metrics([]), "v2t": metrics([])}
         results.append({"encoder": name, "model": meta.get("model"), "weights": meta.get("weights"),
                         "similarity": meta.get("similarity"), "caption": caption_source_label(sources[name]), **r})

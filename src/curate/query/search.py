@@ -2,12 +2,14 @@
 
 A query is embedded with the encoder configuration recorded in ``embeddings/<name>/_meta.json``
 (same encoder, same options), so the query and the clips share one space. Clips are ranked by the
-cosine of unit vectors; for encoders that store ``[Q, D]`` query stacks a clip's score is the maximum
-over its Q queries. Ties are broken by clip id, so every path returns the same order.
+set's similarity (:class:`curate.embeddings.EmbeddingSet`): the cosine of unit vectors (for encoders
+that store ``[Q, D]`` query stacks the maximum over the Q queries), or the encoder's own ``similarity``
+when it overrides it (exact search only). Ties are broken by clip id, so every path returns the same
+order. Contact sheets of the hits: :mod:`curate.query.sheets`.
 
 Two ways to find the top k:
 
-* exact: streams ``embeddings/<name>`` part by part in Arrow batches and keeps a running top-k, so
+* exact: streams ``embeddings/<name>`` in Arrow batches and keeps a running top-k, so
   memory stays at one batch (about 64 MB) whatever the size of the table;
 * index: a faiss ``IndexIVFFlat`` (inner product, full float32 vectors, so scores are exact cosines
   of the candidates it visits) built once and stored under ``ROOT/index/<name>/`` with the clip-id
@@ -29,15 +31,15 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.embeddings import EmbeddingSet
 from curate.errors import CurateError
 from curate.store import Root, safe_name
 
@@ -46,13 +48,12 @@ __all__ = [
     "DEFAULT_NPROBE",
     "FAISS_HINT",
     "build_index",
-    "contact_sheet",
     "embed_query",
+    "embedding_set",
     "exact_topk",
     "fingerprint",
     "index_status",
     "index_topk",
-    "iter_vectors",
     "load_index",
     "published_clip_ids",
     "search",
@@ -63,8 +64,6 @@ __all__ = [
 DEFAULT_INDEX_THRESHOLD = 100_000
 #: inverted lists visited per query (out of nlist ~ sqrt(vectors))
 DEFAULT_NPROBE = 32
-#: floats per streamed batch (64 MB of float32)
-BATCH_FLOATS = 1 << 24
 MAX_K = 1000
 MAX_QUERY_CHARS = 1000
 FAISS_HINT = "pip install faiss-cpu"
@@ -77,28 +76,11 @@ def _root(root: Root | str | os.PathLike) -> Root:
 
 
 # ----------------------------------------------------------------------------- the embedding set
-@dataclass(frozen=True)
-class EmbeddingSet:
-    name: str
-    meta: dict
-    q: int  # queries per clip (1 for one vector per clip)
-    d: int
-
-    @property
-    def stacked(self) -> bool:
-        return len(self.meta.get("video_emb_shape") or []) == 2
-
-
 def embedding_set(root: Root, name: str) -> EmbeddingSet:
-    meta = root.embedding_meta(name)
-    if not meta:
-        known = ", ".join(root.embedding_names()) or "none"
-        raise CurateError(f"No embedding set named {name!r} under {root}/embeddings (found: {known}). "
-                          f"Run `curate embed --root {root} --encoder ...` first; --encoder names the set.")
-    shape = [int(x) for x in meta.get("video_emb_shape") or []]
-    if len(shape) not in (1, 2) or min(shape) <= 0:
-        raise CurateError(f"embeddings/{name}/_meta.json has no usable video_emb_shape ({shape}).")
-    return EmbeddingSet(name, meta, shape[0] if len(shape) == 2 else 1, shape[-1])
+    """The set ``name``, its metadata checked (a readable error when it is missing or malformed)."""
+    es = EmbeddingSet(root, name)
+    es.meta  # noqa: B018  (validates)
+    return es
 
 
 def fingerprint(root: Root | str, name: str) -> str:
@@ -110,11 +92,6 @@ def fingerprint(root: Root | str, name: str) -> str:
     h.update(f"{getattr(d, 'version', None)}\x1f{d.count_rows() if d is not None else 0}\n".encode())
     h.update(json.dumps(root.embedding_meta(name), sort_keys=True).encode())
     return h.hexdigest()[:32]
-
-
-def count_rows(root: Root, name: str) -> int:
-    """Rows in the embeddings table (error rows included)."""
-    return root.embeddings(name).count()
 
 
 def published_clip_ids(root: Root | str, subset: str) -> pa.Array:
@@ -132,40 +109,6 @@ def published_clip_ids(root: Root | str, subset: str) -> pa.Array:
     return pc.unique(t["clip_id"].combine_chunks().cast(pa.string()))
 
 
-def iter_vectors(root: Root | str, name: str, *, allowed: pa.Array | None = None,
-                 batch_rows: int | None = None) -> Iterator[tuple[pa.Array, np.ndarray]]:
-    """Stream ``(clip_ids, vectors)`` of the ok rows of ``embeddings/<name>``, in table order.
-
-    ``vectors`` is ``[n, D]`` (or ``[n, Q, D]`` for query stacks) float32. ``allowed`` restricts the
-    rows to those clip ids.
-    """
-    root = _root(root)
-    es = embedding_set(root, name)
-    rows = batch_rows or max(64, BATCH_FLOATS // (es.q * es.d))
-    width = es.q * es.d
-    for b in root.embeddings(name).iter_batches(batch_size=rows, columns=["clip_id", "video_emb", "status"]):
-        keep = pc.fill_null(pc.and_(pc.equal(b.column("status"), "ok"), pc.is_valid(b.column("video_emb"))), False)
-        if allowed is not None:
-            keep = pc.and_(keep, pc.is_in(b.column("clip_id"), value_set=allowed))
-        if not pc.any(keep).as_py():
-            continue
-        b = b.filter(keep)
-        vals = b.column("video_emb").flatten().to_numpy(zero_copy_only=False)
-        if vals.size != b.num_rows * width:
-            raise CurateError(f"embeddings/{name}: clip vectors do not have the "
-                              f"{es.q * es.d} values of video_emb_shape {es.meta.get('video_emb_shape')}.")
-        vals = vals.astype(np.float32, copy=False)
-        yield b.column("clip_id"), (vals.reshape(b.num_rows, es.q, es.d) if es.stacked else
-                                    vals.reshape(b.num_rows, es.d))
-
-
-def _scores(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
-    if vectors.ndim == 3:
-        n, k, d = vectors.shape
-        return (vectors.reshape(n * k, d) @ q).reshape(n, k).max(axis=1)
-    return vectors @ q
-
-
 def _order(ids: Sequence[str], scores: np.ndarray) -> np.ndarray:
     """Indices sorting by score descending, then clip id ascending."""
     return np.lexsort((np.asarray(ids, dtype=object).astype(str), -np.asarray(scores, dtype=np.float64)))
@@ -173,14 +116,16 @@ def _order(ids: Sequence[str], scores: np.ndarray) -> np.ndarray:
 
 def exact_topk(root: Root | str, name: str, query_vector: np.ndarray, k: int = 10, *,
                allowed: pa.Array | None = None, batch_rows: int | None = None) -> tuple[list[str], np.ndarray]:
-    """The k best clips by exact similarity (score desc, clip id asc), streaming with a running top-k."""
+    """The k best clips by exact similarity (the set's, :meth:`EmbeddingSet.query_scores`; score desc, clip id
+    asc), streaming the vectors with a running top-k."""
+    es = embedding_set(_root(root), name)
     q = np.asarray(query_vector, np.float32).ravel()
+    if q.size != es.dim:
+        raise CurateError(f"query vector has {q.size} dims, embeddings/{name} have {es.dim}.")
     best_ids: list[str] = []
     best = np.zeros(0, np.float32)
-    for ids, vecs in iter_vectors(root, name, allowed=allowed, batch_rows=batch_rows):
-        if vecs.shape[-1] != q.size:
-            raise CurateError(f"query vector has {q.size} dims, embeddings/{name} have {vecs.shape[-1]}.")
-        s = _scores(vecs, q)
+    for ids, vecs, _ in es.vectors(allowed, batch_rows=batch_rows):
+        s = np.asarray(es.query_scores(vecs, q), np.float32)
         if s.size > k:
             kth = np.partition(s, s.size - k)[s.size - k]
             idx = np.nonzero(s >= kth)[0]  # ties at the boundary all stay: the clip-id tie-break decides below
@@ -253,41 +198,44 @@ def build_index(root: Root | str, name: str, *, nlist: int | None = None, train_
     faiss = _faiss()
     root = _root(root)
     es = embedding_set(root, name)
+    if es.encoder_similarity:
+        raise CurateError(f"embeddings/{name} score with the {es.encoder} encoder's own similarity; an inner-product "
+                          "index cannot rank by it. Use exact search (--exact).")
     log = log or (lambda m: None)
     t0 = time.perf_counter()
     with root.lock(f"index-{name}"):
         fp = fingerprint(root, name)
-        upper = max(1, count_rows(root, name))
-        rows_guess = upper * es.q
+        upper = max(1, es.count())
+        rows_guess = upper * es.queries
         nl = nlist or max(1, min(round(math.sqrt(rows_guess)), rows_guess // 39))
         n_train = train_size or min(rows_guess, 64 * nl)
         rng = np.random.default_rng(seed)
         p_keep = min(1.0, n_train / rows_guess)
         ids_parts: list[pa.Array] = []
         sample: list[np.ndarray] = []
-        for ids, vecs in iter_vectors(root, name):  # pass 1: clip-id order and a training sample
+        for ids, vecs, _ in es.vectors():  # pass 1: clip-id order and a training sample
             ids_parts.append(ids)
-            flat = vecs.reshape(-1, es.d)
+            flat = vecs.reshape(-1, es.dim)
             pick = rng.random(len(flat)) < p_keep
             if pick.any():
                 sample.append(flat[pick].copy())
         n = sum(len(a) for a in ids_parts)
         if n == 0:
             raise CurateError(f"embeddings/{name} has no ok clip embeddings to index.")
-        train = np.concatenate(sample) if sample else np.zeros((0, es.d), np.float32)
-        nv = n * es.q
+        train = np.concatenate(sample) if sample else np.zeros((0, es.dim), np.float32)
+        nv = n * es.queries
         nl = min(nl, max(1, nv // 39)) if nlist is None else max(1, min(nlist, nv))
         if len(train) < nl:  # tiny tables: train on everything
-            train = np.concatenate([v.reshape(-1, es.d) for _, v in iter_vectors(root, name)])
-        log(f"index {name}: training IVF{nl} on {len(train)} of {nv} vectors (dim {es.d})")
-        quantizer = faiss.IndexFlatIP(es.d)
-        index = faiss.IndexIVFFlat(quantizer, es.d, nl, faiss.METRIC_INNER_PRODUCT)
+            train = np.concatenate([v.reshape(-1, es.dim) for _, v, _ in es.vectors()])
+        log(f"index {name}: training IVF{nl} on {len(train)} of {nv} vectors (dim {es.dim})")
+        quantizer = faiss.IndexFlatIP(es.dim)
+        index = faiss.IndexIVFFlat(quantizer, es.dim, nl, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
         index.train(np.ascontiguousarray(train, dtype=np.float32))
         t_train = time.perf_counter() - t0
         added = 0
-        for ids, vecs in iter_vectors(root, name):  # pass 2: vector id = row * Q + query
-            index.add(np.ascontiguousarray(vecs.reshape(-1, es.d)))
+        for ids, vecs, _ in es.vectors():  # pass 2: vector id = row * Q + query
+            index.add(np.ascontiguousarray(vecs.reshape(-1, es.dim)))
             added += len(ids)
         if added != n or fingerprint(root, name) != fp:
             raise CurateError(f"embeddings/{name} changed while the index was being built; run the search again.")
@@ -299,7 +247,7 @@ def build_index(root: Root | str, name: str, *, nlist: int | None = None, train_
         root.write_parquet(pa.table({"clip_id": pa.concat_arrays([a.combine_chunks() if isinstance(a, pa.ChunkedArray)
                                                                   else a for a in ids_parts])}), f"{d}/{files['clip_ids']}")
         meta = {"embeddings": name, "fingerprint": fp, "kind": "faiss.IndexIVFFlat", "metric": "inner_product",
-                "rows": n, "queries_per_clip": es.q, "dim": es.d, "vectors": int(index.ntotal), "nlist": nl,
+                "rows": n, "queries_per_clip": es.queries, "dim": es.dim, "vectors": int(index.ntotal), "nlist": nl,
                 "train_vectors": len(train), "files": files, "faiss": getattr(faiss, "__version__", "?"),
                 "built_at": time.time(), "build_seconds": round(time.perf_counter() - t0, 3),
                 "train_seconds": round(t_train, 3)}
@@ -392,33 +340,10 @@ def index_topk(loaded: LoadedIndex, query_vector: np.ndarray, k: int = 10, *, al
 
 
 # ----------------------------------------------------------------------------- the query
-_ENCODERS: OrderedDict[tuple, Any] = OrderedDict()
-_ENCODER_LOCK = threading.Lock()
-
-
 def embed_query(root: Root | str, name: str, text: str, *, device: str = "auto") -> np.ndarray:
-    """Embed ``text`` with the encoder and options recorded in ``embeddings/<name>/_meta.json`` -> ``[D]``."""
-    from curate.stages.embed import load_encoder
-
-    root = _root(root)
-    es = embedding_set(root, name)
-    encoder = es.meta.get("encoder")
-    options = {k: str(v) for k, v in (es.meta.get("options") or {}).items()}
-    key = (encoder, json.dumps(options, sort_keys=True), device)
-    with _ENCODER_LOCK:
-        enc = _ENCODERS.get(key)
-        if enc is None:
-            enc = load_encoder(encoder, options, device)
-            _ENCODERS[key] = enc
-            while len(_ENCODERS) > 2:
-                _ENCODERS.popitem(last=False)
-        else:
-            _ENCODERS.move_to_end(key)
-        v = np.asarray(enc.embed_texts([text]), np.float32)[0]
-    if v.size != es.d:
-        raise CurateError(f"encoder {encoder!r} embeds text into {v.size} dims but embeddings/{name} have {es.d}; "
-                          "the options recorded in _meta.json no longer build the same model.")
-    return v / max(float(np.linalg.norm(v)), 1e-12)
+    """Embed ``text`` with the encoder and options recorded in ``embeddings/<name>/_meta.json`` -> ``[D]``
+    (the encoder is cached in the process: :meth:`curate.embeddings.EmbeddingSet.embed_query`)."""
+    return embedding_set(_root(root), name).embed_query(text, device=device)
 
 
 def describe_clips(root: Root, clip_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -476,8 +401,12 @@ def search(root: Root | str, query: str | None, name: str, *, k: int = 10, subse
         warnings.append(f"embeddings/{name} were made with random weights: the query is embedded by a newly "
                         "initialised model, so scores mean nothing (pipeline test only).")
     allowed = published_clip_ids(root, subset) if subset is not None else None
-    candidates = len(allowed) if allowed is not None else count_rows(root, name)
+    candidates = len(allowed) if allowed is not None else es.count()
     use_index = method == "index" or (method == "auto" and candidates > index_threshold)
+    if use_index and es.encoder_similarity:
+        warnings.append(f"embeddings/{name} score with the {es.encoder} encoder's own similarity, which an inner-"
+                        f"product index cannot rank by: exact search over {candidates} clips instead of the index.")
+        use_index = False
     if use_index and not faiss_available():
         warnings.append(f"faiss is not installed ({FAISS_HINT}): exact search over {candidates} clips instead "
                         "of the index.")
@@ -524,9 +453,8 @@ def search(root: Root | str, query: str | None, name: str, *, k: int = 10, subse
 def _shown_caption(root: Root, name: str, caption: str | None) -> str | None:
     """The captions set whose texts search results show (None: the source list's caption)."""
     from curate.stages.caption import parse_caption_source, require_captions
-    from curate.stages.embed import caption_source
 
-    cap = caption_source(root, name) if caption is None else parse_caption_source(caption)
+    cap = embedding_set(root, name).caption if caption is None else parse_caption_source(caption)
     if cap is not None:
         require_captions(root, cap)
     return cap
@@ -547,57 +475,3 @@ def search_subset(root: Root | str, subset: str, query: str, encoder: str, k: in
     except (TypeError, ValueError):
         raise CurateError(f"k must be an integer from 1 to {MAX_K} (got {k!r}).") from None
     return search(root, query, encoder, k=k, subset=subset, device=device)["results"]
-
-
-# ----------------------------------------------------------------------------- the contact sheet
-def contact_sheet(root: Root | str, results: Sequence[dict], path: str | os.PathLike, *, columns: int = 5,
-                  thumb_width: int = 256) -> Path:
-    """A PNG grid of the middle frame of each hit, labelled with rank, score, clip id and time range."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    from curate.media.video import MediaError, get_frames, open_video
-
-    root = _root(root)
-    info = describe_clips(root, [r["clip_id"] for r in results])
-    cols = max(1, min(columns, len(results) or 1))
-    rows = max(1, math.ceil(len(results) / cols))
-    th = thumb_width * 9 // 16
-    label_h = 40
-    sheet = Image.new("RGB", (cols * thumb_width, rows * (th + label_h)), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
-    try:
-        font = ImageFont.load_default(size=13)
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
-    readers: dict[str, Any] = {}
-    for i, r in enumerate(results):
-        x, y = (i % cols) * thumb_width, (i // cols) * (th + label_h)
-        c = info.get(r["clip_id"], {})
-        frame = None
-        try:
-            mp = c.get("media_path")
-            if not mp:
-                raise MediaError("media missing")
-            if mp not in readers:
-                readers[mp] = open_video(root.media_file(mp))
-            mid = (int(c["start_frame"]) + int(c["end_frame"]) - 1) // 2
-            frame = Image.fromarray(get_frames(readers[mp], [mid])[0])
-        except (MediaError, CurateError, KeyError, TypeError, ValueError):
-            frame = None
-        if frame is not None:
-            frame.thumbnail((thumb_width, th))
-            sheet.paste(frame, (x + (thumb_width - frame.width) // 2, y + (th - frame.height) // 2))
-        else:
-            draw.rectangle([x + 2, y + 2, x + thumb_width - 3, y + th - 3], outline=(120, 120, 120))
-            draw.text((x + 8, y + th // 2 - 7), "frame unavailable", fill=(200, 200, 200), font=font)
-        t = ""
-        if r.get("start_s") is not None and r.get("end_s") is not None:
-            t = f"  {float(r['start_s']):.1f}-{float(r['end_s']):.1f}s"
-        draw.text((x + 6, y + th + 3), f"#{r['rank']}  {float(r['score']):.3f}{t}", fill=(255, 255, 255), font=font)
-        draw.text((x + 6, y + th + 21), str(r["clip_id"])[:40], fill=(170, 170, 170), font=font)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{out.name}")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, out)
-    return out

@@ -54,71 +54,60 @@ class TechnicalScorer(Scorer):
 
 
 class AlignmentScorer(Scorer):
-    """``<name>_sim``: cosine of clip and caption embeddings (max over queries for query stacks)."""
+    """``<name>_sim``: the embedding set's similarity of clip and caption embeddings (cosine, max over queries for
+    query stacks, or the encoder's own ``similarity``: :meth:`curate.embeddings.EmbeddingSet.similarity`)."""
 
     name = "alignment"
-    scope = "root"  # reads stored embeddings (no model): once, over every embedding set
+    scope = "root"  # reads stored embeddings (no model unless the encoder has its own similarity): once
 
     def __init__(self, encoder: str | None = None) -> None:
         self.encoder = encoder
 
     def names(self, root: Root) -> list[str]:
-        return [self.encoder] if self.encoder else root.embedding_names()
+        from curate.embeddings import sets
+
+        return [self.encoder] if self.encoder else sets(root)
 
     def columns(self, root: Root) -> list[str]:
-        return [c for n in self.names(root) for c in (f"{n}_sim", f"{n}_sim_error")]
+        from curate.embeddings import score_column
+
+        return [c for n in self.names(root) for c in (score_column(n), f"{score_column(n)}_error")]
 
     def compute(self, root: Root, clip_ids: pa.Array) -> pa.Table:
+        from curate.embeddings import EmbeddingSet
+
         out = pa.table({"clip_id": clip_ids})
         for name in self.names(root):
-            sims, errs = self._scores(root, name, clip_ids)
+            es = EmbeddingSet(root, name)
+            sims, errs = self._scores(es, clip_ids)
             ids = clip_ids.to_pylist()
-            self._no_caption_reasons(root, name, ids, sims, errs)
-            out = out.append_column(f"{name}_sim", pa.array([sims.get(i) for i in ids], pa.float64()))
-            out = out.append_column(f"{name}_sim_error", pa.array(
+            self._no_caption_reasons(es, ids, sims, errs)
+            out = out.append_column(es.score_column, pa.array([sims.get(i) for i in ids], pa.float64()))
+            out = out.append_column(f"{es.score_column}_error", pa.array(
                 [errs.get(i) if i not in sims else None for i in ids], pa.string()))
         return out
 
     @staticmethod
-    def _no_caption_reasons(root: Root, name: str, ids: list[str], sims: dict, errs: dict) -> None:
+    def _no_caption_reasons(es, ids: list[str], sims: dict, errs: dict) -> None:
         """A set of generated-caption embeddings has no row for a clip without an ok generated caption: say so."""
         from curate.stages.caption import caption_errors
-        from curate.stages.embed import caption_source
 
-        cap = caption_source(root, name)
+        cap = es.caption
         missing = [i for i in ids if i not in sims and i not in errs] if cap is not None else []
         if not missing:
             return
-        why = caption_errors(root, cap, missing)
+        why = caption_errors(es.root, cap, missing)
         for i in missing:
             errs[i] = (f"no caption in captions/{cap}: {why[i]}" if i in why
                        else f"no caption in captions/{cap} yet (run `curate caption`, then `curate embed --caption`)")
 
     @staticmethod
-    def _scores(root: Root, name: str, clip_ids: pa.Array) -> tuple[dict[str, float], dict[str, str]]:
+    def _scores(es, clip_ids: pa.Array) -> tuple[dict[str, float], dict[str, str]]:
         """Similarities and reasons, streaming the embeddings in batches: memory holds one batch of vectors
         (plus a float per clip), not the table (10 M clips x 512 floats would be 20 GB)."""
-        shape = root.embedding_meta(name).get("video_emb_shape") or [None]
-        per_clip = [-1] if len(shape) < 2 else shape  # [Q, D] query stacks keep their shape
-        table = root.embeddings(name)
-        wanted = pc.field("clip_id").isin(clip_ids)
         sims: dict[str, float] = {}
-        errs: dict[str, str] = {}
-        for batch in table.iter_batches(columns=["clip_id", "video_emb", "text_emb", "status", "error"],
-                                        filter=wanted, batch_size=8192):
-            b = pa.Table.from_batches([batch])
-            ok = b.filter(pc.and_(pc.equal(b["status"], "ok"), pc.is_valid(b["text_emb"])))
-            if ok.num_rows:
-                v = np.asarray(ok["video_emb"].combine_chunks().flatten(), np.float32).reshape(ok.num_rows, *per_clip)
-                t = np.asarray(ok["text_emb"].combine_chunks().flatten(), np.float32).reshape(ok.num_rows, -1)
-                sim = np.einsum("bqd,bd->bq", v, t).max(1) if v.ndim == 3 else np.einsum("bd,bd->b", v, t)
-                sims.update(zip(ok["clip_id"].to_pylist(), sim.astype(float).tolist()))
-            for cid, st, err, no_text in zip(b["clip_id"].to_pylist(), b["status"].to_pylist(), b["error"].to_pylist(),
-                                             b["text_emb"].is_null().to_pylist()):
-                if st != "ok":
-                    errs[cid] = f"clip not embedded: {err}"
-                elif no_text:
-                    errs[cid] = err or "clip has no caption"
-                else:
-                    errs.pop(cid, None)  # a newer part's ok row replaces an older error
-        return sims, errs
+        for ids, video, text in es.vectors(clip_ids, columns=("video", "text"), batch_rows=8192):
+            sim = np.asarray(es.similarity(video, text), np.float64)
+            sims.update(zip(ids.to_pylist(), sim.tolist()))
+        missing = [c for c in clip_ids.to_pylist() if c not in sims]
+        return sims, es.missing_reasons(missing) if missing else {}

@@ -38,7 +38,9 @@ class DedupScorer(Scorer):
         return ["dup_sim", "dup_of"]
 
     def _encoder(self, root: Root) -> str:
-        names = root.embedding_names()
+        from curate.embeddings import sets
+
+        names = sets(root)
         if self.encoder:
             if self.encoder not in names:
                 raise CurateError(f"dedup: no embeddings named {self.encoder!r} (have: {', '.join(names) or 'none'})")
@@ -48,36 +50,27 @@ class DedupScorer(Scorer):
         return names[0]
 
     def compute(self, root: Root, clip_ids: pa.Array) -> pa.Table:
-        name = self._encoder(root)
-        table = root.embeddings(name)
-        emb_ids = table.read_arrow(columns=["clip_id", "status"])
-        emb_ids = emb_ids.filter(pc.and_(pc.equal(emb_ids["status"], "ok"),
-                                         pc.is_in(emb_ids["clip_id"], value_set=clip_ids)))["clip_id"]
-        order = self._order(root, name, emb_ids)
+        from curate.embeddings import EmbeddingSet
+
+        es = EmbeddingSet(root, self._encoder(root))
+        order = self._order(root, es, es.clip_ids(clip_ids))
         n = len(order)
         pos = {cid: i for i, cid in enumerate(order)}
-        shape = root.embedding_meta(name).get("video_emb_shape") or [-1]
-        dim = int(shape[-1]) if shape[-1] != -1 else None
         tmpdir = scratch_dir()
         fd, path = tempfile.mkstemp(prefix="dedup-", suffix=".f16", dir=tmpdir)
         os.close(fd)
         try:
             mm = None
-            for batch in table.iter_batches(columns=["clip_id", "video_emb", "status"], batch_size=8192):
-                ids = batch.column(0).to_pylist()
-                flat = batch.column(1).flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-                keep = [i for i, cid in enumerate(ids) if cid in pos and batch.column(2)[i].as_py() == "ok"]
-                if not keep:
-                    continue
-                vecs = flat.reshape(len(ids), -1) if len(flat) else np.zeros((len(ids), 0), np.float32)
-                if len(shape) == 2:  # query stacks: compare their normalised mean
-                    vecs = vecs.reshape(len(ids), int(shape[0]), -1).mean(1)
+            for ids, vecs, _ in es.vectors(clip_ids, batch_rows=8192):
+                if vecs.ndim == 3:  # query stacks: compare their normalised mean
+                    vecs = vecs.mean(1)
                 vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
                 if mm is None:
-                    dim = vecs.shape[1]
-                    mm = np.memmap(path, dtype=np.float16, mode="w+", shape=(max(n, 1), dim))
-                for i in keep:
-                    mm[pos[ids[i]]] = vecs[i]
+                    mm = np.memmap(path, dtype=np.float16, mode="w+", shape=(max(n, 1), vecs.shape[1]))
+                rows = [pos.get(c, -1) for c in ids.to_pylist()]
+                for i, r in enumerate(rows):
+                    if r >= 0:
+                        mm[r] = vecs[i]
             best = np.full(n, -1.0, dtype=np.float32)
             arg = np.full(n, -1, dtype=np.int64)
             if mm is not None:
@@ -106,12 +99,12 @@ class DedupScorer(Scorer):
                          "dup_sim": pa.array([dup[i][0] if i in dup else None for i in ids], pa.float64()),
                          "dup_of": pa.array([dup[i][1] if i in dup else None for i in ids], pa.string())})
 
-    def _order(self, root: Root, name: str, ids: pa.Array) -> list[str]:
+    def _order(self, root: Root, es, ids: pa.Array) -> list[str]:
         """Clip ids best first: by the ``by`` column (default ``<encoder>_sim`` when scored), then clip id."""
         by = self.by
         scores = root.scores.read_arrow() if root.scores.exists() else None
-        if by is None and scores is not None and f"{name}_sim" in scores.column_names:
-            by = f"{name}_sim"
+        if by is None and scores is not None and es.score_column in scores.column_names:
+            by = es.score_column
         if by is None:
             return sorted(ids.to_pylist())
         if scores is None or by not in scores.column_names:

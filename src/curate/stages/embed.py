@@ -55,17 +55,24 @@ def load_encoder(encoder: str, options: dict[str, Any] | None = None, device: st
 
 
 def embedding_meta(encoder_name: str, options: dict, enc, caption: str | None = None) -> dict:
+    from curate.embeddings import overrides_similarity
+
     info = enc.info
     extra = {"caption": caption} if caption else {}
     return {"encoder": encoder_name, "options": options, **extra, "model": info.model, "weights": info.weights,
             "embed_dim": info.embed_dim, "num_frames": info.num_frames, "frame_size": info.frame_size,
             "video_emb_shape": list(info.video_emb_shape),
             "similarity": "max_over_queries" if len(info.video_emb_shape) == 2 else "cosine",
+            "encoder_similarity": overrides_similarity(enc),
             "score_range": getattr(enc, "score_range", ""), "extra": info.extra}
 
 
 def check_meta(root: Root, name: str, encoder: str, options: dict, caption: str | None = None) -> None:
-    """A second run into ``embeddings/<name>`` must use the same encoder, options and caption source."""
+    """A second run into ``embeddings/<name>`` must use the same encoder, options and caption source (and
+    ``name`` must be one an embedding set can have)."""
+    from curate.embeddings import check_set_name
+
+    check_set_name(name)
     meta = root.embedding_meta(name)
     if meta and (meta.get("encoder") != encoder or meta.get("options") != options
                  or meta.get("caption", "source") != (caption or "source")):

@@ -83,18 +83,22 @@ def _float(a: np.ndarray) -> np.ndarray:
 
 def sim_encoders(columns: list[str]) -> list[str]:
     """Embedding sets with an alignment column ``<name>_sim`` (``dup_sim`` is the dedup scorer's, not one)."""
-    return [c[: -len("_sim")] for c in columns if c.endswith("_sim") and c != "dup_sim"]
+    from curate.embeddings import names_from_columns
+
+    return names_from_columns(columns)
 
 
 def sim_column(encoder: str | None, columns: list[str]) -> str:
+    from curate.embeddings import score_column
+
     sims = sim_encoders(columns)
     if encoder:
         if encoder not in sims:
             raise CurateError(f"No scores for encoder {encoder!r} (scored: {', '.join(sims) or 'none'}). "
                               f"Run `curate embed --encoder {encoder}` and `curate score` first.")
-        return f"{encoder}_sim"
+        return score_column(encoder)
     if len(sims) == 1:
-        return f"{sims[0]}_sim"
+        return score_column(sims[0])
     if not sims:
         raise CurateError("No alignment scores yet: run `curate embed` and `curate score` first.")
     raise CurateError(f"Several encoders were scored ({', '.join(sims)}): pass --encoder NAME.")

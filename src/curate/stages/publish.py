@@ -38,10 +38,10 @@ from curate.store.storage import scratch_dir
 
 def _primary_encoder(summary: dict, columns: list[str]) -> str | None:
     """The embedding set whose vectors go into the shards: the one a rule filtered on, else the first scored."""
-    from curate.stages.filter import sim_encoders
+    from curate.embeddings import names_from_columns
 
-    ruled = sim_encoders([r["column"] for r in summary.get("rules", []) if r.get("column")])
-    sims = ruled or sim_encoders(columns)
+    ruled = names_from_columns([r["column"] for r in summary.get("rules", []) if r.get("column")])
+    sims = ruled or names_from_columns(columns)
     return sims[0] if sims else None
 
 
@@ -162,20 +162,17 @@ def _write_shards(root: Root, out: str, shard_size: int, workers: int, cut: str,
 
 
 class _Embeddings:
-    """The selected clips' embeddings, kept as one compact Arrow column; numpy arrays made per clip on demand."""
+    """The selected clips' clip vectors (ok rows of the embedding set), streamed once; one array per clip."""
 
     def __init__(self, root: Root, name: str, clip_ids: pa.ChunkedArray) -> None:
-        e = root.embeddings(name).read_arrow(columns=["clip_id", "video_emb"])
-        e = e.filter(pc.is_in(e["clip_id"], value_set=clip_ids))
-        self.vectors = e["video_emb"].combine_chunks()
-        self.index = {cid: i for i, cid in enumerate(e["clip_id"].to_pylist())}
-        self.shape = root.embedding_meta(name).get("video_emb_shape") or [-1]
+        from curate.embeddings import EmbeddingSet
+
+        self.vectors: dict[str, np.ndarray] = {}
+        for ids, video, _ in EmbeddingSet(root, name).vectors(clip_ids):
+            self.vectors.update(zip(ids.to_pylist(), video))
 
     def get(self, clip_id: str) -> np.ndarray | None:
-        i = self.index.get(clip_id)
-        if i is None or not self.vectors[i].is_valid:
-            return None
-        return self.vectors[i].values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(self.shape)
+        return self.vectors.get(clip_id)
 
 
 class _Generated:

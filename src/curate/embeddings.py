@@ -1,0 +1,382 @@
+"""Embedding sets: what every reader of ``ROOT/embeddings/<name>/`` goes through.
+
+An embedding set is a table (``clip_id``, ``video_emb``, ``text_emb``, ``status``, ``error``; one row per
+clip) and its ``_meta.json`` (encoder, options, caption source, shapes), written by `curate embed` /
+`curate process`. :class:`EmbeddingSet` owns, in one place:
+
+* its metadata and shape (``meta``, validated; ``video_shape`` ``(D,)`` or ``(Q, D)`` for query stacks,
+  ``text_shape`` ``(D,)``);
+* streaming its vectors for a set of clips (:meth:`EmbeddingSet.vectors`: bounded batches read through the
+  store's table);
+* its similarity (:meth:`EmbeddingSet.similarity`): the encoder's own ``similarity`` when its class overrides
+  :meth:`curate.encoders.base.Encoder.similarity` (recorded at embed time as ``encoder_similarity`` in
+  ``_meta.json``; the encoder is then created through its plugin factory, lazily, once per process), else the
+  dot product of the stored vectors (L2-normalised by the encoder contract: their cosine; the best query's
+  for ``[Q, D]`` stacks);
+* the name of its score column (``<name>_sim``). A name whose score column is a column a registered scorer
+  declares (``dup`` -> the dedup scorer's ``dup_sim``) is refused.
+
+It lives beside the store rather than in it: the store knows tables, this module also knows plugins
+(encoder factories, the scorers' declared columns).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.errors import CurateError
+from curate.store import Root
+
+__all__ = [
+    "BATCH_FLOATS",
+    "SCORE_SUFFIX",
+    "EmbeddingSet",
+    "VectorBatch",
+    "check_set_name",
+    "cosine",
+    "cosine_matrix",
+    "name_from_column",
+    "names_from_columns",
+    "overrides_similarity",
+    "reserved_columns",
+    "score_column",
+    "sets",
+]
+
+SCORE_SUFFIX = "_sim"
+#: floats per streamed batch (64 MB of float32)
+BATCH_FLOATS = 1 << 24
+COLUMNS = {"video": "video_emb", "text": "text_emb"}
+
+
+# ----------------------------------------------------------------------------- names and score columns
+def score_column(name: str) -> str:
+    """The alignment score column of the embedding set ``name``: ``<name>_sim``."""
+    return f"{name}{SCORE_SUFFIX}"
+
+
+def reserved_columns() -> dict[str, str]:
+    """Column -> scorer for the fixed columns registered scorers declare (the registry lists them without
+    loading any model); templates such as the alignment scorer's ``<encoder>_sim`` are not fixed columns."""
+    from curate.plugins import get_scorers
+
+    return {c: s.name for s in get_scorers().values() for c in s.columns if "<" not in c}
+
+
+def name_from_column(col: str, reserved: Iterable[str] | None = None) -> str | None:
+    """The embedding set whose score column ``col`` is (``clip_sim`` -> ``clip``), None for any other column
+    (``dup_sim`` is the dedup scorer's)."""
+    reserved = reserved_columns() if reserved is None else reserved
+    if col.endswith(SCORE_SUFFIX) and len(col) > len(SCORE_SUFFIX) and col not in reserved:
+        return col[: -len(SCORE_SUFFIX)]
+    return None
+
+
+def names_from_columns(columns: Iterable[str]) -> list[str]:
+    """Embedding sets with a score column among ``columns``, in their order."""
+    reserved = reserved_columns()
+    return [n for n in (name_from_column(c, reserved) for c in columns) if n is not None]
+
+
+def check_set_name(name: str) -> str:
+    """``name`` when it can name an embedding set: its score column must not be a scorer's column."""
+    col = score_column(name)
+    owner = reserved_columns().get(col)
+    if owner is not None:
+        raise CurateError(f"An embedding set cannot be named {name!r}: its score column {col!r} is the "
+                          f"{owner} scorer's column. Pass --name with another name (for example {name}_emb).")
+    return name
+
+
+def sets(root: Root | str) -> list[str]:
+    """Names of the embedding sets under ``root`` (those with a ``_meta.json`` or a table)."""
+    return _root(root).embedding_names()
+
+
+def _root(root: Root | str) -> Root:
+    return root if isinstance(root, Root) else Root(root)
+
+
+# ----------------------------------------------------------------------------- similarity
+def cosine(video: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """Pairs ``[B, D]`` (or ``[B, Q, D]``) x ``[B, D]`` -> ``[B]``: dot products of unit vectors, the best
+    query's for query stacks (BLIP-2 ITC)."""
+    video = np.asarray(video, dtype=np.float32)
+    text = np.asarray(text, dtype=np.float32)
+    if video.ndim == 3:
+        return np.einsum("bqd,bd->bq", video, text).max(axis=1)
+    return np.einsum("bd,bd->b", video, text)
+
+
+def cosine_matrix(text: np.ndarray, video: np.ndarray) -> np.ndarray:
+    """``[M, D]`` captions x ``[N, D]`` (or ``[N, Q, D]``) clips -> ``[M, N]`` (max over queries for stacks)."""
+    text = np.asarray(text, dtype=np.float32)
+    video = np.asarray(video, dtype=np.float32)
+    if video.ndim == 3:
+        n, q, d = video.shape
+        return (text @ video.reshape(n * q, d).T).reshape(len(text), n, q).max(axis=2)
+    return text @ video.T
+
+
+def overrides_similarity(enc: Any) -> bool:
+    """Whether an encoder's class overrides :meth:`Encoder.similarity` (then that is the set's similarity)."""
+    from curate.encoders.base import Encoder
+
+    fn = getattr(type(enc), "similarity", None)
+    return fn is not None and fn is not Encoder.similarity
+
+
+_ENCODERS: OrderedDict[tuple, Any] = OrderedDict()
+_ENCODER_LOCK = threading.RLock()  # also held while a cached encoder runs
+
+
+def _cached_encoder(encoder: str, options: dict[str, str], device: str):
+    """The encoder of ``(encoder, options, device)``, created once per process (two kept)."""
+    from curate.stages.embed import load_encoder
+
+    key = (encoder, json.dumps(options, sort_keys=True), device)
+    with _ENCODER_LOCK:
+        enc = _ENCODERS.get(key)
+        if enc is None:
+            enc = load_encoder(encoder, options, device)
+            _ENCODERS[key] = enc
+            while len(_ENCODERS) > 2:
+                _ENCODERS.popitem(last=False)
+        else:
+            _ENCODERS.move_to_end(key)
+        return enc
+
+
+# ----------------------------------------------------------------------------- the set
+class VectorBatch(NamedTuple):
+    """One streamed batch: clip ids and their vectors (None for a column not asked for)."""
+
+    clip_ids: pa.Array
+    video: np.ndarray | None  # [n, D] or [n, Q, D] float32
+    text: np.ndarray | None  # [n, D] float32
+
+
+class EmbeddingSet:
+    """``ROOT/embeddings/<name>``: metadata, vectors, similarity and score column of one embedding set."""
+
+    def __init__(self, root: Root | str, name: str) -> None:
+        self.root = _root(root)
+        self.name = check_set_name(name)
+        self._meta: dict | None = None
+
+    def __repr__(self) -> str:
+        return f"EmbeddingSet({str(self.root)!r}, {self.name!r})"
+
+    # -- metadata
+    def exists(self) -> bool:
+        return bool(self.root.embedding_meta(self.name))
+
+    @property
+    def meta(self) -> dict:
+        """``_meta.json``, checked: the set exists and its ``video_emb_shape`` is ``[D]`` or ``[Q, D]``."""
+        if self._meta is None:
+            meta = self.root.embedding_meta(self.name)
+            if not meta:
+                known = ", ".join(sets(self.root)) or "none"
+                raise CurateError(f"No embedding set named {self.name!r} under {self.root}/embeddings (found: "
+                                  f"{known}). Run `curate embed --root {self.root} --encoder ...` first; --encoder "
+                                  "(or --name) names the set.")
+            try:
+                shape = [int(x) for x in meta.get("video_emb_shape") or []]
+            except (TypeError, ValueError):
+                shape = []
+            if len(shape) not in (1, 2) or min(shape) <= 0:
+                raise CurateError(f"embeddings/{self.name}/_meta.json has no usable video_emb_shape "
+                                  f"({meta.get('video_emb_shape')}): embed the set again (delete "
+                                  f"{self.root.url('embeddings/' + self.name)} first).")
+            self._meta = meta
+        return self._meta
+
+    @property
+    def encoder(self) -> str | None:
+        return self.meta.get("encoder")
+
+    @property
+    def options(self) -> dict[str, str]:
+        return {k: str(v) for k, v in (self.meta.get("options") or {}).items()}
+
+    @property
+    def caption(self) -> str | None:
+        """The captions set whose texts are the ``text_emb`` (None: the clips table's caption)."""
+        from curate.stages.caption import parse_caption_source
+
+        return parse_caption_source(self.meta.get("caption"))
+
+    @property
+    def video_shape(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.meta["video_emb_shape"])
+
+    @property
+    def dim(self) -> int:
+        return self.video_shape[-1]
+
+    @property
+    def text_shape(self) -> tuple[int]:
+        return (self.dim,)
+
+    @property
+    def queries(self) -> int:
+        """Vectors per clip: Q for ``[Q, D]`` query stacks, else 1."""
+        return self.video_shape[0] if len(self.video_shape) == 2 else 1
+
+    @property
+    def stacked(self) -> bool:
+        return len(self.video_shape) == 2
+
+    @property
+    def score_column(self) -> str:
+        return score_column(self.name)
+
+    @property
+    def table(self):
+        return self.root.embeddings(self.name)
+
+    def count(self) -> int:
+        """Rows of the table (error rows included)."""
+        return self.table.count()
+
+    # -- vectors
+    def vectors(self, clip_ids: Sequence[str] | pa.Array | pa.ChunkedArray | None = None,
+                columns: Sequence[str] = ("video",), batch_rows: int | None = None) -> Iterator[VectorBatch]:
+        """Stream the ok rows (of ``clip_ids`` when given) whose ``columns`` (``video``, ``text``) all hold a
+        vector, in table order, in batches of ``batch_rows`` (default: about 64 MB of floats)."""
+        cols = tuple(columns)
+        unknown = [c for c in cols if c not in COLUMNS]
+        if unknown:
+            raise CurateError(f"vectors(columns=...) takes video and text, not {', '.join(unknown)}.")
+        width = {"video": self.queries * self.dim, "text": self.dim}
+        rows = batch_rows or max(64, BATCH_FLOATS // max(1, sum(width[c] for c in cols)))
+        flt = self._ids_filter(clip_ids)
+        if flt is False:
+            return
+        # the clip ids are matched in the scan (faster than per batch, whatever their number), the status
+        # here (a scan filter on it reads the table ~10% slower)
+        for b in self.table.iter_batches(columns=["clip_id", "status", *(COLUMNS[c] for c in cols)], filter=flt,
+                                         batch_size=rows):
+            keep = pc.fill_null(pc.equal(b.column("status"), "ok"), False)
+            for c in cols:
+                keep = pc.and_(keep, pc.is_valid(b.column(COLUMNS[c])))
+            if not pc.any(keep).as_py():
+                continue
+            if not pc.all(keep).as_py():
+                b = b.filter(keep)
+            out = {c: self._array(b.column(COLUMNS[c]), b.num_rows, c) for c in cols}
+            yield VectorBatch(b.column("clip_id"), out.get("video"), out.get("text"))
+
+    def _array(self, col: pa.Array, n: int, which: str) -> np.ndarray:
+        vals = col.flatten().to_numpy(zero_copy_only=False)
+        shape = self.video_shape if which == "video" else self.text_shape
+        if vals.size != n * int(np.prod(shape)):
+            raise CurateError(f"embeddings/{self.name}: {which} vectors do not have the {int(np.prod(shape))} values "
+                              f"of their shape {list(shape)} in _meta.json; embed the set again.")
+        return vals.astype(np.float32, copy=False).reshape(n, *shape)
+
+    def clip_ids(self, clip_ids: Sequence[str] | pa.Array | pa.ChunkedArray | None = None) -> pa.Array:
+        """Ids of the ok rows (among ``clip_ids`` when given), without reading any vector."""
+        parts = [b.column("clip_id") for b in self._rows(["clip_id"], clip_ids, ok=True)]
+        return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+    def missing_reasons(self, clip_ids: Sequence[str] | pa.Array | pa.ChunkedArray) -> dict[str, str]:
+        """Why rows of ``clip_ids`` have no clip-caption pair: an error row (``clip not embedded: ...``) or an
+        ok row without a caption vector. Clips without a row are left out."""
+        out: dict[str, str] = {}
+        for b in self._rows(["clip_id", "status", "error", "text_emb"], clip_ids, ok=False):
+            no_text = pc.is_null(b.column("text_emb")).to_pylist()
+            for cid, st, err, nt in zip(b.column("clip_id").to_pylist(), b.column("status").to_pylist(),
+                                        b.column("error").to_pylist(), no_text):
+                if st != "ok":
+                    out[cid] = f"clip not embedded: {err}"
+                elif nt:
+                    out[cid] = err or "clip has no caption"
+        return out
+
+    def _rows(self, columns: list[str], clip_ids, *, ok: bool) -> Iterator[pa.RecordBatch]:
+        flt = self._ids_filter(clip_ids)
+        if flt is False:
+            return
+        if ok:
+            flt = (pc.field("status") == "ok") if flt is None else flt & (pc.field("status") == "ok")
+        for b in self.table.iter_batches(columns=columns, filter=flt, batch_size=65536):
+            if b.num_rows:
+                yield b
+
+    @staticmethod
+    def _ids_filter(clip_ids):
+        """The scan filter of ``clip_ids`` (None: every row; False: none)."""
+        if clip_ids is None:
+            return None
+        ids = _string_array(clip_ids)
+        return pc.field("clip_id").isin(ids) if len(ids) else False
+
+    # -- similarity
+    @property
+    def encoder_similarity(self) -> bool:
+        """True when the encoder's class overrides ``Encoder.similarity`` (recorded by `curate embed`)."""
+        return bool(self.meta.get("encoder_similarity"))
+
+    def encoder_instance(self, device: str = "auto"):
+        """The set's encoder (same plugin, same options), created once per process."""
+        if not self.encoder:
+            raise CurateError(f"embeddings/{self.name}/_meta.json names no encoder.")
+        return _cached_encoder(self.encoder, self.options, device)
+
+    def similarity(self, video: np.ndarray, text: np.ndarray) -> np.ndarray:
+        """Alignment score ``[B]`` of pairs (row i of ``video`` ``[B, *video_shape]`` with row i of ``text``
+        ``[B, D]``): the encoder's ``similarity`` when it overrides it, else :func:`cosine`."""
+        if self.encoder_similarity:
+            with _ENCODER_LOCK:
+                enc = self.encoder_instance("cpu")
+                s = enc.similarity(np.asarray(video, np.float32), np.asarray(text, np.float32))
+            return np.asarray(s, np.float32).reshape(len(video))
+        return cosine(video, text)
+
+    def query_scores(self, video: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Scores ``[N]`` of ``N`` clips against one text vector ``query`` ``[D]`` (search)."""
+        q = np.asarray(query, np.float32).ravel()
+        video = np.asarray(video, np.float32)
+        if self.encoder_similarity:
+            return self.similarity(video, np.broadcast_to(q, (len(video), q.size)))
+        if video.ndim == 3:
+            n, k, d = video.shape
+            return (video.reshape(n * k, d) @ q).reshape(n, k).max(axis=1)
+        return video @ q
+
+    def score_matrix(self, text: np.ndarray, video: np.ndarray) -> np.ndarray:
+        """``[M, D]`` captions x ``[N, ...]`` clips -> ``[M, N]`` (retrieval metrics)."""
+        if not self.encoder_similarity:
+            return cosine_matrix(text, video)
+        text = np.asarray(text, np.float32)
+        video = np.asarray(video, np.float32)
+        if not len(text):
+            return np.zeros((0, len(video)), np.float32)
+        return np.stack([self.query_scores(video, t) for t in text])
+
+    def embed_query(self, text: str, *, device: str = "auto") -> np.ndarray:
+        """``text`` embedded by the set's encoder and options -> unit ``[D]``."""
+        with _ENCODER_LOCK:
+            v = np.asarray(self.encoder_instance(device).embed_texts([text]), np.float32)[0]
+        if v.size != self.dim:
+            raise CurateError(f"encoder {self.encoder!r} embeds text into {v.size} dims but embeddings/{self.name} "
+                              f"have {self.dim}; the options recorded in _meta.json no longer build the same model.")
+        return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def _string_array(ids) -> pa.Array:
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if not isinstance(ids, pa.Array):
+        ids = pa.array(list(ids), pa.string())
+    return ids.cast(pa.string()) if ids.type != pa.string() else ids
