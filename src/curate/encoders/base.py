@@ -143,11 +143,9 @@ class Encoder:
     def similarity(self, video: np.ndarray, text: np.ndarray) -> np.ndarray:
         """Alignment score of aligned pairs (row i of ``video`` with row i of ``text``); overriding it changes
         the scores of this encoder's embedding sets (see the class docstring)."""
-        video = np.asarray(video, dtype=np.float32)
-        text = np.asarray(text, dtype=np.float32)
-        if video.ndim == 3:  # query stacks: best query, as BLIP-2 ITC does
-            return np.einsum("bqd,bd->bq", video, text).max(axis=1)
-        return np.einsum("bd,bd->b", video, text)
+        from curate.embeddings import cosine  # the default: the best query's cosine for query stacks (BLIP-2 ITC)
+
+        return cosine(video, text)
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         out = [self.embed_text_batch(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]

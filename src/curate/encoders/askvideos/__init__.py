@@ -222,9 +222,6 @@ class AskVideosEncoder(Encoder):
         emb = self.model.encode_text(ids.to(self.device), mask.to(self.device))
         return emb.float().cpu().numpy()
 
-    def similarity(self, video: np.ndarray, text: np.ndarray) -> np.ndarray:
-        """Best query's cosine per (clip, caption) pair: ``max_q <v_q, t>`` (BLIP-2 ITC, no temperature)."""
-        return super().similarity(video, text)
 
 
 
