@@ -30,6 +30,7 @@ class Probe:
     codec: str
     num_frames: int
     rotation: int = 0
+    has_audio: bool = False
 
 
 class MediaError(Exception):
@@ -81,37 +82,197 @@ def probe(path: Path, timeout: float = PROBE_TIMEOUT_S) -> Probe:
             rotation = int(sd["rotation"])
     if "rotate" in v.get("tags", {}):
         rotation = int(v["tags"]["rotate"])
-    return Probe(duration, fps, width, height, v.get("codec_name", ""), num_frames, rotation)
+    has_audio = any(s.get("codec_type") == "audio" for s in info.get("streams", []))
+    return Probe(duration, fps, width, height, v.get("codec_name", ""), num_frames, rotation, has_audio)
 
 
-def cut_clip(src: Path, dst: Path, start_s: float, num_frames: int, fps: float, *, mode: str = "accurate",
-             crf: int = 18, timeout: float = CUT_TIMEOUT_S) -> None:
-    """Cut ``num_frames`` frames starting at ``start_s`` from ``src`` into ``dst`` (mp4).
+#: how a clip is cut: ``accurate`` re-encodes every clip (frame-accurate), ``copy`` stream-copies every clip
+#: (exact only at keyframes), ``auto`` stream-copies the clips whose both ends fall on keyframes (exact, checked)
+#: and re-encodes the others
+CUT_MODES = ("accurate", "copy", "auto")
+#: the re-encode: libx264 at this preset and CRF (chosen by bench/bench_publish.py: README "Speed")
+PRESET = "veryfast"
+CRF = 18
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
-    ``accurate`` re-encodes (H.264, frame-accurate: input seek + exact frame count); ``copy`` stream-copies,
-    which is exact only when the cut points fall on keyframes (fast, no quality loss).
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".tmp-{dst.name}")
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", f"{start_s:.6f}", "-i", _abs(src)]
-    if mode == "copy":
-        cmd += ["-t", f"{num_frames / fps:.6f}", "-map", "0:v:0", "-map", "0:a:0?", "-c", "copy",
-                "-avoid_negative_ts", "make_zero"]
-    else:
-        cmd += ["-frames:v", str(num_frames), "-map", "0:v:0", "-map", "0:a:0?", "-c:v", "libx264",
-                "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p", "-c:a", "aac",
-                "-t", f"{num_frames / fps:.6f}"]
-    cmd += ["-movflags", "+faststart", "-f", "mp4", _abs(tmp)]
+
+@dataclass(frozen=True)
+class Encoding:
+    """How a re-encoded clip is written: libx264 ``preset`` and ``crf``, ``threads`` per ffmpeg (0: x264's own
+    choice, ~1.5x the cores); audio is AAC."""
+
+    preset: str = PRESET
+    crf: int = CRF
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise CurateError(f"preset must be one of {', '.join(PRESETS)} (libx264), not {self.preset!r}")
+        if not 0 <= int(self.crf) <= 51:
+            raise CurateError(f"crf must be 0..51 (libx264: 18 is visually lossless, 23 its default), not {self.crf}")
+
+    def video_args(self) -> list[str]:
+        return ["-c:v", "libx264", "-preset", self.preset, "-crf", str(int(self.crf)), "-pix_fmt", "yuv420p",
+                "-threads", str(int(self.threads))]
+
+    def label(self) -> str:
+        return f"H.264 (libx264 -preset {self.preset} -crf {int(self.crf)})"
+
+
+def keyframes(path: Path, timeout: float = PROBE_TIMEOUT_S) -> list[float]:
+    """Where a stream copy of the first video stream can cut exactly: the presentation times (s) of its
+    keyframes, from its packets (nothing is decoded), measured from its first frame (where a clip's
+    ``start_s`` counts from); the last entry is the stream's end. Empty unless the stream is H.264 in
+    8-bit 4:2:0, what a re-encode writes, so that every published clip is H.264 yuv420p either way."""
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+           "stream=codec_name,pix_fmt:packet=pts_time,duration_time,flags", "-of", "csv=p=0", "-i", _abs(path)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
     except subprocess.TimeoutExpired:
-        tmp.unlink(missing_ok=True)
+        raise MediaError(f"ffprobe timed out after {timeout:.0f} s") from None
+    if out.returncode != 0:
+        raise MediaError(f"ffprobe could not list the packets ({(out.stderr.strip().splitlines() or ['?'])[-1][:300]})")
+    pts, keys, end, stream = [], [], 0.0, []
+    for line in out.stdout.splitlines():
+        f = line.split(",")
+        try:
+            t = float(f[0])
+        except (ValueError, IndexError):
+            stream = f  # codec_name,pix_fmt
+            continue
+        d = float(f[1]) if len(f) > 1 and f[1] not in ("", "N/A") else 0.0
+        pts.append(t)
+        end = max(end, t + d)
+        if len(f) > 2 and f[2].startswith("K"):
+            keys.append(t)
+    if not pts or stream[:2] != ["h264", "yuv420p"]:
+        return []
+    first = min(pts)
+    return sorted(k - first for k in keys) + [end - first]
+
+
+def copy_exact(keys: list[float], start_s: float, num_frames: int, fps: float) -> bool:
+    """Whether a stream copy of ``num_frames`` frames from ``start_s`` is exact: the clip starts on a keyframe
+    and ends on one (the next GOP's first frame) or at the end of the stream (``keys`` from :func:`keyframes`)."""
+    import bisect
+
+    if len(keys) < 2:
+        return False
+    tol = 0.5 / fps
+    end_s = start_s + num_frames / fps
+
+    def on_key(t: float) -> bool:
+        i = bisect.bisect_left(keys, t - tol, 0, len(keys) - 1)
+        return i < len(keys) - 1 and abs(keys[i] - t) <= tol
+
+    return on_key(start_s) and (on_key(end_s) or abs(end_s - keys[-1]) <= tol)
+
+
+def _run_cut(cmd: list[str], tmps: list[Path], timeout: float) -> None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
+    except subprocess.TimeoutExpired:
+        for t in tmps:
+            t.unlink(missing_ok=True)
         raise MediaError(f"ffmpeg cut timed out after {timeout:.0f} s") from None
-    if out.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
-        tmp.unlink(missing_ok=True)
+    if out.returncode != 0 or not all(t.exists() and t.stat().st_size > 0 for t in tmps):
+        for t in tmps:
+            t.unlink(missing_ok=True)
         msg = (out.stderr.strip().splitlines() or ["unknown error"])[-1]
         raise MediaError(f"ffmpeg could not cut the clip ({msg[:300]})")
+
+
+def video_packets(path: Path, timeout: float = PROBE_TIMEOUT_S) -> int:
+    """How many packets (= frames, for H.264) the first video stream holds (counted by ffprobe, no decode)."""
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
+           "stream=nb_read_packets", "-of", "csv=p=0", "-i", _abs(path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
+    try:
+        return int(out.stdout.strip().split(",")[0])
+    except ValueError:
+        return -1
+
+
+def cut_clip(src: Path, dst: Path, start_s: float, num_frames: int, fps: float, *, mode: str = "accurate",
+             encoding: Encoding | None = None, keys: list[float] | None = None, crf: int | None = None,
+             timeout: float = CUT_TIMEOUT_S) -> str:
+    """Cut ``num_frames`` frames starting at ``start_s`` from ``src`` into ``dst`` (mp4); returns how it was
+    cut: ``"encode"`` or ``"copy"``.
+
+    ``accurate`` re-encodes (``encoding``, default H.264 at :data:`PRESET`/:data:`CRF`; frame-accurate: input
+    seek + exact frame count); ``copy`` stream-copies, which is exact only when the cut points fall on
+    keyframes (fast, no quality loss); ``auto`` stream-copies when :func:`copy_exact` says the copy is exact
+    (``keys``: the source's :func:`keyframes`, listed here when not given) and the copy holds exactly
+    ``num_frames`` frames, and re-encodes otherwise.
+    """
+    if mode not in CUT_MODES:
+        raise CurateError(f"cut must be one of {', '.join(CUT_MODES)}, not {mode!r}")
+    encoding = encoding or Encoding(crf=crf if crf is not None else CRF)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".tmp-{dst.name}")
+    head = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", f"{start_s:.6f}", "-i", _abs(src)]
+    tail = ["-movflags", "+faststart", "-f", "mp4", _abs(tmp)]
+    if mode == "auto":
+        if keys is None:
+            keys = keyframes(src)
+        if copy_exact(keys, start_s, num_frames, fps):
+            # -frames:v counts packets in decode order: from a keyframe to the next one that is the GOP's frames.
+            # No -avoid_negative_ts: shifting B-frames' negative dts to 0 would start the video ~3 frames late
+            # (a decoder writing constant-rate frames repeats the first); the mp4 muxer keeps them (edit list)
+            _run_cut(head + ["-frames:v", str(num_frames), "-t", f"{num_frames / fps:.6f}", "-map", "0:v:0",
+                             "-map", "0:a:0?", "-c", "copy"] + tail, [tmp], timeout)
+            if video_packets(tmp) == num_frames:
+                tmp.replace(dst)
+                return "copy"
+            tmp.unlink(missing_ok=True)  # not what it looked like (an open GOP, say): re-encode
+        mode = "accurate"
+    if mode == "copy":
+        cmd = head + ["-t", f"{num_frames / fps:.6f}", "-map", "0:v:0", "-map", "0:a:0?", "-c", "copy",
+                      "-avoid_negative_ts", "make_zero"]
+    else:
+        cmd = head + ["-frames:v", str(num_frames), "-map", "0:v:0", "-map", "0:a:0?", *encoding.video_args(),
+                      "-c:a", "aac", "-t", f"{num_frames / fps:.6f}"]
+    _run_cut(cmd + tail, [tmp], timeout)
     tmp.replace(dst)
+    return "copy" if mode == "copy" else "encode"
+
+
+def cut_clips(src: Path, cuts: list[tuple[Path, float, int]], fps: float, *, encoding: Encoding | None = None,
+              audio: bool = True, timeout: float = CUT_TIMEOUT_S) -> None:
+    """Re-encode several clips of ONE source from one decode: ``cuts`` = [(dst, start_s, num_frames), ...].
+
+    One ffmpeg seeks to the first clip, decodes up to the end of the last one and hands each clip's frames
+    (``trim`` by frame number, so the same frames as :func:`cut_clip` in ``accurate`` mode) to an encoder of
+    its own, writing every ``dst``. ``audio``: whether the source has an audio stream to cut too. Decoding the
+    gaps between clips is the price; a seek per clip decodes from the keyframe before each start instead.
+    """
+    if not cuts:
+        return
+    encoding = encoding or Encoding()
+    cuts = sorted(cuts, key=lambda c: c[1])
+    first = cuts[0][1]
+    span = max(s + n / fps for _, s, n in cuts) - first
+    k = len(cuts)
+    graph = [f"[0:v:0]split={k}" + "".join(f"[v{i}]" for i in range(k))]
+    if audio:
+        graph.append(f"[0:a:0]asplit={k}" + "".join(f"[a{i}]" for i in range(k)))
+    outs: list[str] = []
+    tmps = []
+    for i, (dst, s, n) in enumerate(cuts):
+        a = int(round((s - first) * fps))
+        graph.append(f"[v{i}]trim=start_frame={a}:end_frame={a + n},setpts=PTS-STARTPTS[ov{i}]")
+        if audio:
+            graph.append(f"[a{i}]atrim=start={s - first:.6f}:duration={n / fps:.6f},asetpts=PTS-STARTPTS[oa{i}]")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".tmp-{dst.name}")
+        tmps.append(tmp)
+        outs += ["-map", f"[ov{i}]"] + (["-map", f"[oa{i}]", "-c:a", "aac"] if audio else []) + encoding.video_args() + \
+            ["-movflags", "+faststart", "-f", "mp4", _abs(tmp)]
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", f"{first:.6f}", "-t", f"{span + 1 / fps:.6f}",
+           "-i", _abs(src), "-filter_complex", ";".join(graph), *outs]
+    _run_cut(cmd, tmps, timeout)
+    for (dst, _, _), tmp in zip(cuts, tmps):
+        tmp.replace(dst)
 
 
 def open_video(path: Path, size: tuple[int, int] | None = None, num_threads: int = 0):
