@@ -61,6 +61,24 @@ def test_auto_cut_gives_the_frames_of_the_accurate_cut(tmp_path, gop_video, star
     assert probe(auto).has_audio and probe(auto).codec == "h264"
 
 
+def test_auto_cut_agrees_with_accurate_when_the_video_starts_after_the_audio(tmp_path, gop_video):
+    """ffmpeg -ss counts from the file's start (here the audio's): keyframes are listed on that time line."""
+    import subprocess
+
+    late = tmp_path / "late.mp4"  # video 0.2 s (5 frames) after the audio
+    subprocess.run(["ffmpeg", "-v", "error", "-itsoffset", "0.2", "-i", str(gop_video), "-i", str(gop_video), "-map",
+                    "0:v", "-map", "1:a", "-c", "copy", str(late)], check=True)
+    keys = keyframes(late)
+    assert keys[0] == pytest.approx(0.2)
+    for start_s, n, copied in ((1.2, 50, True), (1.0, 50, False)):
+        auto, accurate = tmp_path / "auto.mp4", tmp_path / "accurate.mp4"
+        assert cut_clip(late, auto, start_s, n, FPS, mode="auto", keys=keys) == ("copy" if copied else "encode")
+        cut_clip(late, accurate, start_s, n, FPS, mode="accurate")
+        a, b = frames(auto), frames(accurate)
+        assert len(a) == len(b) == n
+        assert psnr(a[0], b[0]) > 35 and psnr(a[-1], b[-1]) > 35
+
+
 def test_auto_reencodes_a_source_that_is_not_h264(tmp_path):
     src = tmp_path / "src.mkv"
     make_video(src, [("testsrc2", 20), ("smptebars", 20)], fps=FPS, codec="ffv1")

@@ -121,34 +121,34 @@ class Encoding:
 
 def keyframes(path: Path, timeout: float = PROBE_TIMEOUT_S) -> list[float]:
     """Where a stream copy of the first video stream can cut exactly: the presentation times (s) of its
-    keyframes, from its packets (nothing is decoded), measured from its first frame (where a clip's
-    ``start_s`` counts from); the last entry is the stream's end. Empty unless the stream is H.264 in
-    8-bit 4:2:0, what a re-encode writes, so that every published clip is H.264 yuv420p either way."""
+    keyframes, from its packets (nothing is decoded), on the time line that ``ffmpeg -ss`` seeks on (from
+    the file's start time, as a clip's ``start_s`` is given to it); the last entry is the stream's end.
+    Empty unless the stream is H.264 in 8-bit 4:2:0, what a re-encode writes, so that every published clip
+    is H.264 yuv420p either way."""
     cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-           "stream=codec_name,pix_fmt:packet=pts_time,duration_time,flags", "-of", "csv=p=0", "-i", _abs(path)]
+           "format=start_time:stream=codec_name,pix_fmt:packet=pts_time,duration_time,flags", "-of", "json=compact=1",
+           "-i", _abs(path)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
     except subprocess.TimeoutExpired:
         raise MediaError(f"ffprobe timed out after {timeout:.0f} s") from None
     if out.returncode != 0:
         raise MediaError(f"ffprobe could not list the packets ({(out.stderr.strip().splitlines() or ['?'])[-1][:300]})")
-    pts, keys, end, stream = [], [], 0.0, []
-    for line in out.stdout.splitlines():
-        f = line.split(",")
-        try:
-            t = float(f[0])
-        except (ValueError, IndexError):
-            stream = f  # codec_name,pix_fmt
-            continue
-        d = float(f[1]) if len(f) > 1 and f[1] not in ("", "N/A") else 0.0
-        pts.append(t)
-        end = max(end, t + d)
-        if len(f) > 2 and f[2].startswith("K"):
-            keys.append(t)
-    if not pts or stream[:2] != ["h264", "yuv420p"]:
+    info = json.loads(out.stdout or "{}")
+    stream = (info.get("streams") or [{}])[0]
+    if (stream.get("codec_name"), stream.get("pix_fmt")) != ("h264", "yuv420p"):
         return []
-    first = min(pts)
-    return sorted(k - first for k in keys) + [end - first]
+    first = float(info.get("format", {}).get("start_time") or 0.0)
+    keys, end = [], None
+    for pkt in info.get("packets", []):
+        try:
+            t = float(pkt["pts_time"])
+        except (KeyError, ValueError):
+            continue
+        end = max(end or t, t + float(pkt.get("duration_time") or 0.0))
+        if pkt.get("flags", "").startswith("K"):
+            keys.append(t - first)
+    return sorted(keys) + [end - first] if end is not None else []
 
 
 def copy_exact(keys: list[float], start_s: float, num_frames: int, fps: float) -> bool:
@@ -168,7 +168,8 @@ def copy_exact(keys: list[float], start_s: float, num_frames: int, fps: float) -
     return on_key(start_s) and (on_key(end_s) or abs(end_s - keys[-1]) <= tol)
 
 
-def _run_cut(cmd: list[str], tmps: list[Path], timeout: float) -> None:
+def _run_cut(cmd: list[str], tmps: list[Path], timeout: float) -> str:
+    """Run one ffmpeg cut writing ``tmps``; its standard output (``-progress pipe:1``'s lines), or MediaError."""
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
     except subprocess.TimeoutExpired:
@@ -180,6 +181,7 @@ def _run_cut(cmd: list[str], tmps: list[Path], timeout: float) -> None:
             t.unlink(missing_ok=True)
         msg = (out.stderr.strip().splitlines() or ["unknown error"])[-1]
         raise MediaError(f"ffmpeg could not cut the clip ({msg[:300]})")
+    return out.stdout
 
 
 def video_packets(path: Path, timeout: float = PROBE_TIMEOUT_S) -> int:
@@ -203,7 +205,7 @@ def cut_clip(src: Path, dst: Path, start_s: float, num_frames: int, fps: float, 
     seek + exact frame count); ``copy`` stream-copies, which is exact only when the cut points fall on
     keyframes (fast, no quality loss); ``auto`` stream-copies when :func:`copy_exact` says the copy is exact
     (``keys``: the source's :func:`keyframes`, listed here when not given) and the copy holds exactly
-    ``num_frames`` frames, and re-encodes otherwise.
+    ``num_frames`` frames (as ffmpeg reports the packets it wrote), and re-encodes otherwise.
     """
     if mode not in CUT_MODES:
         raise CurateError(f"cut must be one of {', '.join(CUT_MODES)}, not {mode!r}")
@@ -219,9 +221,11 @@ def cut_clip(src: Path, dst: Path, start_s: float, num_frames: int, fps: float, 
             # -frames:v counts packets in decode order: from a keyframe to the next one that is the GOP's frames.
             # No -avoid_negative_ts: shifting B-frames' negative dts to 0 would start the video ~3 frames late
             # (a decoder writing constant-rate frames repeats the first); the mp4 muxer keeps them (edit list)
-            _run_cut(head + ["-frames:v", str(num_frames), "-t", f"{num_frames / fps:.6f}", "-map", "0:v:0",
-                             "-map", "0:a:0?", "-c", "copy"] + tail, [tmp], timeout)
-            if video_packets(tmp) == num_frames:
+            progress = _run_cut(head + ["-frames:v", str(num_frames), "-t", f"{num_frames / fps:.6f}", "-map",
+                                        "0:v:0", "-map", "0:a:0?", "-c", "copy", "-progress", "pipe:1"] + tail,
+                                [tmp], timeout)
+            written = [line[6:] for line in progress.splitlines() if line.startswith("frame=")]
+            if written and written[-1].strip() == str(num_frames):  # the video packets ffmpeg wrote
                 tmp.replace(dst)
                 return "copy"
             tmp.unlink(missing_ok=True)  # not what it looked like (an open GOP, say): re-encode
@@ -235,44 +239,6 @@ def cut_clip(src: Path, dst: Path, start_s: float, num_frames: int, fps: float, 
     _run_cut(cmd + tail, [tmp], timeout)
     tmp.replace(dst)
     return "copy" if mode == "copy" else "encode"
-
-
-def cut_clips(src: Path, cuts: list[tuple[Path, float, int]], fps: float, *, encoding: Encoding | None = None,
-              audio: bool = True, timeout: float = CUT_TIMEOUT_S) -> None:
-    """Re-encode several clips of ONE source from one decode: ``cuts`` = [(dst, start_s, num_frames), ...].
-
-    One ffmpeg seeks to the first clip, decodes up to the end of the last one and hands each clip's frames
-    (``trim`` by frame number, so the same frames as :func:`cut_clip` in ``accurate`` mode) to an encoder of
-    its own, writing every ``dst``. ``audio``: whether the source has an audio stream to cut too. Decoding the
-    gaps between clips is the price; a seek per clip decodes from the keyframe before each start instead.
-    """
-    if not cuts:
-        return
-    encoding = encoding or Encoding()
-    cuts = sorted(cuts, key=lambda c: c[1])
-    first = cuts[0][1]
-    span = max(s + n / fps for _, s, n in cuts) - first
-    k = len(cuts)
-    graph = [f"[0:v:0]split={k}" + "".join(f"[v{i}]" for i in range(k))]
-    if audio:
-        graph.append(f"[0:a:0]asplit={k}" + "".join(f"[a{i}]" for i in range(k)))
-    outs: list[str] = []
-    tmps = []
-    for i, (dst, s, n) in enumerate(cuts):
-        a = int(round((s - first) * fps))
-        graph.append(f"[v{i}]trim=start_frame={a}:end_frame={a + n},setpts=PTS-STARTPTS[ov{i}]")
-        if audio:
-            graph.append(f"[a{i}]atrim=start={s - first:.6f}:duration={n / fps:.6f},asetpts=PTS-STARTPTS[oa{i}]")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".tmp-{dst.name}")
-        tmps.append(tmp)
-        outs += ["-map", f"[ov{i}]"] + (["-map", f"[oa{i}]", "-c:a", "aac"] if audio else []) + encoding.video_args() + \
-            ["-movflags", "+faststart", "-f", "mp4", _abs(tmp)]
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", f"{first:.6f}", "-t", f"{span + 1 / fps:.6f}",
-           "-i", _abs(src), "-filter_complex", ";".join(graph), *outs]
-    _run_cut(cmd, tmps, timeout)
-    for (dst, _, _), tmp in zip(cuts, tmps):
-        tmp.replace(dst)
 
 
 def open_video(path: Path, size: tuple[int, int] | None = None, num_threads: int = 0):
