@@ -149,6 +149,11 @@ def test_publish_auto_and_accurate_publish_the_same_clips(tmp_path, gop_video, t
     # a rerun with the same options keeps the shards; another CRF rebuilds them
     assert publish(root, "b", cut="accurate", preset="ultrafast", crf=20, shard_size=4).skipped == rb.ok
     assert publish(root, "b", cut="accurate", preset="ultrafast", crf=30, shard_size=4).skipped == 0
+    # shards that an older curate cut with what is still the default encoding are kept
+    for m in (root / "subsets" / "b" / "shards").glob("*.json"):
+        m.write_text(json.dumps({**json.loads(m.read_text()), "cut": "accurate"}))
+    assert publish(root, "b", cut="accurate", shard_size=4).skipped == rb.ok
+    assert publish(root, "b", cut="auto", shard_size=4).skipped == 0
 
 
 def test_publish_refuses_an_unknown_cut(tmp_path):

@@ -158,7 +158,7 @@ def _write_shards(root: Root, out: str, shard_size: int, cutting: Cutting, capti
         digest = gen.digest(group)
         if root.exists(f"{shards_dir}/{name}") and root.exists(manifest_path):
             manifest = root.read_json(manifest_path)
-            if manifest.get("clip_ids") == ids and manifest.get("cut") == cutting.label() and \
+            if manifest.get("clip_ids") == ids and cutting.made(manifest.get("cut")) and \
                     manifest.get("captions") == digest:
                 annotations.extend(manifest["annotations"])
                 result.skipped += len(group)
@@ -285,6 +285,11 @@ class Cutting:
     def label(self) -> str:
         """What the shard manifest records: a shard cut another way is rebuilt."""
         return self.mode if self.mode == "copy" else f"{self.mode}:{self.encoding.preset}:crf{self.encoding.crf}"
+
+    def made(self, label: str | None) -> bool:
+        """Whether a shard whose manifest records ``label`` was cut this way (``accurate``: written before the
+        encoding was recorded, with what is still the default one)."""
+        return label == self.label() or (label == "accurate" and self.label() == f"accurate:{video.PRESET}:crf{video.CRF}")
 
     def describe(self) -> str:
         """How the clips were cut, for the dataset card."""
