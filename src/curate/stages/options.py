@@ -274,7 +274,7 @@ STAGES: dict[str, tuple[Opt, ...]] = {
         Opt("cut", "str", "auto", "auto: stream copy where both cut points fall on the source's keyframes "
                                   "(exact, lossless), else re-encode; accurate: frame-accurate H.264 re-encode "
                                   "of every clip; copy: stream copy of every clip (exact only at keyframes).",
-            choices=("auto", "accurate", "copy")),
+            choices=("accurate", "copy", "auto")),
         Opt("preset", "str", None, "libx264 preset of the re-encode (default: veryfast).",
             choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")),
         Opt("crf", "int", None, "libx264 CRF of the re-encode (default: 18; lower is better and larger).",
