@@ -30,8 +30,7 @@ import pyarrow.compute as pc
 
 from curate.errors import CurateError
 from curate.faults import crashpoint
-from curate.media import video
-from curate.media.video import CUT_MODES, Encoding, MediaError, cut_clip, keyframes
+from curate.media.video import CRF, CUT_MODES, PRESET, Encoding, MediaError, cut_clip, keyframes
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root
 from curate.store.storage import scratch_dir
@@ -75,7 +74,7 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
         raise CurateError("cut must be 'auto' (stream copy where the cut falls on keyframes, else re-encode), "
                           "'accurate' (frame-accurate re-encode of every clip) or 'copy' (stream copy of every clip, "
                           f"exact only at keyframes), not {cut!r}")
-    cutting = Cutting(cut, workers, Encoding(preset or video.PRESET, video.CRF if crf is None else int(crf)))
+    cutting = Cutting(cut, workers, Encoding(preset or PRESET, CRF if crf is None else int(crf)))
     out = root.subset_rel(subset)
     sel_path = f"{out}/selection.parquet"
     if not root.exists(sel_path):
@@ -289,7 +288,7 @@ class Cutting:
     def made(self, label: str | None) -> bool:
         """Whether a shard whose manifest records ``label`` was cut this way (``accurate``: written before the
         encoding was recorded, with what is still the default one)."""
-        return label == self.label() or (label == "accurate" and self.label() == f"accurate:{video.PRESET}:crf{video.CRF}")
+        return label == self.label() or (label == "accurate" and self.label() == f"accurate:{PRESET}:crf{CRF}")
 
     def describe(self) -> str:
         """How the clips were cut, for the dataset card."""
