@@ -30,6 +30,7 @@ class Probe:
     codec: str
     num_frames: int
     rotation: int = 0
+    has_audio: bool = False
 
 
 class MediaError(Exception):
@@ -81,37 +82,163 @@ def probe(path: Path, timeout: float = PROBE_TIMEOUT_S) -> Probe:
             rotation = int(sd["rotation"])
     if "rotate" in v.get("tags", {}):
         rotation = int(v["tags"]["rotate"])
-    return Probe(duration, fps, width, height, v.get("codec_name", ""), num_frames, rotation)
+    has_audio = any(s.get("codec_type") == "audio" for s in info.get("streams", []))
+    return Probe(duration, fps, width, height, v.get("codec_name", ""), num_frames, rotation, has_audio)
 
 
-def cut_clip(src: Path, dst: Path, start_s: float, num_frames: int, fps: float, *, mode: str = "accurate",
-             crf: int = 18, timeout: float = CUT_TIMEOUT_S) -> None:
-    """Cut ``num_frames`` frames starting at ``start_s`` from ``src`` into ``dst`` (mp4).
+#: how a clip is cut: ``accurate`` re-encodes every clip (frame-accurate), ``copy`` stream-copies every clip
+#: (exact only at keyframes), ``auto`` stream-copies the clips whose both ends fall on keyframes (exact, checked)
+#: and re-encodes the others
+CUT_MODES = ("accurate", "copy", "auto")
+#: the re-encode: libx264 at this preset and CRF (chosen by bench/bench_publish.py: README "Speed")
+PRESET = "veryfast"
+CRF = 18
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
-    ``accurate`` re-encodes (H.264, frame-accurate: input seek + exact frame count); ``copy`` stream-copies,
-    which is exact only when the cut points fall on keyframes (fast, no quality loss).
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".tmp-{dst.name}")
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", f"{start_s:.6f}", "-i", _abs(src)]
-    if mode == "copy":
-        cmd += ["-t", f"{num_frames / fps:.6f}", "-map", "0:v:0", "-map", "0:a:0?", "-c", "copy",
-                "-avoid_negative_ts", "make_zero"]
-    else:
-        cmd += ["-frames:v", str(num_frames), "-map", "0:v:0", "-map", "0:a:0?", "-c:v", "libx264",
-                "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p", "-c:a", "aac",
-                "-t", f"{num_frames / fps:.6f}"]
-    cmd += ["-movflags", "+faststart", "-f", "mp4", _abs(tmp)]
+
+@dataclass(frozen=True)
+class Encoding:
+    """How a re-encoded clip is written: libx264 ``preset`` and ``crf``, ``threads`` per ffmpeg (0: x264's own
+    choice, ~1.5x the cores); audio is AAC."""
+
+    preset: str = PRESET
+    crf: int = CRF
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise CurateError(f"preset must be one of {', '.join(PRESETS)} (libx264), not {self.preset!r}")
+        if not 0 <= int(self.crf) <= 51:
+            raise CurateError(f"crf must be 0..51 (libx264: 18 is visually lossless, 23 its default), not {self.crf}")
+
+    def video_args(self) -> list[str]:
+        return ["-c:v", "libx264", "-preset", self.preset, "-crf", str(int(self.crf)), "-pix_fmt", "yuv420p",
+                "-threads", str(int(self.threads))]
+
+    def label(self) -> str:
+        return f"H.264 (libx264 -preset {self.preset} -crf {int(self.crf)})"
+
+
+def keyframes(path: Path, timeout: float = PROBE_TIMEOUT_S) -> list[float]:
+    """Where a stream copy of the first video stream can cut exactly: the presentation times (s) of its
+    keyframes, from its packets (nothing is decoded), on the time line that ``ffmpeg -ss`` seeks on (from
+    the file's start time, as a clip's ``start_s`` is given to it); the last entry is the stream's end.
+    Empty unless the stream is H.264 in 8-bit 4:2:0, what a re-encode writes, so that every published clip
+    is H.264 yuv420p either way."""
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+           "format=start_time:stream=codec_name,pix_fmt:packet=pts_time,duration_time,flags", "-of", "json=compact=1",
+           "-i", _abs(path)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
     except subprocess.TimeoutExpired:
-        tmp.unlink(missing_ok=True)
+        raise MediaError(f"ffprobe timed out after {timeout:.0f} s") from None
+    if out.returncode != 0:
+        raise MediaError(f"ffprobe could not list the packets ({(out.stderr.strip().splitlines() or ['?'])[-1][:300]})")
+    info = json.loads(out.stdout or "{}")
+    stream = (info.get("streams") or [{}])[0]
+    if (stream.get("codec_name"), stream.get("pix_fmt")) != ("h264", "yuv420p"):
+        return []
+    first = float(info.get("format", {}).get("start_time") or 0.0)
+    keys, end = [], None
+    for pkt in info.get("packets", []):
+        try:
+            t = float(pkt["pts_time"])
+        except (KeyError, ValueError):
+            continue
+        end = max(end or t, t + float(pkt.get("duration_time") or 0.0))
+        if pkt.get("flags", "").startswith("K"):
+            keys.append(t - first)
+    return sorted(keys) + [end - first] if end is not None else []
+
+
+def copy_exact(keys: list[float], start_s: float, num_frames: int, fps: float) -> bool:
+    """Whether a stream copy of ``num_frames`` frames from ``start_s`` is exact: the clip starts on a keyframe
+    and ends on one (the next GOP's first frame) or at the end of the stream (``keys`` from :func:`keyframes`)."""
+    import bisect
+
+    if len(keys) < 2:
+        return False
+    tol = 0.5 / fps
+    end_s = start_s + num_frames / fps
+
+    def on_key(t: float) -> bool:
+        i = bisect.bisect_left(keys, t - tol, 0, len(keys) - 1)
+        return i < len(keys) - 1 and abs(keys[i] - t) <= tol
+
+    return on_key(start_s) and (on_key(end_s) or abs(end_s - keys[-1]) <= tol)
+
+
+def _run_cut(cmd: list[str], tmps: list[Path], timeout: float) -> str:
+    """Run one ffmpeg cut writing ``tmps``; its standard output (``-progress pipe:1``'s lines), or MediaError."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
+    except subprocess.TimeoutExpired:
+        for t in tmps:
+            t.unlink(missing_ok=True)
         raise MediaError(f"ffmpeg cut timed out after {timeout:.0f} s") from None
-    if out.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
-        tmp.unlink(missing_ok=True)
+    if out.returncode != 0 or not all(t.exists() and t.stat().st_size > 0 for t in tmps):
+        for t in tmps:
+            t.unlink(missing_ok=True)
         msg = (out.stderr.strip().splitlines() or ["unknown error"])[-1]
         raise MediaError(f"ffmpeg could not cut the clip ({msg[:300]})")
+    return out.stdout
+
+
+def video_packets(path: Path, timeout: float = PROBE_TIMEOUT_S) -> int:
+    """How many packets (= frames, for H.264) the first video stream holds (counted by ffprobe, no decode)."""
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
+           "stream=nb_read_packets", "-of", "csv=p=0", "-i", _abs(path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
+    try:
+        return int(out.stdout.strip().split(",")[0])
+    except ValueError:
+        return -1
+
+
+def cut_clip(src: Path, dst: Path, start_s: float, num_frames: int, fps: float, *, mode: str = "accurate",
+             encoding: Encoding | None = None, keys: list[float] | None = None, crf: int | None = None,
+             timeout: float = CUT_TIMEOUT_S) -> str:
+    """Cut ``num_frames`` frames starting at ``start_s`` from ``src`` into ``dst`` (mp4); returns how it was
+    cut: ``"encode"`` or ``"copy"``.
+
+    ``accurate`` re-encodes (``encoding``, default H.264 at :data:`PRESET`/:data:`CRF`; frame-accurate: input
+    seek + exact frame count); ``copy`` stream-copies, which is exact only when the cut points fall on
+    keyframes (fast, no quality loss); ``auto`` stream-copies when :func:`copy_exact` says the copy is exact
+    (``keys``: the source's :func:`keyframes`, listed here when not given) and the copy holds exactly
+    ``num_frames`` frames (as ffmpeg reports the packets it wrote), and re-encodes otherwise.
+    """
+    if mode not in CUT_MODES:
+        raise CurateError(f"cut must be one of {', '.join(CUT_MODES)}, not {mode!r}")
+    encoding = encoding or Encoding(crf=crf if crf is not None else CRF)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".tmp-{dst.name}")
+    head = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", f"{start_s:.6f}", "-i", _abs(src)]
+    tail = ["-movflags", "+faststart", "-f", "mp4", _abs(tmp)]
+    if mode == "auto":
+        if keys is None:
+            keys = keyframes(src)
+        if copy_exact(keys, start_s, num_frames, fps):
+            # -frames:v counts packets in decode order: from a keyframe to the next one that is the GOP's frames.
+            # No -avoid_negative_ts: shifting B-frames' negative dts to 0 would start the video ~3 frames late
+            # (a decoder writing constant-rate frames repeats the first); the mp4 muxer keeps them (edit list)
+            progress = _run_cut(head + ["-frames:v", str(num_frames), "-t", f"{num_frames / fps:.6f}", "-map",
+                                        "0:v:0", "-map", "0:a:0?", "-c", "copy", "-progress", "pipe:1"] + tail,
+                                [tmp], timeout)
+            written = [line[6:] for line in progress.splitlines() if line.startswith("frame=")]
+            if written and written[-1].strip() == str(num_frames):  # the video packets ffmpeg wrote
+                tmp.replace(dst)
+                return "copy"
+            tmp.unlink(missing_ok=True)  # not what it looked like (an open GOP, say): re-encode
+        mode = "accurate"
+    if mode == "copy":
+        cmd = head + ["-t", f"{num_frames / fps:.6f}", "-map", "0:v:0", "-map", "0:a:0?", "-c", "copy",
+                      "-avoid_negative_ts", "make_zero"]
+    else:
+        cmd = head + ["-frames:v", str(num_frames), "-map", "0:v:0", "-map", "0:a:0?", *encoding.video_args(),
+                      "-c:a", "aac", "-t", f"{num_frames / fps:.6f}"]
+    _run_cut(cmd + tail, [tmp], timeout)
     tmp.replace(dst)
+    return "copy" if mode == "copy" else "encode"
 
 
 def open_video(path: Path, size: tuple[int, int] | None = None, num_threads: int = 0):

@@ -270,9 +270,15 @@ STAGES: dict[str, tuple[Opt, ...]] = {
         Opt("subset", "str", None, "Subset made by `curate filter`.", flag="--subset", required=True,
             pattern=NAME_PATTERN),  # curate run: the filter section's subset
         Opt("shard_size", "int", 1000, "Clips per WebDataset shard.", minimum=1),
-        Opt("workers", "int", 4, "Parallel ffmpeg cuts.", minimum=1),
-        Opt("cut", "str", "accurate", "accurate: frame-accurate H.264 re-encode; copy: stream copy (exact only "
-                                      "at keyframes, fast, lossless).", choices=("accurate", "copy")),
+        Opt("workers", "int", None, "Parallel ffmpeg cuts (default: two per core, at most 16).", minimum=1),
+        Opt("cut", "str", "auto", "auto: stream copy where both cut points fall on the source's keyframes "
+                                  "(exact, lossless), else re-encode; accurate: frame-accurate H.264 re-encode "
+                                  "of every clip; copy: stream copy of every clip (exact only at keyframes).",
+            choices=("accurate", "copy", "auto")),
+        Opt("preset", "str", None, "libx264 preset of the re-encode (default: veryfast).",
+            choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")),
+        Opt("crf", "int", None, "libx264 CRF of the re-encode (default: 18; lower is better and larger).",
+            minimum=0, maximum=51),
         Opt("caption", "str", None, "What the caption field holds: source or "
                                     "captions:NAME (default: what `curate filter --caption` "
                                     "chose, else source). Every generated caption is "

@@ -30,10 +30,13 @@ import pyarrow.compute as pc
 
 from curate.errors import CurateError
 from curate.faults import crashpoint
-from curate.media.video import MediaError, cut_clip
+from curate.media.video import CRF, CUT_MODES, PRESET, Encoding, MediaError, cut_clip, keyframes
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root
 from curate.store.storage import scratch_dir
+
+#: publish's cut mode (see :func:`publish`): measured faster than re-encoding every clip, and as exact
+DEFAULT_CUT = "auto"
 
 
 def _primary_encoder(summary: dict, columns: list[str]) -> str | None:
@@ -45,9 +48,9 @@ def _primary_encoder(summary: dict, columns: list[str]) -> str | None:
     return sims[0] if sims else None
 
 
-def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: int = 4, cut: str = "accurate",
-            caption: str | None = None, shard: tuple[int, int] | None = None,
-            progress: Progress | None = None) -> StageResult:
+def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: int | None = None,
+            cut: str = DEFAULT_CUT, caption: str | None = None, shard: tuple[int, int] | None = None,
+            preset: str | None = None, crf: int | None = None, progress: Progress | None = None) -> StageResult:
     """Cut and package the clips selected by `curate filter` for ``subset``.
 
     Each clip's JSON carries ``caption`` (``caption``: ``source`` or ``captions:NAME``; by default what
@@ -58,22 +61,31 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
     writes only the WebDataset shards ``k`` with ``k % n == i`` (each shard a file of its own, with its
     manifest: no two tasks write one file, no lock), nothing else. Without it (the root-scope step, run
     once after them) it writes every shard not written yet, removes shards of an earlier, larger
-    selection, then ``annotations.parquet`` and the card, under the ``publish-<subset>`` lock."""
+    selection, then ``annotations.parquet`` and the card, under the ``publish-<subset>`` lock.
+
+    ``cut``: ``auto`` (default) stream-copies the clips whose both ends fall on the source's keyframes (exact:
+    checked, and only from H.264 yuv420p sources) and re-encodes the others; ``accurate`` re-encodes every
+    clip; ``copy`` stream-copies every clip (exact only at keyframes). Re-encodes are H.264 at ``preset`` and
+    ``crf`` (default :data:`curate.media.video.PRESET`/``CRF``); ``workers`` ffmpeg cuts run at once (default:
+    :func:`cut_workers`, two per core)."""
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
-    if cut not in ("accurate", "copy"):
-        raise CurateError("cut must be 'accurate' (frame-accurate re-encode) or 'copy' (stream copy at keyframes)")
+    if cut not in CUT_MODES:
+        raise CurateError("cut must be 'auto' (stream copy where the cut falls on keyframes, else re-encode), "
+                          "'accurate' (frame-accurate re-encode of every clip) or 'copy' (stream copy of every clip, "
+                          f"exact only at keyframes), not {cut!r}")
+    cutting = Cutting(cut, workers, Encoding(preset or PRESET, CRF if crf is None else int(crf)))
     out = root.subset_rel(subset)
     sel_path = f"{out}/selection.parquet"
     if not root.exists(sel_path):
         raise CurateError(f"Subset {subset!r} has no selection: run `curate filter --root {root} --subset {subset} ...` first.")
     result = StageResult("publish", extra={"subset": subset})
     if shard is not None:
-        _write_shards(root, out, shard_size, workers, cut, caption, shard, progress, result)
+        _write_shards(root, out, shard_size, cutting, caption, shard, progress, result)
         result.extra.update(shard=f"{shard[0]}/{shard[1]}", path=str(out))
         return result.done()
     with root.lock(f"publish-{subset}"):
-        summary, enc, choice, annotations, expected = _write_shards(root, out, shard_size, workers, cut, caption, None,
+        summary, enc, choice, annotations, expected = _write_shards(root, out, shard_size, cutting, caption, None,
                                                                     progress, result)
         shards_dir = f"{out}/shards"
         for p in root.ls(shards_dir, dirs=False):  # shards of an earlier, larger selection
@@ -84,7 +96,7 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
         n_shards = len(expected) // 2
         result.extra.update(shards=n_shards, published=sum(1 for a in annotations if a["status"] == "ok"),
                             path=root.url(out))
-        card = dataset_card(root, subset, summary, annotations, enc, n_shards, cut, choice)
+        card = dataset_card(root, subset, summary, annotations, enc, n_shards, cutting.describe(), choice)
         root.write_bytes(f"{out}/README.md", card)
         if root.exists(f"{out}/report/report.md"):  # keep an earlier `curate report` in the new card
             from curate.query.report import embed_in_card
@@ -101,7 +113,7 @@ def shard_count(root: Root | str, subset: str, shard_size: int) -> int:
     return -(-rows // max(1, int(shard_size)))
 
 
-def _write_shards(root: Root, out: str, shard_size: int, workers: int, cut: str, caption: str | None,
+def _write_shards(root: Root, out: str, shard_size: int, cutting: Cutting, caption: str | None,
                   shard: tuple[int, int] | None, progress: Progress, result: StageResult):
     """Write the shards (all, or those of ``shard``) that are missing or out of date; returns (filter summary,
     primary encoder, caption choice, annotations of those shards, file names of every shard)."""
@@ -145,7 +157,7 @@ def _write_shards(root: Root, out: str, shard_size: int, workers: int, cut: str,
         digest = gen.digest(group)
         if root.exists(f"{shards_dir}/{name}") and root.exists(manifest_path):
             manifest = root.read_json(manifest_path)
-            if manifest.get("clip_ids") == ids and manifest.get("cut") == cut and \
+            if manifest.get("clip_ids") == ids and cutting.made(manifest.get("cut")) and \
                     manifest.get("captions") == digest:
                 annotations.extend(manifest["annotations"])
                 result.skipped += len(group)
@@ -153,9 +165,9 @@ def _write_shards(root: Root, out: str, shard_size: int, workers: int, cut: str,
                 result.error += sum(1 for a in manifest["annotations"] if a["status"] != "ok")
                 progress.advance(len(group))
                 continue
-        ann = _write_shard(root, f"{shards_dir}/{name}", group, si, emb, score_cols, cut, workers, progress, result,
+        ann = _write_shard(root, f"{shards_dir}/{name}", group, si, emb, score_cols, cutting, progress, result,
                            gen)
-        root.write_bytes(manifest_path, json.dumps({"clip_ids": ids, "cut": cut, "captions": digest,
+        root.write_bytes(manifest_path, json.dumps({"clip_ids": ids, "cut": cutting.label(), "captions": digest,
                                                     "annotations": ann}, default=str))
         annotations.extend(ann)
     return summary, enc, choice, annotations, expected
@@ -207,24 +219,12 @@ class _Generated:
 
 
 def _write_shard(root: Root, path: str, group: list[dict], shard_index: int, emb: dict, score_cols: list[str],
-                 cut: str, workers: int, progress: Progress, result: StageResult, gen: _Generated) -> list[dict]:
+                 cutting: Cutting, progress: Progress, result: StageResult, gen: _Generated) -> list[dict]:
     """Cut the clips of one shard (in the scratch directory) and write the shard at ``path`` (under the root)."""
     shard_name = PurePosixPath(path).name
     tmpdir = Path(tempfile.mkdtemp(prefix="cut-", dir=scratch_dir()))
     try:
-        def do_cut(r: dict) -> tuple[dict, Path | None, str | None]:
-            dst = tmpdir / f"{r['clip_id']}.mp4"
-            try:
-                if not r.get("media_path"):
-                    raise MediaError("source media is missing")
-                n = int(r["end_frame"]) - int(r["start_frame"])
-                cut_clip(root.media_file(r["media_path"]), dst, float(r["start_s"]), n, float(r["fps"]), mode=cut)
-                return r, dst, None
-            except (MediaError, CurateError, OSError) as e:
-                return r, None, str(e)
-
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            done = list(pool.map(do_cut, group))
+        done = cutting.cut(root, group, tmpdir, result)
         ann = []
         with root.local_output(path) as tmp_tar, tarfile.open(tmp_tar, "w") as tar:
             for r, mp4, err in done:
@@ -260,6 +260,75 @@ def _write_shard(root: Root, path: str, group: list[dict], shard_index: int, emb
         return ann
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def cut_workers(cores: int | None = None) -> int:
+    """ffmpeg cuts to run at once: two per core, at most 16 (measured on 2 cores, README "Speed": 4 beat 2 and
+    1; each cut's x264 picks its own threads, ~1.5 per core, so more processes only overlap each cut's serial
+    parts: start-up, seek, audio, muxing)."""
+    import os
+
+    if not cores:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(2 * int(cores), 16))
+
+
+class Cutting:
+    """How publish cuts the clips of a shard: ``mode`` (auto/accurate/copy), ``workers`` ffmpeg at once, the
+    re-encode's ``encoding``. Every cut is one :func:`curate.media.video.cut_clip`."""
+
+    def __init__(self, mode: str, workers: int | None, encoding: Encoding) -> None:
+        self.mode, self.encoding = mode, encoding
+        self.workers = max(1, int(workers)) if workers else cut_workers()
+
+    def label(self) -> str:
+        """What the shard manifest records: a shard cut another way is rebuilt."""
+        return self.mode if self.mode == "copy" else f"{self.mode}:{self.encoding.preset}:crf{self.encoding.crf}"
+
+    def made(self, label: str | None) -> bool:
+        """Whether a shard whose manifest records ``label`` was cut this way (``accurate``: written before the
+        encoding was recorded, with what is still the default one)."""
+        return label == self.label() or (label == "accurate" and self.label() == f"accurate:{PRESET}:crf{CRF}")
+
+    def describe(self) -> str:
+        """How the clips were cut, for the dataset card."""
+        if self.mode == "copy":
+            return "by stream copy at keyframes"
+        enc = self.encoding.label()
+        if self.mode == "auto":
+            return (f"by stream copy where both cut points fall on the source's keyframes (exact), else re-encoded "
+                    f"frame-accurately, {enc}")
+        return f"frame-accurately, {enc}"
+
+    def cut(self, root: Root, group: list[dict], tmpdir: Path, result: StageResult) -> list[tuple[dict, Path | None, str | None]]:
+        """Cut every clip of ``group`` into ``tmpdir``: [(row, mp4 or None, error or None)] in ``group``'s order."""
+        keys: dict[str, list[float]] = {}
+        if self.mode == "auto":  # each source's keyframes listed once (its packets read, nothing decoded)
+            def list_keys(media_path: str) -> tuple[str, list[float]]:
+                try:
+                    return media_path, keyframes(root.media_file(media_path))
+                except (MediaError, CurateError, OSError):
+                    return media_path, []  # re-encoded; the cut itself says what is wrong
+
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                keys = dict(pool.map(list_keys, sorted({r["media_path"] for r in group if r.get("media_path")})))
+
+        def do_cut(r: dict) -> tuple[dict, Path | None, str | None, str | None]:
+            dst = tmpdir / f"{r['clip_id']}.mp4"
+            try:
+                if not r.get("media_path"):
+                    raise MediaError("source media is missing")
+                n = int(r["end_frame"]) - int(r["start_frame"])
+                how = cut_clip(root.media_file(r["media_path"]), dst, float(r["start_s"]), n, float(r["fps"]),
+                               mode=self.mode, encoding=self.encoding, keys=keys.get(r["media_path"]))
+                return r, dst, None, how
+            except (MediaError, CurateError, OSError) as e:
+                return r, None, str(e), None
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            done = list(pool.map(do_cut, group))
+        result.extra["copied"] = result.extra.get("copied", 0) + sum(1 for d in done if d[3] == "copy")
+        return [d[:3] for d in done]
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -314,6 +383,7 @@ def captions_section(root: Root, annotations: list[dict], choice: str | None) ->
 
 def dataset_card(root: Root, subset: str, summary: dict, annotations: list[dict], enc: str | None, shards: int,
                  cut: str, caption: str | None = None) -> str:
+    """The dataset card; ``cut`` says how the clips were cut (:meth:`Cutting.describe`)."""
     published = sum(1 for a in annotations if a["status"] == "ok")
     failed = len(annotations) - published
     lines = [f"# {subset}", "", f"Curated with curate from `{root}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
@@ -346,7 +416,8 @@ def dataset_card(root: Root, subset: str, summary: dict, annotations: list[dict]
                       "> say nothing about caption alignment. Use it only to test the pipeline.", ""]
     lines += captions_section(root, annotations, caption)
     lines += ["## Format", "", "WebDataset shards under `shards/`: per clip `<key>.mp4` (cut "
-              + ("frame-accurately, H.264" if cut == "accurate" else "by stream copy at keyframes") + "), `<key>.json` "
+              + {"accurate": "frame-accurately, H.264", "copy": "by stream copy at keyframes"}.get(cut, cut)
+              + "), `<key>.json` "
               "(caption, source_caption, generated captions, scores, source url, start/end seconds), `<key>.npy` "
               "(clip embedding). "
               "`annotations.parquet` holds the same fields, one row per clip.", "",
