@@ -360,6 +360,8 @@ def test_pipeline_reads_the_claimed_list_from_the_bucket_and_writes_every_table_
     assert page.status_code == 200 and "hist/clip_sim.png" in page.text and "<h1>daily</h1>" in page.text
     png = client.get("/roots/inbox-root/subsets/daily/hist/clip_sim.png")
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    found = client.get("/roots/inbox-root/subsets/daily/search", params={"q": "a test pattern", "k": 3})
+    assert found.status_code == 200 and "<code>" in found.text.split("<th>time</th>")[1], found.text[-1500:]
 
 
 def test_refilter_takes_the_root_from_the_triggering_asset_event(monkeypatch):
