@@ -222,6 +222,9 @@ def s3(tmp_path_factory):
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec caches clients: one made for an earlier server would stay
     try:
         for _ in range(100):
             try:
@@ -237,6 +240,7 @@ def s3(tmp_path_factory):
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+        s3fs.S3FileSystem.clear_instance_cache()
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
