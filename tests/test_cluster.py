@@ -222,7 +222,10 @@ def _conf(inputs, root: Path) -> dict:
     return {"sources": str(inputs["list"]), "root": str(root), "subset": "s", "encoder": "clip",
             "encoder_options": inputs["options"], "device": "cpu", "embed_batch_size": 8, "min_sim": -1.0,
             "min_duration": 0.5, "min_clip_s": 0.5, "max_clip_s": 3.0, "batch_size": 1, "shard_size": 2,
-            "scorers": SCORERS}
+            "scorers": SCORERS,
+            # split tasks then embed, as the reference: one_pass (the DAG's default) embeds what
+            # `curate embed -o decoder=ffmpeg` would, which differs from the reference by ~2e-3
+            "one_pass": False}
 
 
 def _overlap(a: dict, b: dict) -> bool:
