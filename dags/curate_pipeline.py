@@ -44,12 +44,12 @@ def curate_pipeline():
         from curate.store import Root
 
         root = ct.check_root(params["root"])
-        sources = ct.check_local(params["sources"], ct.allowed_dirs(root), "source list")
+        sources = ct.check_source_list(root, params["sources"])
         r = Root(root).ensure()
 
         def _register():
-            with r.lock("ingest"):
-                return register_sources(r, sources)
+            with r.lock("ingest"), ct.source_list_file(root, sources) as path:
+                return register_sources(r, str(path))
 
         batches = ct.make_batches(ct.locked(_register), params["batch_size"])
         if not batches:
@@ -66,7 +66,7 @@ def curate_pipeline():
 
             ct.label(f"batch {b['index']} ({ct.plural(len(b['source_ids']), 'source')})")
             root = ct.check_root(params["root"])
-            res = ct.locked(run, root, source_ids=b["source_ids"], local_dirs=ct.allowed_dirs(root),
+            res = ct.locked(run, root, source_ids=b["source_ids"], **ct.local_access(root),
                             retry_errors=ct.try_number() > 1).as_dict()
             return ct.require_ingested(root, b, res)
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: ffmpeg-made videos with cuts at known frames, a tiny open_clip checkpoint, a local HTTP server."""
+"""Shared fixtures: ffmpeg-made videos with cuts at known frames, a tiny open_clip checkpoint, a local HTTP server,
+an S3 API server (moto) on loopback."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import functools
 import http.server
 import json
 import os
+import secrets
+import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +191,58 @@ def snapshot(root: Path) -> dict[str, bytes]:
         if p.is_file() and p.name != "README.md":
             out[str(p.relative_to(root))] = p.read_bytes()
     return out
+
+
+# ----------------------------------------------------------------------------- an S3 API server
+MOTO = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+BUCKET = "curate-test"
+#: the variables that point the real clients (Lance, s3fs, boto3) at the server: what every worker needs
+S3_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 API server (moto's standalone server) on loopback with one bucket, ``s3://curate-test``; the
+    ``AWS_*`` variables of :data:`S3_ENV_KEYS` point every client at it (the secret key is random: tests
+    can check that it is never logged)."""
+    pytest.importorskip("s3fs")
+    if not Path(MOTO).exists():
+        pytest.skip("moto_server (pip install 'moto[server]') is not installed")
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    proc = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": f"curate-secret-{secrets.token_hex(8)}",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec caches clients: one made for an earlier server would stay
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        import boto3
+
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=BUCKET)
+        yield f"s3://{BUCKET}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+        s3fs.S3FileSystem.clear_instance_cache()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

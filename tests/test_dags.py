@@ -261,6 +261,109 @@ def test_inbox_runs_each_list_once():
     assert state == "success" and len(_inbox_runs()) == 2
 
 
+# ----------------------------------------------------------------------------- a root in a bucket
+@pytest.fixture(scope="module")
+def bucket_inbox(s3):
+    """A root in the moto bucket with CURATE_ROOTS naming it: two lists dropped into its inbox (same content,
+    two names) and a text file, then one curate_inbox run."""
+    from curate.store import Root
+
+    root = f"{s3}/inbox-root"
+    old = os.environ["CURATE_ROOTS"]
+    os.environ["CURATE_ROOTS"] = f"{old},{root}"  # commas around URLs (they hold ':')
+    try:
+        r = Root(root)
+        a, b = h.videos()
+        lst = h.write_list(h.BASE / "bucket-list.csv", [{"url": str(a), "caption": "a test pattern"},
+                                                        {"url": str(b), "caption": "color bars then red"}])
+        r.put_file(lst, "inbox/first.csv")
+        r.put_file(lst, "inbox/same-content.csv")
+        r.write_bytes("inbox/notes.txt", "not a list")
+        extra = {k: v for k, v in h.pipeline_conf(h.BASE).items() if k not in ("sources", "root", "subset")}
+        conf = {"root": root, "subset": "daily", "pipeline_conf": extra, "settle_s": 0}
+        state, _ = h.run_dag("curate_inbox", conf)
+        yield {"root": root, "r": r, "list": lst, "conf": conf, "state": state}
+    finally:
+        os.environ["CURATE_ROOTS"] = old
+
+
+def _bucket_runs(root: str) -> list[tuple[str, dict]]:
+    return [(i, c) for i, c in _inbox_runs() if c.get("root") == root]
+
+
+def test_inbox_in_a_bucket_claims_each_list_once(bucket_inbox):
+    """ROOT/inbox in object storage: the copy and the claim marker (a put-if-absent create) are objects in the
+    bucket; a second scan and a re-driven claim start nothing new."""
+    root, r = bucket_inbox["root"], bucket_inbox["r"]
+    assert bucket_inbox["state"] == "success"
+    runs = _bucket_runs(root)
+    assert len(runs) == 1
+    run_id, run_conf = runs[0]
+    names = r.ls("inbox/.processed", dirs=False)
+    markers = [r.read_json(f"inbox/.processed/{n}") for n in names if n.endswith(".json")]
+    assert len(markers) == 1 and markers[0]["state"] == "triggered" and markers[0]["run_id"] == run_id
+    sha = markers[0]["sha256"]
+    assert sorted(names) == sorted([f"{sha}.csv", f"{sha}.json"])  # nothing temporary left in the bucket
+    assert run_conf["sources"] == markers[0]["copy"] == f"{root}/inbox/.processed/{sha}.csv"
+    assert run_conf["root"] == root and run_conf["subset"] == "daily" and run_conf["min_sim"] == -1.0
+    assert r.read_bytes(f"inbox/.processed/{sha}.csv") == bucket_inbox["list"].read_bytes()
+
+    state, _ = h.run_dag("curate_inbox", bucket_inbox["conf"])  # nothing new
+    assert state == "success" and _bucket_runs(root) == runs
+    r.write_bytes(f"inbox/.processed/{sha}.json", json.dumps({**markers[0], "state": "claimed"}))  # a crash
+    state, _ = h.run_dag("curate_inbox", bucket_inbox["conf"])
+    assert state == "success" and _bucket_runs(root) == runs
+    assert r.read_json(f"inbox/.processed/{sha}.json")["state"] == "triggered"
+
+
+def test_pipeline_reads_the_claimed_list_from_the_bucket_and_writes_every_table_there(bucket_inbox):
+    """The triggered run's conf, run: register reads the list from the bucket (a URL under ROOT/inbox), the
+    batch tasks, maintain, cut and publish write the root in the bucket; refilter and the UI plugin read it."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from fastapi.testclient import TestClient
+
+    from curate.airflow import tasks as ct
+    from curate.airflow.plugin import app
+
+    root, r = bucket_inbox["root"], bucket_inbox["r"]
+    (_, run_conf), = _bucket_runs(root)
+    state, run_id = h.run_dag("curate_pipeline", run_conf)
+    assert state == "success", h.task_instances("curate_pipeline", run_id)
+    assert sorted(r.sources.read()["status"]) == ["ok", "ok"]
+    assert r.ls("media", dirs=False) and not r.ls(".locks", dirs=False)  # media in the bucket, leases released
+    shards = [n for n in r.ls("subsets/daily/shards", dirs=False) if n.endswith(".tar")]
+    assert shards and r.exists("subsets/daily/annotations.parquet") and r.exists("subsets/daily/README.md")
+    extra = h.asset_events("curate://daily/")[-1]["extra"]
+    assert extra["root"] == root and extra["published"] == r.read_parquet("subsets/daily/annotations.parquet").num_rows
+
+    state, _ = h.run_dag("curate_refilter", {"root": root, "subset": "strict", "min_sim": 2.0,
+                                             "min_duration": None, "max_duration": None})
+    assert state == "success" and r.read_json("subsets/strict/filter.json")["kept"] == 0
+
+    for bad in (f"{root}-elsewhere/inbox/x.csv", f"{root}/inbox/../../x.csv", f"{root}/x.csv"):
+        with pytest.raises(AirflowFailException, match="source list"):
+            ct.check_source_list(root, bad)
+    state, run_id = h.run_dag("curate_pipeline", {**run_conf, "sources": f"{root}/sources/x.csv"})
+    assert state == "failed" and {t: s for t, _, _, s in h.task_instances("curate_pipeline", run_id)}["register"] \
+        == "failed"
+    old = os.environ.pop("CURATE_ALLOWED_DIRS")
+    try:  # no allowed directories: a run on a bucket root reads no local file at all
+        assert ct.local_access(root) == {"allow_local": False, "local_dirs": []}
+    finally:
+        os.environ["CURATE_ALLOWED_DIRS"] = old
+
+    client = TestClient(app)
+    body = client.get("/").text
+    assert "<h2>inbox-root</h2>" in body and f"<code>{root}</code>" in body
+    assert "<td>ingest</td><td>2</td><td>0</td>" in body and "/subsets/daily'>daily</a>" in body
+    page = client.get("/roots/inbox-root/subsets/daily")
+    assert page.status_code == 200 and "hist/clip_sim.png" in page.text and "<h1>daily</h1>" in page.text
+    png = client.get("/roots/inbox-root/subsets/daily/hist/clip_sim.png")
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    found = client.get("/roots/inbox-root/subsets/daily/search", params={"q": "a test pattern", "k": 3})
+    assert found.status_code == 200 and "<code>" in found.text.split("<th>time</th>")[1], found.text[-1500:]
+
+
 def test_refilter_takes_the_root_from_the_triggering_asset_event(monkeypatch):
     from types import SimpleNamespace
 

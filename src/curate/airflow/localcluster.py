@@ -53,7 +53,12 @@ def free_port() -> int:
 
 
 class LocalCluster:
-    """Start with :meth:`start` (or ``with LocalCluster(...) as c``), stop with :meth:`stop`."""
+    """Start with :meth:`start` (or ``with LocalCluster(...) as c``), stop with :meth:`stop`.
+
+    Every process gets this process's environment plus ``env`` (``CURATE_ROOTS``, ``CURATE_ALLOWED_DIRS``, and
+    for a root in a bucket the usual ``AWS_ENDPOINT_URL`` / ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
+    ``AWS_REGION``); ``up``'s ``cluster.env`` holds only the Airflow settings, never those.
+    """
 
     def __init__(self, base: str | os.PathLike, *, dags_folder: str | os.PathLike, gpu_workers: int = 2,
                  default_concurrency: int = 2, gpu_pool_slots: int | None = None, heartbeat_timeout_s: int = 20,

@@ -11,14 +11,15 @@ Settings come from the environment first, then from an Airflow Variable of the s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from airflow.sdk import Asset, AssetAlias, ExceptionRetryPolicy, Param, RetryAction, RetryRule
@@ -115,7 +116,8 @@ def check_root(root: str) -> str:
 
 
 def allowed_dirs(root: str) -> list[str]:
-    """Directories a run may read local files from: ``CURATE_ALLOWED_DIRS`` plus ``ROOT/inbox``."""
+    """Directories a run may read local files from: ``CURATE_ALLOWED_DIRS``, plus ``ROOT/inbox`` on a local
+    root (a bucket's inbox holds source lists only: :func:`check_source_list`)."""
     dirs = [str(_resolve(d)) for d in split_list(setting("CURATE_ALLOWED_DIRS"))]
     return dirs if is_remote(root) else [*dirs, str(_resolve(root) / "inbox")]
 
@@ -126,6 +128,44 @@ def check_local(path: str, dirs: Sequence[str], what: str) -> str:
         raise AirflowFailException(f"{what} {path!r} is outside the directories DAG runs may read "
                                    f"({', '.join(dirs)}; set CURATE_ALLOWED_DIRS)")
     return str(real)
+
+
+def check_source_list(root: str, path: str) -> str:
+    """The source list a run may read: a local file under :func:`allowed_dirs`, or, on a root in object
+    storage, an object under ``ROOT/inbox/`` (where the inbox DAG puts the lists it claims)."""
+    if not is_remote(path):
+        return check_local(path, allowed_dirs(root), "source list")
+    from curate.errors import CurateError
+    from curate.store.storage import Location
+
+    inbox = f"{normalize_root(root)}/{INBOX}/"
+    if is_remote(root) and str(path).startswith(inbox):
+        try:
+            return inbox + Location.clean(str(path)[len(inbox):])
+        except CurateError as e:
+            raise AirflowFailException(f"source list {path!r}: {e}") from None
+    raise AirflowFailException(f"source list {path!r}: a URL must be under the root's inbox ({inbox}); copy the "
+                               "list there, or to a local directory of CURATE_ALLOWED_DIRS")
+
+
+@contextlib.contextmanager
+def source_list_file(root: str, checked: str) -> Iterator[Path]:
+    """A local file with the content of a list :func:`check_source_list` accepted (downloaded to the scratch
+    directory, then removed, when it is in the bucket)."""
+    if not is_remote(checked):
+        yield Path(checked)
+        return
+    from curate.store import Root
+
+    with Root(root).local_copy(checked[len(normalize_root(root)) + 1:]) as p:
+        yield p
+
+
+def local_access(root: str) -> dict[str, Any]:
+    """``allow_local``/``local_dirs`` of the ingest stage: local media only from :func:`allowed_dirs`, and
+    none at all when there are none (a root in a bucket without ``CURATE_ALLOWED_DIRS``)."""
+    dirs = allowed_dirs(root)
+    return {"allow_local": bool(dirs), "local_dirs": dirs}
 
 
 def check_encoder_options(options: dict[str, Any], dirs: Sequence[str]) -> dict[str, str]:
@@ -421,8 +461,13 @@ def triggering_root(context: dict) -> tuple[str | None, str | None]:
 
 
 # ----------------------------------------------------------------------------- inbox
-def _marker(processed: Path, sha: str) -> Path:
-    return processed / f"{sha}.json"
+INBOX = "inbox"
+PROCESSED = "inbox/.processed"
+
+
+def _marker(sha: str) -> str:
+    """The claim of the list whose content hash is ``sha`` (relative to the root)."""
+    return f"{PROCESSED}/{sha}.json"
 
 
 def inbox_run_id(root: str, sha: str) -> str:
@@ -432,77 +477,52 @@ def inbox_run_id(root: str, sha: str) -> str:
 def claim_inbox(root: str, subset: str, pipeline_conf: dict | None = None, settle_s: float = 30.0) -> list[dict]:
     """Claim new lists in ``ROOT/inbox`` and return ``TriggerDagRunOperator`` kwargs, one per list.
 
-    A list is identified by its content hash. It is copied to ``inbox/.processed/<sha256><suffix>`` and
-    claimed by atomically creating ``.processed/<sha256>.json`` (hard link of a fully written file: it
-    exists completely or not at all, and only one claimer can create it). Claims whose trigger has not
-    been confirmed (``state: claimed``, e.g. after a crash) are returned again; the pipeline run id is
-    derived from the hash, so triggering twice never starts a second run.
+    The inbox lives in the root, local directory or bucket alike (through the root's file API). A list is
+    identified by its content hash. It is copied to ``inbox/.processed/<sha256><suffix>`` and claimed by
+    creating ``.processed/<sha256>.json`` conditionally (:meth:`curate.store.Root.create`: a hard link of a
+    fully written file locally, put-if-absent on object storage: it exists completely or not at all, and
+    only one claimer can create it). Claims whose trigger has not been confirmed (``state: claimed``, e.g.
+    after a crash) are returned again; the pipeline run id is derived from the hash, so triggering twice
+    never starts a second run.
     """
-    if is_remote(root):  # the inbox is a local drop directory: roots in object storage have none
-        return []
-    inbox = Path(root) / "inbox"
-    processed = inbox / ".processed"
-    processed.mkdir(parents=True, exist_ok=True)
+    from curate.store import Root
+
+    r = Root(root)
     claims: list[dict] = []
-    for m in sorted(processed.glob("*.json")):
-        if m.name.startswith("."):  # a temporary file left by a crash
+    for name in r.ls(PROCESSED, dirs=False):
+        if name.startswith(".") or not name.endswith(".json"):  # temporary files left by a crash; the copies
             continue
         try:
-            data = json.loads(m.read_text())
+            data = r.read_json(f"{PROCESSED}/{name}")
         except (OSError, ValueError):
             continue
-        if data.get("state") == "claimed":
+        if isinstance(data, dict) and data.get("state") == "claimed":
             claims.append(_trigger_kwargs(root, subset, pipeline_conf, data))
     now = time.time()
-    for f in sorted(inbox.iterdir()):
-        if (not f.is_file() or f.name.startswith(".") or f.suffix.lower() not in INBOX_SUFFIXES
-                or now - f.stat().st_mtime < settle_s):
+    for name in r.ls(INBOX, dirs=False):
+        rel, suffix = f"{INBOX}/{name}", PurePosixPath(name).suffix.lower()
+        if name.startswith(".") or suffix not in INBOX_SUFFIXES or now - r.modified(rel) < settle_s:
             continue
-        sha = _sha256(f)
-        if _marker(processed, sha).exists():
+        sha = _sha256(r, rel)
+        if r.exists(_marker(sha)):
             continue
-        tmp = processed / f".tmp-{os.getpid()}-{time.time_ns()}{f.suffix.lower()}"
-        if _sha256(f, copy_to=tmp) != sha:  # changed while we read it: still being written
-            tmp.unlink()
-            continue
-        copy = processed / f"{sha}{f.suffix.lower()}"
-        os.replace(tmp, copy)
-        data = {"sha256": sha, "file": f.name, "copy": str(copy), "run_id": inbox_run_id(root, sha),
+        copy = f"{PROCESSED}/{sha}{suffix}"
+        with r.local_output(copy) as tmp:  # becomes the copy (moved or uploaded) only when it is complete
+            if _sha256(r, rel, copy_to=tmp) != sha:  # changed while we read it: still being written
+                tmp.unlink()
+                continue
+        data = {"sha256": sha, "file": name, "copy": r.url(copy), "run_id": inbox_run_id(root, sha),
                 "claimed_at": time.time(), "state": "claimed"}
-        if _create_exclusive(_marker(processed, sha), json.dumps(data, indent=2)):
+        if r.create(_marker(sha), json.dumps(data, indent=2)):
             claims.append(_trigger_kwargs(root, subset, pipeline_conf, data))
     return claims
 
 
-def _create_exclusive(path: Path, text: str) -> bool:
-    """Create ``path`` with ``text`` unless it exists; False when another claimer created it first.
-
-    A hard link of a fully written temporary file is atomic and exclusive; filesystems without hard links
-    (some FUSE object-storage mounts) fall back to O_CREAT|O_EXCL, still exclusive.
-    """
-    tmp = path.with_name(f".tmp-{os.getpid()}-{time.time_ns()}-{path.name}")
-    tmp.write_text(text)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _sha256(path: Path, copy_to: Path | None = None) -> str:
-    """Content hash of ``path``; with ``copy_to``, also write (and fsync) a copy of exactly those bytes."""
+def _sha256(root, rel: str, copy_to: Path | None = None) -> str:
+    """Content hash of ``rel`` under ``root``; with ``copy_to`` (a local file), also write (and fsync) a copy of
+    exactly those bytes."""
     h = hashlib.sha256()
-    with open(path, "rb") as src, (open(copy_to, "wb") if copy_to else open(os.devnull, "wb")) as dst:
+    with root.open(rel, "rb") as src, (open(copy_to, "wb") if copy_to else open(os.devnull, "wb")) as dst:
         while chunk := src.read(1 << 20):
             h.update(chunk)
             if copy_to:
@@ -520,15 +540,14 @@ def _trigger_kwargs(root: str, subset: str, pipeline_conf: dict | None, data: di
 
 def mark_inbox_done(root: str, claims: Sequence[dict]) -> list[str]:
     """Record that the pipeline runs of ``claims`` exist (state ``triggered``)."""
-    processed = Path(root) / "inbox" / ".processed"
+    from curate.store import Root
+
+    r = Root(root)
     done = []
     for c in claims:
-        sha = Path(c["conf"]["sources"]).stem
-        marker = _marker(processed, sha)
-        data = json.loads(marker.read_text())
+        marker = _marker(PurePosixPath(c["conf"]["sources"]).stem)
+        data = r.read_json(marker)
         data.update(state="triggered", triggered_at=time.time(), dag_run_id=c["trigger_run_id"])
-        tmp = processed / f".tmp-{os.getpid()}-{time.time_ns()}.json"
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, marker)
+        r.write_bytes(marker, json.dumps(data, indent=2))  # atomic: a rename locally, one PUT remotely
         done.append(data["file"])
     return done

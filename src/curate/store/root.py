@@ -88,6 +88,10 @@ class Root:
     def du(self, rel: str | os.PathLike) -> int:
         return self.loc.du(rel)
 
+    def modified(self, rel: str | os.PathLike) -> float:
+        """When ``rel`` was last written (POSIX timestamp)."""
+        return self.loc.modified(rel)
+
     def local_copy(self, rel: str | os.PathLike):
         """Context manager: a local file with ``rel``'s content (downloaded to scratch when remote)."""
         return self.loc.local_copy(rel)

@@ -251,6 +251,12 @@ class Location:
     def size(self, rel: str | os.PathLike) -> int:
         return int(self.fs.size(self._p(rel))) if self.remote else os.path.getsize(self._p(rel))
 
+    def modified(self, rel: str | os.PathLike) -> float:
+        """When ``rel`` was last written, as a POSIX timestamp (an object's ``LastModified`` when remote)."""
+        if not self.remote:
+            return os.path.getmtime(self._p(rel))
+        return self.fs.modified(self._p(rel)).timestamp()
+
     def du(self, rel: str | os.PathLike) -> int:
         """Total bytes under ``rel`` (a file or a directory)."""
         if self.remote:
