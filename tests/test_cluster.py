@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHOTS = [[("testsrc2", 20), ("mandelbrot", 20)], [("smptebars", 20), ("red", 16)], [("gradient", 20), ("rgbtestsrc", 18)],
          [("mandelbrot", 18), ("testsrc2", 20)], [("rgbtestsrc", 20), ("smptebars", 20)], [("red", 18), ("gradient", 20)]]
 SCORERS = ["technical", "alignment", "motion"]  # motion decodes clips: per batch, on the gpu workers
-ENC_OPTS = {"frames": "2"}
+ENC_OPTS = {"frames": "2", "decoder": "ffmpeg"}  # ffmpeg frames: what the one-pass default decodes
 
 
 @pytest.fixture(scope="module")
@@ -222,10 +222,7 @@ def _conf(inputs, root: Path) -> dict:
     return {"sources": str(inputs["list"]), "root": str(root), "subset": "s", "encoder": "clip",
             "encoder_options": inputs["options"], "device": "cpu", "embed_batch_size": 8, "min_sim": -1.0,
             "min_duration": 0.5, "min_clip_s": 0.5, "max_clip_s": 3.0, "batch_size": 1, "shard_size": 2,
-            "scorers": SCORERS,
-            # split tasks then embed, as the reference: one_pass (the DAG's default) embeds what
-            # `curate embed -o decoder=ffmpeg` would, which differs from the reference by ~2e-3
-            "one_pass": False}
+            "scorers": SCORERS}  # one_pass, the default: each batch's embed task splits and embeds in one decode
 
 
 def _overlap(a: dict, b: dict) -> bool:
