@@ -4,13 +4,16 @@
 
 data-juicer (``py-data-juicer``, 1.6.1 measured) is not a dependency of curate: install it in a venv of its
 own (``python3.11 -m venv dj && dj/bin/pip install torch==2.14.1 torchvision==0.29.1 py-data-juicer==1.6.1
-transformers scenedetect opencv-python-headless``) and pass that venv's python.
+transformers scenedetect opencv-python-headless av==13.1.0``: data-juicer pins PyAV 13.1 in its
+``vision`` extra, and a newer PyAV makes the similarity filter fail every sample) and pass that venv's python.
 
 Same four inputs as bench_job.py (``make_inputs``: a 210 s music video with 124 shots, two real clips, a
 120 s 720p source with 24 cuts), same captions, one process (``np: 1``), the same work as curate's job:
 
 1. ``video_split_by_scene_mapper`` (PySceneDetect ContentDetector, threshold 27, min scene 1 s at 25 fps):
-   every scene is cut into its own re-encoded mp4 (data-juicer writes the clips while splitting);
+   every scene is cut into its own re-encoded mp4 (data-juicer writes the clips while splitting), written as
+   plain mp4 (``ffmpeg_extra_args: -movflags +faststart``: with data-juicer's default fragmented mp4, PyAV reads 0 frames and the
+   filter below scores every clip 0.0 without running CLIP, a run that looks fast and measures nothing);
 2. ``video_frames_text_similarity_filter``: CLIP ViT-B/32 (the Hugging Face layout, random weights written
    here once, since no weights can be downloaded; the tokenizer is OpenAI's BPE that open_clip ships),
    8 frames uniform per clip, keep what scores at least ``--min-score`` (default -1: keep all, which
@@ -73,7 +76,12 @@ def main() -> None:
             "open_tracer": False, "use_cache": False,
             "process": [
                 {"video_split_by_scene_mapper": {"detector": "ContentDetector", "threshold": 27.0,
-                                                 "min_scene_len": 25, "save_dir": str(work / "clips")}},
+                                                 "min_scene_len": 25, "save_dir": str(work / "clips"),
+                                                 # its default (-movflags frag_keyframe+empty_moov) writes
+                                                 # fragmented mp4 whose frame count PyAV reads as 0: the
+                                                 # similarity filter then samples no frame and scores 0.0
+                                                 # without running CLIP at all
+                                                 "ffmpeg_extra_args": "-movflags +faststart"}},
                 {"video_frames_text_similarity_filter": {"hf_clip": str(model), "min_score": a.min_score,
                                                          "max_score": 1.0, "frame_sampling_method": "uniform",
                                                          "frame_num": a.frames, "any_or_all": "any"}},
@@ -89,6 +97,9 @@ def main() -> None:
             sys.exit(f"data-juicer failed ({p.returncode}):\n{p.stderr[-4000:]}")
         clips = len(list((work / "clips").glob("*.mp4"))) if (work / "clips").exists() else None
         kept = sum(1 for _ in open(work / "out" / "result.jsonl")) if (work / "out" / "result.jsonl").exists() else None
+    if a.min_score <= -1 and not kept:
+        sys.exit(f"data-juicer kept no sample at min_score {a.min_score}: its similarity filter failed on every sample "
+                 "(a PyAV other than 13.1?); the time does not count")
     out = {"data_juicer_s": round(wall, 2), "clips_written": clips, "samples_kept": kept,
            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}}
     print(json.dumps(out, indent=2))
