@@ -34,6 +34,9 @@ from curate.stages.options import PRESETS_DIR, STAGES, THRESHOLDS, preset_names
 from curate.stages.where import Where
 from curate.store import Root, write_row_groups
 
+#: how selection.parquet is written: dictionary encoding only where values repeat (source_id); on the unique
+#: clip ids and the float scores it only costs (3.4 M kept rows: 2.3 s -> 1.0 s to write, measured)
+SELECTION_PARQUET = {"compression": "zstd", "use_dictionary": ["source_id"]}
 #: bounded read-ahead: pyarrow's defaults keep up to 16 batches x 4 files in flight (>1 GiB on 10M rows)
 SCAN = {"batch_readahead": 2, "fragment_readahead": 1}
 #: what a preset's filter section may set: every filter option but the subset's name
@@ -247,7 +250,7 @@ def _write_selection(subset, tmp, dataset, rules, top, cap, columns, options, ba
                 kept += int(alive.sum())
                 yield batch.filter(pa.array(alive))
 
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(tmp, schema, **SELECTION_PARQUET) as writer:
         write_row_groups(writer, kept_batches())  # row groups of a useful size, however selective the rules
     if cap:
         dropped = _apply_cap(tmp, cap)
@@ -329,5 +332,5 @@ def _apply_cap(path: Path, rule: Rule) -> int:
         if run <= rule.value:
             keep.append(i)
     kept = t.take(pa.array(sorted(keep)))
-    pq.write_table(kept, path, compression="zstd")
+    pq.write_table(kept, path, **SELECTION_PARQUET)
     return t.num_rows - kept.num_rows
