@@ -54,3 +54,15 @@ def test_listing_commands_and_parsing_dag_glue_load_nothing_heavy():
             "print('HEAVY', heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out, out[-500:]
+
+
+def test_the_store_package_exports_what_its_modules_define():
+    """curate.store loads its modules on first use: its name table, __all__ and the names importable agree."""
+    import curate.store as store
+
+    assert sorted(store.__all__) == sorted(store._WHERE)
+    for name in store.__all__:
+        assert getattr(store, name) is not None, name
+    source = (SRC / "store" / "__init__.py").read_text()
+    typed = source[source.index("if TYPE_CHECKING:"):]
+    assert all(name in typed for name in store.__all__)  # type checkers see every lazy name too

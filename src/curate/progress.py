@@ -39,6 +39,13 @@ class StageResult:
         if len(self.errors) < 20:
             self.errors.append(f"{item}: {message}")
 
+    def count(self, row: dict, key: str = "clip_id") -> None:
+        """Count one output row of the stage: ok, or an error with the row's message."""
+        if row["status"] == "ok":
+            self.ok += 1
+        else:
+            self.add_error(row[key], row["error"])
+
     def done(self) -> StageResult:
         self.seconds = time.perf_counter() - self._t0
         return self

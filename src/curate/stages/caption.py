@@ -224,10 +224,7 @@ def caption(root: Root | str, captioner: str = "hf", *, options: dict[str, Any] 
                 if r.get("seconds") is not None:  # went through generation (ok or refused as degenerate)
                     generated += 1
                     tokens += r.get("tokens") or 0
-                if r["status"] == "ok":
-                    result.ok += 1
-                else:
-                    result.add_error(r["clip_id"], r["error"])
+                result.count(r)
             progress.advance(len(batch))
             if len(rows) >= flush_every:
                 flush()

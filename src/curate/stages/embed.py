@@ -207,10 +207,7 @@ def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_
     for batch in batches(decoded, batch_size):
         for r in embed_batch(enc, batch, texts=texts):
             rows.append(r)
-            if r["status"] == "ok":
-                result.ok += 1
-            else:
-                result.add_error(r["clip_id"], r["error"])
+            result.count(r)
         progress.advance(len(batch))
         if len(rows) >= flush_every:
             flush()
