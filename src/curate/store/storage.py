@@ -303,13 +303,8 @@ class Location:
                 f.write(data)
             return
         p = Path(self._p(rel))
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{p.name}")
+        tmp = _complete_temp_file(p, data, fsync=True)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, p)
         finally:
             tmp.unlink(missing_ok=True)
@@ -329,11 +324,8 @@ class Location:
                 raise CurateError(f"{self.base}: this filesystem cannot create files conditionally ({e}); "
                                   "curate needs put-if-absent for its locks.") from None
         p = Path(self._p(rel))
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{p.name}")
+        tmp = _complete_temp_file(p, data)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
             os.link(tmp, p)
             return True
         except FileExistsError:
@@ -426,3 +418,20 @@ class Location:
             yield tmp
             if tmp.exists():
                 self.put_file(tmp, rel)
+
+
+def _complete_temp_file(p: Path, data: bytes, fsync: bool = False) -> Path:
+    """``data`` written to a temporary file beside ``p`` (same directory, so a rename or a hard link puts it
+    in place atomically); the caller moves it and removes what is left."""
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{p.name}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
