@@ -597,3 +597,34 @@ def test_one_batch_captioned_twice_at_once_keeps_one_row_per_clip(colour_root):
     assert sorted(t.clip_id) == sorted(c for c, col in _clip_colours(colour_root).items() if col in
                                        ("red", "yellow", "blue"))
     assert t.clip_id.is_unique
+
+
+def test_caption_batches_on_a_bucket(colour_root, s3, tmp_path):
+    """Two processes caption two batches of a root in an S3 bucket at once: _meta.json created once (put-if-
+    absent), one row per clip, the captions of a local whole-root run, no lease left behind."""
+    import s3fs
+
+    from curate.stages.caption import caption
+    from curate.store import Root
+
+    root = f"{s3}/captioned"
+    curate("ingest", colour_root.parent / "list.csv", "--root", root)
+    curate("split", "--root", root, "--detector", "none", "--min-clip-s", "0.5")
+    by_colour = _sources_by_colour(colour_root)  # the same source list: the same source ids
+    assert set(Root(root).sources.keys()) == set(by_colour.values())
+    files = []
+    for i, part in enumerate((COLOURS[::2], COLOURS[1::2])):
+        f = tmp_path / f"batch{i}.txt"
+        f.write_text("\n".join(by_colour[c] for c in part))
+        files.append(f)
+    runs = _parallel([["caption", "--root", root, "-c", "colour", "--source-ids", f] for f in files])
+    assert [r["total"] for r in runs] == [3, 3]
+    caption(colour_root, "colour", name="s3-reference")
+    got = Root(root).captions("colour").read()
+    assert got.clip_id.is_unique and len(got) == 6
+    want = _rows(colour_root, "s3-reference")
+    pd.testing.assert_frame_equal(got[ROW].sort_values("clip_id").reset_index(drop=True), want)
+    assert Root(root).caption_meta("colour")["captioner"] == "colour"
+    fs = s3fs.S3FileSystem()
+    locks = f"{s3[len('s3://'):]}/captioned/.locks"
+    assert not fs.exists(locks) or not [p for p in fs.ls(locks) if "caption" in p]
