@@ -545,6 +545,8 @@ def test_caption_embeddings_per_batch_equal_the_whole_root_and_wait_for_the_capt
     opts = {"model_config": tiny_clip["model_config"], "weights": tiny_clip["weights"], "frames": "2"}
     embed(colour_root, "clip", options=opts, name="vectors", device="cpu")  # the clip vectors to copy
     kw = dict(options=opts, device="cpu", caption="captions:perbatch")
+    with pytest.raises(CaptionsPending, match="caption the batch first"):
+        embed(colour_root, "clip", source_ids=a, **kw)  # no batch is captioned yet: no captions/perbatch at all
     caption(colour_root, "colour", name="perbatch", source_ids=a)
     with pytest.raises(CaptionsPending, match="caption the batch first"):
         embed(colour_root, "clip", source_ids=b, **kw)  # batch b is not captioned yet

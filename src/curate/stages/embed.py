@@ -127,9 +127,9 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
     only appends, no table maintenance (:func:`curate.store.maintain` runs once after the batches). Without
     it the run covers the whole root, holds the ``embed-<name>`` lock (a second whole-root run fails
     clearly) and maintains the table at its end. With ``caption="captions:NAME"`` a batch needs its
-    captions committed first: a clip of the batch without a row in ``captions/NAME`` raises
-    :class:`curate.stages.caption.CaptionsPending` before anything is loaded or written (error rows count as
-    committed: they get no caption embedding).
+    captions committed first: a clip of the batch without a row in ``captions/NAME`` (or no such table yet)
+    raises :class:`curate.stages.caption.CaptionsPending` before anything is loaded or written (error rows
+    count as committed: they get no caption embedding).
 
     ``encoder_obj``: an encoder already created (:func:`load_encoder`) for ``encoder`` with these
     ``options``: a resident worker loads it once and passes it to every batch.
@@ -144,7 +144,7 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
     from curate.plugins import get_encoder
 
     get_encoder(encoder)  # an unknown name is an invocation error even when there is nothing to embed
-    if cap_name is not None:
+    if cap_name is not None and source_ids is None:  # a batch checks its own clips' captions (CaptionsPending)
         require_captions(root, cap_name)
     kw = dict(options=options, name=name, cap_name=cap_name, cap_label=cap_label, device=device,
               batch_size=batch_size, workers=workers, clip_ids=clip_ids, flush_every=flush_every,
