@@ -180,9 +180,9 @@ def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_
             pending = captions_pending(root, cap_name, clips["clip_id"].tolist())
             if pending:
                 raise CaptionsPending(
-                    f"{len(pending)} of the {len(clips)} clips this batch has left to embed have no row in captions/{cap_name} "
-                    f"yet (e.g. {pending[0]}): caption the batch first (`curate caption --name {cap_name} "
-                    "--source-ids FILE`, or wait for its caption task), then embed its captions.")
+                    f"{len(pending)} of the {len(clips)} clips this batch has left to embed have no row in "
+                    f"captions/{cap_name} yet (e.g. {pending[0]}): caption the batch first (`curate caption "
+                    f"--name {cap_name} --source-ids FILE`, or wait for its caption task), then embed its captions.")
         texts = caption_texts(root, cap_name, clips["clip_id"].tolist())
         has = clips["clip_id"].isin(texts)
         result.extra["without_caption"] = int((~has).sum())
