@@ -415,3 +415,218 @@ def test_hf_captioner_offline_and_vllm_errors_say_what_to_do(colour_root, tmp_pa
     if importlib.util.find_spec("vllm") is None:
         p = curate("caption", "--root", colour_root, "-c", "hf", "-o", "backend=vllm", "--name", "vl", check=False)
         assert p.returncode == 2 and "pip install vllm" in p.stderr
+
+
+# ----------------------------------------------------------------------------- per batch (resident workers)
+def _sources_by_colour(root: Path) -> dict[str, str]:
+    src = read_table(root / "sources")[["source_id", "url"]]
+    return {Path(r.url).stem: r.source_id for r in src.itertuples()}
+
+
+def _parallel(commands: list[list]) -> list[dict]:
+    """Run curate commands at once (two GPU workers, two shells); their --json summaries."""
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "curate.cli", *map(str, c), "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for c in commands]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for c, p, (o, e) in zip(commands, procs, outs):
+        assert p.returncode == 0, f"curate {' '.join(map(str, c))} -> {p.returncode}\n{o}\n{e}"
+    return [json.loads(o) for o, _ in outs]
+
+
+ROW = ["clip_id", "status", "caption", "error", "tokens", "captioner", "model", "weights", "prompt", "generation"]
+
+
+def _rows(root: Path, name: str) -> pd.DataFrame:
+    t = _captions(root, name)
+    assert t.clip_id.is_unique, f"captions/{name} has duplicate clips"
+    return t[ROW].sort_values("clip_id").reset_index(drop=True)
+
+
+def test_caption_batches_in_two_processes_equal_one_run(colour_root, tiny_vlm, tmp_path):
+    """Two processes caption two batches of one root at once (--source-ids): the rows of one whole-root run,
+    greedy captions identical, one row per clip; a rerun (--shard 0/1: every source) adds nothing, and
+    per-batch work takes no root lock."""
+    from curate.stages.caption import caption
+    from curate.store import Root
+
+    by_colour = _sources_by_colour(colour_root)
+    files = []
+    for i, part in enumerate((COLOURS[:3], COLOURS[3:])):
+        f = tmp_path / f"batch{i}.txt"
+        f.write_text("\n".join(by_colour[c] for c in part))
+        files.append(f)
+    hf = ["-c", "hf", "-o", f"weights={tiny_vlm}", *HF_OPTS, "--device", "cpu"]
+    runs = _parallel([["caption", "--root", colour_root, *hf, "--name", "batched", "--batch-size", "2",
+                       "--source-ids", f] for f in files])
+    assert [(r["total"], r["skipped"], r["ok"] + r["error"]) for r in runs] == [(3, 0, 3), (3, 0, 3)]
+    opts = {"weights": str(tiny_vlm), "frames": "2", "max_new_tokens": "6", "size": "64"}
+    whole = caption(colour_root, "hf", options=opts, name="whole", device="cpu", batch_size=4)
+    assert whole.total == 6
+    batched, one = _rows(colour_root, "batched"), _rows(colour_root, "whole")
+    assert len(batched) == 6
+    pd.testing.assert_frame_equal(batched, one)
+    meta = json.loads((colour_root / "captions" / "batched" / "_meta.json").read_text())
+    assert meta["captioner"] == "hf" and meta["options"] == opts and meta["batch_size"] == 2
+
+    again = json.loads(curate("caption", "--root", colour_root, *hf, "--name", "batched", "--shard", "0/1",
+                              "--json").stdout)
+    assert (again["total"], again["skipped"]) == (0, 6)
+    with Root(colour_root).lock("caption-batched"):  # a whole-root run holds it; batches never wait for it
+        r = caption(colour_root, "hf", options=opts, name="batched", device="cpu",
+                    source_ids=[by_colour[c] for c in COLOURS])
+    assert (r.total, r.skipped) == (0, 6)
+    pd.testing.assert_frame_equal(_rows(colour_root, "batched"), batched)
+
+
+def test_a_preloaded_captioner_serves_many_batches_with_one_load(colour_root, tiny_vlm, monkeypatch):
+    """What a resident worker does: load the VLM once, caption batch after batch with it."""
+    from transformers import AutoModelForImageTextToText
+
+    from curate.stages.caption import caption, load_captioner
+
+    loads = []
+    real = AutoModelForImageTextToText.from_pretrained
+
+    def counting(*a, **k):
+        loads.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", counting)
+    by_colour = _sources_by_colour(colour_root)
+    opts = {"weights": str(tiny_vlm), "frames": "2", "max_new_tokens": "6", "size": "64"}
+    cap = load_captioner("hf", opts, device="cpu")
+    for part in (COLOURS[:2], COLOURS[2:4], COLOURS[4:]):
+        r = caption(colour_root, "hf", options=opts, name="resident", device="cpu", batch_size=2,
+                    source_ids=[by_colour[c] for c in part], captioner_obj=cap)
+        assert (r.total, r.ok + r.error) == (2, 2)
+    assert len(loads) == 1
+    assert len(_rows(colour_root, "resident")) == 6
+    # without the loaded captioner each batch loads the model again (what per-batch tasks pay)
+    caption(colour_root, "hf", options=opts, name="resident-2", device="cpu", source_ids=[by_colour["red"]])
+    assert len(loads) == 2
+
+
+def test_batches_check_the_meta_another_batch_wrote_first(colour_root, monkeypatch):
+    """Of batches that start at once, the first writes _meta.json; one whose configuration differs fails
+    after losing that race (its first check ran before the file existed) and writes no row."""
+    import curate.stages.caption as stage
+    from curate.errors import CurateError
+
+    by_colour = _sources_by_colour(colour_root)
+    r = stage.caption(colour_root, "colour", name="race", source_ids=[by_colour["red"]])
+    assert r.ok == 1
+    real, calls = stage.check_meta, []
+
+    def late(*a, **k):  # the first check saw no _meta.json yet
+        calls.append(a)
+        if len(calls) > 1:
+            real(*a, **k)
+
+    monkeypatch.setattr(stage, "check_meta", late)
+    with pytest.raises(CurateError, match="--name"):
+        stage.caption(colour_root, "colour", name="race", options={"prompt": "What colour?"},
+                      source_ids=[by_colour["yellow"]])
+    assert len(calls) == 2 and len(_captions(colour_root, "race")) == 1
+    monkeypatch.setattr(stage, "check_meta", real)
+    assert stage.caption(colour_root, "colour", name="race", source_ids=[by_colour["yellow"]]).ok == 1
+
+
+def test_caption_embeddings_per_batch_equal_the_whole_root_and_wait_for_the_captions(colour_root, tiny_clip):
+    """`embed --caption captions:NAME` per batch: clip vectors copied, texts embedded, only after the batch's
+    captions are committed; the same vectors as one whole-root run."""
+    import numpy as np
+
+    from curate.stages.caption import CaptionsPending, caption
+    from curate.stages.embed import embed
+
+    by_colour = _sources_by_colour(colour_root)
+    a, b = [by_colour[c] for c in COLOURS[:3]], [by_colour[c] for c in COLOURS[3:]]  # red | yellow: one ok each
+    opts = {"model_config": tiny_clip["model_config"], "weights": tiny_clip["weights"], "frames": "2"}
+    embed(colour_root, "clip", options=opts, name="vectors", device="cpu")  # the clip vectors to copy
+    kw = dict(options=opts, device="cpu", caption="captions:perbatch")
+    with pytest.raises(CaptionsPending, match="caption the batch first"):
+        embed(colour_root, "clip", source_ids=a, **kw)  # no batch is captioned yet: no captions/perbatch at all
+    caption(colour_root, "colour", name="perbatch", source_ids=a)
+    with pytest.raises(CaptionsPending, match="caption the batch first"):
+        embed(colour_root, "clip", source_ids=b, **kw)  # batch b is not captioned yet
+    assert not (colour_root / "embeddings" / "clip_perbatch").exists()
+    ra = embed(colour_root, "clip", source_ids=a, **kw)
+    assert ra.extra["name"] == "clip_perbatch"
+    assert (ra.total, ra.ok, ra.extra["without_caption"], ra.extra["video_reused"]) == (1, 1, 2, 1)
+    caption(colour_root, "colour", name="perbatch", source_ids=b)
+    rb = embed(colour_root, "clip", source_ids=b, **kw)
+    assert (rb.total, rb.ok) == (1, 1)
+    assert [embed(colour_root, "clip", source_ids=s, **kw).total for s in (a, b)] == [0, 0]  # reruns add nothing
+
+    caption(colour_root, "colour", name="oneshot")
+    embed(colour_root, "clip", options=opts, device="cpu", caption="captions:oneshot")
+    per = read_table(colour_root / "embeddings" / "clip_perbatch").set_index("clip_id").sort_index()
+    one = read_table(colour_root / "embeddings" / "clip_oneshot").set_index("clip_id").sort_index()
+    assert per.index.is_unique and list(per.index) == list(one.index) and len(per) == 2
+    for col in ("video_emb", "text_emb"):
+        np.testing.assert_allclose(np.stack(per[col]), np.stack(one[col]), atol=1e-6)
+    meta = json.loads((colour_root / "embeddings" / "clip_perbatch" / "_meta.json").read_text())
+    assert meta["caption"] == "captions:perbatch" and meta["options"] == opts
+
+
+def test_one_batch_captioned_twice_at_once_keeps_one_row_per_clip(colour_root):
+    """Two workers on one batch (a lease taken over from a worker that was only slow): the second commits
+    while the first is generating; the first's commit then adds no second row for any clip."""
+    from curate.stages.caption import caption, load_captioner
+
+    by_colour = _sources_by_colour(colour_root)
+    batch = [by_colour[c] for c in ("red", "yellow", "blue")]
+
+    class OtherWorkerCommitsFirst:
+        """The colour captioner; its first generate call lets another worker caption the whole batch."""
+
+        def __init__(self) -> None:
+            self.inner, self.interleaved = load_captioner("colour", device="cpu"), None
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def caption_batch(self, inputs):
+            if self.interleaved is None:
+                self.interleaved = caption(colour_root, "colour", name="twice", source_ids=batch)
+            return self.inner.caption_batch(inputs)
+
+    cap = OtherWorkerCommitsFirst()
+    first = caption(colour_root, "colour", name="twice", source_ids=batch, captioner_obj=cap)
+    assert first.total == 3 and cap.interleaved.total == 3  # both took all of it: neither saw the other's rows
+    t = _captions(colour_root, "twice")
+    assert sorted(t.clip_id) == sorted(c for c, col in _clip_colours(colour_root).items() if col in
+                                       ("red", "yellow", "blue"))
+    assert t.clip_id.is_unique
+
+
+def test_caption_batches_on_a_bucket(colour_root, s3, tmp_path):
+    """Two processes caption two batches of a root in an S3 bucket at once: _meta.json created once (put-if-
+    absent), one row per clip, the captions of a local whole-root run, no lease left behind."""
+    import s3fs
+
+    from curate.stages.caption import caption
+    from curate.store import Root
+
+    root = f"{s3}/captioned"
+    curate("ingest", colour_root.parent / "list.csv", "--root", root)
+    curate("split", "--root", root, "--detector", "none", "--min-clip-s", "0.5")
+    by_colour = _sources_by_colour(colour_root)  # the same source list: the same source ids
+    assert set(Root(root).sources.keys()) == set(by_colour.values())
+    files = []
+    for i, part in enumerate((COLOURS[::2], COLOURS[1::2])):
+        f = tmp_path / f"batch{i}.txt"
+        f.write_text("\n".join(by_colour[c] for c in part))
+        files.append(f)
+    runs = _parallel([["caption", "--root", root, "-c", "colour", "--source-ids", f] for f in files])
+    assert [r["total"] for r in runs] == [3, 3]
+    caption(colour_root, "colour", name="s3-reference")
+    got = Root(root).captions("colour").read()
+    assert got.clip_id.is_unique and len(got) == 6
+    want = _rows(colour_root, "s3-reference")
+    pd.testing.assert_frame_equal(got[ROW].sort_values("clip_id").reset_index(drop=True), want)
+    assert Root(root).caption_meta("colour")["captioner"] == "colour"
+    fs = s3fs.S3FileSystem()
+    locks = f"{s3[len('s3://'):]}/captioned/.locks"
+    assert not fs.exists(locks) or not [p for p in fs.ls(locks) if "caption" in p]

@@ -258,11 +258,17 @@ def embed(
 @app.command()
 @guarded
 @stage_options("caption")
-def caption(root: str = ROOT_OPT, json_out: bool = JSON_OPT, **opts: Any) -> None:
+def caption(
+    root: str = ROOT_OPT,
+    shard: str | None = SHARD_OPT,
+    source_ids: Path | None = SOURCE_IDS_OPT,
+    json_out: bool = JSON_OPT,
+    **opts: Any,
+) -> None:
     """Caption every clip with a vision-language model (sampled frames + a prompt); writes ROOT/captions/<name>."""
     from curate.stages.caption import caption as run
 
-    finish(run(root, progress=RichProgress(), **opts), json_out)
+    finish(run(root, source_ids=_sources(root, shard, source_ids), progress=RichProgress(), **opts), json_out)
 
 
 @app.command()

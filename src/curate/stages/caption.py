@@ -156,83 +156,145 @@ def check_meta(root: Root, name: str, captioner: str, options: dict) -> None:
         )
 
 
+class CaptionsPending(CurateError):
+    """A batch's generated captions are not all committed yet: its caption embeddings must wait for them."""
+
+
+def captions_pending(root: Root | str, name: str, clip_ids: Iterable[str]) -> list[str]:
+    """The clips among ``clip_ids`` that have no row (ok or error) in ``captions/<name>`` yet: the ones a
+    caption run of their batch has not committed. Empty once the batch's ``caption()`` has returned."""
+    root = Root(root) if not isinstance(root, Root) else root
+    ids = list(dict.fromkeys(clip_ids))
+    if not ids:
+        return []
+    have = set(_caption_status(root.captions(name), ids))
+    return [c for c in ids if c not in have]
+
+
+def _caption_status(table, clip_ids: list[str] | None) -> dict[str, str]:
+    """clip id -> status of the rows of a captions table (only among ``clip_ids`` when given: a batch reads
+    its own rows, not the whole table)."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    if clip_ids is not None and not clip_ids:
+        return {}
+    flt = None if clip_ids is None else pads.field("clip_id").isin(pa.array(clip_ids, pa.string()))
+    t = table.read_arrow(columns=["clip_id", "status"], filter=flt)
+    return dict(zip(t["clip_id"].to_pylist(), t["status"].to_pylist()))
+
+
+def _ok_clip_ids(root: Root, source_ids: set[str] | None) -> list[str]:
+    """The ok clips of the root (of ``source_ids`` only when given), in table order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    if source_ids is not None and not source_ids:
+        return []
+    flt = None if source_ids is None else pads.field("source_id").isin(pa.array(sorted(source_ids), pa.string()))
+    clips = root.clips.read_arrow(columns=["clip_id", "status"], filter=flt)
+    return clips.filter(pc.equal(clips["status"], "ok"))["clip_id"].to_pylist()
+
+
 def caption(root: Root | str, captioner: str = "hf", *, options: dict[str, Any] | None = None,
             name: str | None = None, device: str = "auto", batch_size: int = 8, workers: int = 2,
-            clip_ids: Iterable[str] | None = None, retry_errors: bool = False, flush_every: int = 64,
-            progress: Progress | None = None, captioner_obj=None) -> StageResult:
+            clip_ids: Iterable[str] | None = None, source_ids: Iterable[str] | None = None,
+            retry_errors: bool = False, flush_every: int = 64, progress: Progress | None = None,
+            captioner_obj: Any = None) -> StageResult:
     """Caption every ok clip (only ``clip_ids`` when given) not captioned yet under ``captions/<name>``.
 
     ``retry_errors`` redoes the clips whose earlier row is an error (a degenerate output, a failed
     generation). Returns counts; ``extra`` has ``tokens`` (generated, degenerate outputs included),
     ``generate_s`` and the captions/s and tokens/s of this run's generation.
+
+    ``source_ids`` makes it per-batch work (a mapped Airflow task, a resident worker's batch, ``curate
+    caption --shard i/n``): only those sources' clips, no lock on the root, rows inserted only where the
+    table has none for the clip (so two processes that caption one batch at once still leave one row per
+    clip), no table maintenance (:func:`curate.store.maintain` runs once after the batches). The first
+    batch to write ``_meta.json`` wins (a conditional create); the others check theirs equals it. Without
+    ``source_ids`` the run covers the whole root, holds the ``caption-<name>`` lock and compacts the
+    table when appends left it fragmented.
+
+    ``captioner_obj``: a captioner already created (:func:`load_captioner`) for ``captioner`` with these
+    ``options``: a resident worker loads its model once and passes it to every batch. Without it the
+    model is loaded here, and only when there is something to caption.
     """
     from curate.plugins import get_captioner
 
     root = Root(root) if not isinstance(root, Root) else root
-    progress = progress or NullProgress()
     options = {k: str(v) for k, v in (options or {}).items()}
     name = name or captioner
     get_captioner(captioner)  # an unknown name is an invocation error even when there is nothing to do
-    result = StageResult("caption", extra={"captioner": captioner, "name": name})
+    kw = dict(options=options, name=name, device=device, batch_size=batch_size, workers=workers,
+              clip_ids=clip_ids, retry_errors=retry_errors, flush_every=flush_every,
+              progress=progress or NullProgress(), captioner_obj=captioner_obj)
+    if source_ids is not None:  # per-batch: no root lock, inserts only
+        return _caption(root.ensure(), captioner, source_ids=set(source_ids), **kw)
     with root.ensure().lock(f"caption-{name}"):
-        check_meta(root, name, captioner, options)
-        table = root.captions(name)
-        table.repair()
-        import pyarrow.compute as pc
+        return _caption(root, captioner, source_ids=None, **kw)
 
-        old = table.read_arrow(columns=["clip_id", "status"])
-        ok_done = set(old.filter(pc.equal(old["status"], "ok"))["clip_id"].to_pylist())
-        err_done = set(old["clip_id"].to_pylist()) - ok_done
-        done = ok_done if retry_errors else ok_done | err_done
-        clips = root.clips.read_arrow(columns=["clip_id", "status"])
-        ids = clips.filter(pc.equal(clips["status"], "ok"))["clip_id"].to_pylist()
-        if clip_ids is not None:
-            wanted = set(clip_ids)
-            ids = [c for c in ids if c in wanted]
-        todo = [c for c in ids if c not in done]
-        result.skipped = len(ids) - len(todo)
-        result.total = len(todo)
-        if not todo:
-            return result.done()
-        cap = captioner_obj or load_captioner(captioner, options, device)
-        info = cap.info
-        if not root.caption_meta(name):
-            root.write_caption_meta(name, _meta(captioner, options, cap, batch_size))
-        result.extra.update(model=info.model, weights=info.weights)
-        redo = set(todo) & err_done
-        rows: list[dict] = []
-        gen_s, tokens, generated = 0.0, 0, 0
 
-        def flush() -> None:
-            if rows:
-                t = rows_to_table(rows, caption_schema())
-                if redo:  # error rows of an earlier run are replaced
-                    table.upsert(t)
-                else:
-                    table.append(t)
-                rows.clear()
-                crashpoint("caption-flush")
-                table.tidy()
+def _caption(root: Root, captioner: str, *, options: dict[str, str], name: str, device: str, batch_size: int,
+             workers: int, clip_ids: Iterable[str] | None, source_ids: set[str] | None, retry_errors: bool,
+             flush_every: int, progress: Progress, captioner_obj: Any) -> StageResult:
+    result = StageResult("caption", extra={"captioner": captioner, "name": name})
+    check_meta(root, name, captioner, options)
+    table = root.captions(name)
+    ids = _ok_clip_ids(root, source_ids)
+    if clip_ids is not None:
+        wanted = set(clip_ids)
+        ids = [c for c in ids if c in wanted]
+    old = _caption_status(table, ids if source_ids is not None else None)
+    ok_done = {c for c, st in old.items() if st == "ok"}
+    err_done = set(old) - ok_done
+    done = ok_done if retry_errors else ok_done | err_done
+    todo = [c for c in ids if c not in done]
+    result.skipped = len(ids) - len(todo)
+    result.total = len(todo)
+    if not todo:
+        return result.done()
+    cap = captioner_obj or load_captioner(captioner, options, device)
+    info = cap.info
+    if not root.write_caption_meta(name, _meta(captioner, options, cap, batch_size)):
+        check_meta(root, name, captioner, options)  # another batch wrote it first (or an earlier run): the same?
+    result.extra.update(model=info.model, weights=info.weights)
+    redo = set(todo) & err_done
+    rows: list[dict] = []
+    gen_s, tokens, generated = 0.0, 0, 0
 
-        progress.start(len(todo), f"caption ({name})")
-        decoded = decode_clips(root, cap, clip_groups(root, todo), workers=workers, frames_per_clip=info.num_frames)
-        for batch in batches(decoded, batch_size):
-            out, secs = caption_batch_rows(cap, captioner, batch)
-            gen_s += secs
-            for r in out:
-                rows.append(r)
-                if r.get("seconds") is not None:  # went through generation (ok or refused as degenerate)
-                    generated += 1
-                    tokens += r.get("tokens") or 0
-                result.count(r)
-            progress.advance(len(batch))
-            if len(rows) >= flush_every:
-                flush()
-        flush()
+    def flush() -> None:
+        if rows:
+            t = rows_to_table(rows, caption_schema())
+            if redo:  # error rows of an earlier run are replaced
+                table.upsert(t)
+            elif source_ids is not None:  # a batch run twice at once (a lease taken over) keeps one row
+                table.insert_missing(t)
+            else:
+                table.append(t)
+            rows.clear()
+            crashpoint("caption-flush")
+
+    progress.start(len(todo), f"caption ({name})")
+    decoded = decode_clips(root, cap, clip_groups(root, todo), workers=workers, frames_per_clip=info.num_frames)
+    for batch in batches(decoded, batch_size):
+        out, secs = caption_batch_rows(cap, captioner, batch)
+        gen_s += secs
+        for r in out:
+            rows.append(r)
+            if r.get("seconds") is not None:  # went through generation (ok or refused as degenerate)
+                generated += 1
+                tokens += r.get("tokens") or 0
+            result.count(r)
+        progress.advance(len(batch))
+        if len(rows) >= flush_every:
+            flush()
+    flush()
+    if source_ids is None:
         table.maybe_compact()
-        result.extra.update(generate_s=round(gen_s, 3), tokens=tokens,
-                            captions_per_s=round(generated / gen_s, 4) if gen_s else None,
-                            tokens_per_s=round(tokens / gen_s, 2) if gen_s else None)
+    result.extra.update(generate_s=round(gen_s, 3), tokens=tokens,
+                        captions_per_s=round(generated / gen_s, 4) if gen_s else None,
+                        tokens_per_s=round(tokens / gen_s, 2) if gen_s else None)
     return result.done()
 
 

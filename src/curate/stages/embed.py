@@ -20,6 +20,7 @@ from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.media.frames import batches, clip_groups, decode_clips
 from curate.progress import NullProgress, Progress, StageResult
+from curate.stages.caption import CaptionsPending, captions_pending
 from curate.store import Root, embedding_schema, maintain, rows_to_table
 
 
@@ -125,7 +126,13 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
     sources' clips, no lock on the root (a batch owns its sources' clips: batches never write one row),
     only appends, no table maintenance (:func:`curate.store.maintain` runs once after the batches). Without
     it the run covers the whole root, holds the ``embed-<name>`` lock (a second whole-root run fails
-    clearly) and maintains the table at its end.
+    clearly) and maintains the table at its end. With ``caption="captions:NAME"`` a batch needs its
+    captions committed first: a clip of the batch without a row in ``captions/NAME`` (or no such table yet)
+    raises :class:`curate.stages.caption.CaptionsPending` before anything is loaded or written (error rows
+    count as committed: they get no caption embedding).
+
+    ``encoder_obj``: an encoder already created (:func:`load_encoder`) for ``encoder`` with these
+    ``options``: a resident worker loads it once and passes it to every batch.
     """
     from curate.stages.caption import caption_source_label, parse_caption_source, require_captions
 
@@ -137,7 +144,7 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
     from curate.plugins import get_encoder
 
     get_encoder(encoder)  # an unknown name is an invocation error even when there is nothing to embed
-    if cap_name is not None:
+    if cap_name is not None and source_ids is None:  # a batch checks its own clips' captions (CaptionsPending)
         require_captions(root, cap_name)
     kw = dict(options=options, name=name, cap_name=cap_name, cap_label=cap_label, device=device,
               batch_size=batch_size, workers=workers, clip_ids=clip_ids, flush_every=flush_every,
@@ -169,6 +176,13 @@ def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_
     clips = clips[~clips["clip_id"].isin(done)]
     texts = None
     if cap_name is not None:  # generated captions: only clips that have one (the others wait for it)
+        if source_ids is not None:  # a batch's caption embeddings come after its captions, never beside them
+            pending = captions_pending(root, cap_name, clips["clip_id"].tolist())
+            if pending:
+                raise CaptionsPending(
+                    f"{len(pending)} of the {len(clips)} clips this batch has left to embed have no row in "
+                    f"captions/{cap_name} yet (e.g. {pending[0]}): caption the batch first (`curate caption "
+                    f"--name {cap_name} --source-ids FILE`, or wait for its caption task), then embed its captions.")
         texts = caption_texts(root, cap_name, clips["clip_id"].tolist())
         has = clips["clip_id"].isin(texts)
         result.extra["without_caption"] = int((~has).sum())
@@ -177,7 +191,8 @@ def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_
     if clips.empty:
         return result.done()
     enc = encoder_obj or load_encoder(encoder, options, device)
-    root.write_embedding_meta(name, embedding_meta(encoder, options, enc, cap_label))  # batches may all write it: same content
+    if not root.write_embedding_meta(name, embedding_meta(encoder, options, enc, cap_label)):
+        check_meta(root, name, encoder, options, cap_label)  # another batch wrote it first: the same configuration?
     result.extra["weights"] = enc.info.weights
     progress.start(len(clips), f"embed ({name})")
     rows: list[dict] = []

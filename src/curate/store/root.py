@@ -178,8 +178,13 @@ class Root:
         """The configuration that made ``captions/<name>`` (captioner, options, model, weights, prompt, ...)."""
         return self.read_json(f"captions/{safe_name(name)}/_meta.json", {}) or {}
 
-    def write_caption_meta(self, name: str, meta: dict) -> None:
-        self.write_bytes(f"captions/{safe_name(name)}/_meta.json", json.dumps(meta, indent=2, default=str))
+    def write_caption_meta(self, name: str, meta: dict) -> bool:
+        """Write ``captions/<name>/_meta.json`` unless it exists (a conditional create: of concurrent
+        batches of one captions set, the first writes it). True when this call wrote it."""
+        rel = f"captions/{safe_name(name)}/_meta.json"
+        if self.exists(rel):
+            return False
+        return self.create(rel, json.dumps(meta, indent=2, default=str))
 
     def subset_dir(self, name: str) -> Path:
         """The subset's directory as a local path (local roots only: see :meth:`subset_rel`)."""
