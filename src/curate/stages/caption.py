@@ -260,14 +260,20 @@ def caption_rows(cap, captioner: str, decoded: Iterable[tuple[dict, Any, str | N
 
     rows: list[dict] = []
     t0 = time.perf_counter()
-    for c, o, s in cap.caption_stream(good()):
-        while undecoded:
-            rows.append(undecoded.popleft())
-        rows.append(_output_row({**base, "updated_at": time.time()}, c, o, s, cap.info.prompt, max_new))
-        if len(rows) >= batch_size:
-            t1 = time.perf_counter()
-            yield rows, t1 - t0
-            rows, t0 = [], t1
+    try:
+        for c, o, s in cap.caption_stream(good()):
+            while undecoded:
+                rows.append(undecoded.popleft())
+            rows.append(_output_row({**base, "updated_at": time.time()}, c, o, s, cap.info.prompt, max_new))
+            if len(rows) >= batch_size:
+                t1 = time.perf_counter()
+                yield rows, t1 - t0
+                rows, t0 = [], t1
+    except Exception:  # the captioner stopped the run: the rows made so far are written first
+        rows.extend(undecoded)
+        if rows:
+            yield rows, time.perf_counter() - t0
+        raise
     rows.extend(undecoded)
     if rows:
         yield rows, time.perf_counter() - t0
