@@ -7,7 +7,7 @@ from curate import hookimpl
 def register_captioners(register):
     register("hf", _hf,
              description="Hugging Face transformers image-text-to-text VLMs (Qwen2.5-VL / Qwen3-VL, LLaVA-OneVision, "
-                         "InternVL -hf, SmolVLM2, ...): N frames + a prompt -> a caption; optional vLLM backend",
+                         "InternVL -hf, SmolVLM2, ...), in process: N frames + a prompt -> a caption",
              options={
                  "weights": "Hugging Face id (default Qwen/Qwen2.5-VL-3B-Instruct) or a local model directory",
                  "prompt": "instruction given with the frames (default: describe the clip in one or two sentences)",
@@ -22,8 +22,6 @@ def register_captioners(register):
                  "repetition_penalty": "default 1.0 (off)",
                  "dtype": "auto (bf16/fp16 on CUDA, float32 on CPU), float32, bfloat16, float16",
                  "size": "decode frames with the longer side at most this many px (default 448)",
-                 "backend": "transformers (default) or vllm (needs the vllm package)",
-                 "gpu_memory_utilization": "backend=vllm: share of GPU memory vLLM may take (default 0.85)",
              })
 
 
