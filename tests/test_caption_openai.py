@@ -216,6 +216,29 @@ def test_video_input_is_one_video_part_of_the_frames(root, key):
         assert all(rows[c].caption == f"a plain {c} screen" for c in COLOURS)
 
 
+def test_an_airflow_connection_gives_endpoint_key_and_model(root, monkeypatch):
+    """conn_id: the endpoint, the key (its password) and the model come from an Airflow connection (here an
+    AIRFLOW_CONN_ variable, as a deployment's secrets backend would hold it); the key is still never written."""
+    pytest.importorskip("airflow.sdk")
+    from curate.stages.caption import caption
+
+    with VLMServer(key=KEY, frames=2) as s:
+        monkeypatch.setenv("AIRFLOW_CONN_CURATE_TEST_VLM", json.dumps(
+            {"conn_type": "http", "host": s.base_url, "password": KEY, "extra": {"model": s.model}}))
+        r = caption(root, "openai", options={"conn_id": "curate_test_vlm", "frames": "2"}, name="conn")
+        assert (r.total, r.ok) == (14, 14) and r.extra["model"] == "tiny-vlm"
+        assert {q.auth for q in s.records} == {f"Bearer {KEY}"}
+        meta = json.loads((root / "captions" / "conn" / "_meta.json").read_text())
+        assert meta["options"] == {"conn_id": "curate_test_vlm", "frames": "2"} and meta["extra"]["base_url"] == s.base_url
+        _no_key_anywhere(root)
+        monkeypatch.setenv("AIRFLOW_CONN_CURATE_TEST_VLM", json.dumps(
+            {"conn_type": "http", "host": s.base_url, "password": "sk-wrong", "extra": {"model": s.model}}))
+        from curate.errors import CurateError
+
+        with pytest.raises(CurateError, match="refused the key of Airflow connection 'curate_test_vlm': HTTP 401"):
+            caption(root, "openai", options={"conn_id": "curate_test_vlm", "frames": "2"}, name="conn2")
+
+
 # ----------------------------------------------------------------------------- captions flow on
 def test_openai_captions_flow_through_embed_score_filter_publish(root, tiny_clip):
     """As the hf ones: embedded with `embed --caption captions:vlm`, scored, filtered, published, carded."""

@@ -97,6 +97,30 @@ def jpeg_data(frame: np.ndarray, quality: int) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def airflow_connection(conn_id: str, model: str = "") -> tuple[str, str | None, str]:
+    """``(base_url, key, model)`` from an Airflow connection: ``host`` the endpoint (a full URL, or a host name
+    with ``schema`` http/https and ``port``; ``/v1`` added when it has no path), ``password`` the key, and
+    ``model`` from the connection's extra unless given. Read through Airflow's own lookup (in a task: the API
+    server; elsewhere: ``AIRFLOW_CONN_<ID>`` variables and the configured secrets backends)."""
+    try:
+        from airflow.sdk import BaseHook
+    except ImportError as e:
+        raise CurateError("openai captioner conn_id needs Airflow (pip install 'curate[airflow]'); outside "
+                          "Airflow pass base_url and api_key_env") from e
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception as e:  # AirflowNotFoundException and the secrets backends' own errors
+        raise CurateError(f"openai captioner: Airflow connection {conn_id!r}: {e}") from e
+    host = (conn.host or "").rstrip("/")
+    if "://" not in host:
+        scheme = conn.schema if conn.schema in ("http", "https") else "http"
+        host = f"{scheme}://{host}{f':{conn.port}' if conn.port else ''}"
+    if not urlsplit(host).path:
+        host += "/v1"
+    extra = conn.extra_dejson if isinstance(conn.extra_dejson, dict) else {}
+    return host, conn.password or None, model or str(extra.get("model") or "")
+
+
 class OpenAICaptioner(Captioner):
     """Captions clips through an OpenAI-compatible ``/chat/completions`` endpoint, many requests in flight."""
 
@@ -110,7 +134,8 @@ class OpenAICaptioner(Captioner):
                  repetition_penalty: float | str = 1.0, size: int | str = 448, jpeg_quality: int | str = 90,
                  concurrency: int | str = 64, retries: int | str = 6, backoff: float | str = 1.0,
                  max_backoff: float | str = 60.0, timeout: float | str = 300.0, check_frames: bool | str = True,
-                 preflight: bool | str = True, extra_body: str | dict = "", **unknown: Any) -> None:
+                 preflight: bool | str = True, extra_body: str | dict = "", conn_id: str = "",
+                 **unknown: Any) -> None:
         super().__init__(device)
         if "api_key" in unknown:
             raise CurateError("openai captioner: pass the key in an environment variable and name it with "
@@ -119,6 +144,11 @@ class OpenAICaptioner(Captioner):
         if unknown:
             raise CurateError(f"openai captioner: unknown option(s) {', '.join(sorted(unknown))} "
                               "(`curate plugins` lists the options)")
+        key_from_conn = None
+        if conn_id:
+            if base_url:
+                raise CurateError("openai captioner: pass base_url or conn_id, not both")
+            base_url, key_from_conn, model = airflow_connection(str(conn_id), str(model))
         if not base_url or not model:
             raise CurateError("openai captioner needs -o base_url=http://HOST:PORT/v1 and -o model=NAME (the name "
                               "the server serves: `curl BASE_URL/models`).")
@@ -151,7 +181,8 @@ class OpenAICaptioner(Captioner):
         if not isinstance(extra_body, dict):
             raise CurateError("openai captioner extra_body must be a JSON object")
         self.extra_body: dict[str, Any] = extra_body
-        self._key = self._api_key()
+        self.conn_id = str(conn_id)
+        self._key = key_from_conn or self._api_key()
         self._client = None
         self._served_root = ""
         self._text_tokens: int | None = None  # prompt tokens of the prompt alone (preflight)
@@ -387,7 +418,8 @@ class OpenAICaptioner(Captioner):
             raise EndpointError(f"Cannot reach the captioning endpoint {self.base_url} ({type(e).__name__}: {e}). "
                                 "Is the server up (`vllm serve ...`), and is base_url its /v1 address?") from e
         if r.status_code in (401, 403):
-            how = f"the key in ${self.api_key_env}" if self._key else "no key (set -o api_key_env=VAR)"
+            how = (f"the key of Airflow connection {self.conn_id!r}" if self.conn_id and self._key
+                   else f"the key in ${self.api_key_env}" if self._key else "no key (set -o api_key_env=VAR)")
             raise EndpointError(f"The captioning endpoint {self.base_url} refused {how}: HTTP {r.status_code} "
                                 f"{_reason(r)}")
         if r.status_code == 200:

@@ -53,6 +53,8 @@ def register_captioners(register):
                  "check_frames": "true (default): refuse a server whose prompt token count shows it dropped the "
                                  "frames (preflight, and every answer); false: unchecked",
                  "preflight": "true (default): check endpoint, key, model and frames at start",
+                 "conn_id": "an Airflow connection instead of base_url/api_key_env: host = the endpoint, password "
+                            "= the key, extra {\"model\": NAME} (optional)",
                  "extra_body": "JSON object merged into every request, e.g. {\"mm_processor_kwargs\": {\"fps\": 2}}",
              })
 
