@@ -127,7 +127,10 @@ class VLMServer:
         from aiohttp import web
 
         if self.key is not None and request.headers.get("Authorization") != f"Bearer {self.key}":
-            return web.json_response({"error": {"message": "Incorrect API key provided", "code": 401}}, status=401)
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            # as some APIs do: the key echoed back in the refusal (the client must not write it anywhere)
+            return web.json_response({"error": {"message": f"Incorrect API key provided: {given}", "code": 401}},
+                                     status=401)
         return None
 
     @staticmethod

@@ -16,7 +16,16 @@ import numpy as np
 
 from curate.encoders.base import uniform_indices
 
-__all__ = ["Caption", "Captioner", "CaptionerInfo"]
+__all__ = ["Caption", "Captioner", "CaptionerInfo", "fit_longer_side"]
+
+
+def fit_longer_side(width: int, height: int, size: int) -> tuple[int, int] | None:
+    """(width, height) scaled so the longer side is at most ``size`` px, even numbers; None when it already is."""
+    long = max(width, height)
+    if long <= size:
+        return None
+    s = size / long
+    return max(2, round(width * s / 2) * 2), max(2, round(height * s / 2) * 2)
 
 
 @dataclass

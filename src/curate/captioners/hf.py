@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.captioners import Caption, Captioner, CaptionerInfo
+from curate.captioners import Caption, Captioner, CaptionerInfo, fit_longer_side
 from curate.encoders.base import parse_bool, resolve_device
 from curate.errors import CurateError, WeightsUnavailable
 
@@ -141,11 +141,7 @@ class HFCaptioner(Captioner):
 
     def decode_size(self, width: int, height: int) -> tuple[int, int] | None:
         """Longer side at most ``size`` px (the processor resizes further, as its model wants)."""
-        long = max(width, height)
-        if long <= self.size:
-            return None
-        s = self.size / long
-        return max(2, round(width * s / 2) * 2), max(2, round(height * s / 2) * 2)
+        return fit_longer_side(width, height, self.size)
 
     def caption_batch(self, inputs: Sequence[np.ndarray]) -> list[Caption]:
         return self._generate_transformers(inputs)

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from curate.captioners import Caption, Captioner, CaptionerInfo
+from curate.captioners import Caption, Captioner, CaptionerInfo, fit_longer_side
 from curate.encoders.base import parse_bool
 from curate.errors import CurateError
 
@@ -209,11 +209,7 @@ class OpenAICaptioner(Captioner):
 
     def decode_size(self, width: int, height: int) -> tuple[int, int] | None:
         """Longer side at most ``size`` px: the bytes sent, and the server resizes further as its model wants."""
-        long = max(width, height)
-        if long <= self.size:
-            return None
-        s = self.size / long
-        return max(2, round(width * s / 2) * 2), max(2, round(height * s / 2) * 2)
+        return fit_longer_side(width, height, self.size)
 
     def preprocess(self, frames: np.ndarray) -> list[str]:
         """JPEG-encode in the decoder threads, ahead of the requests."""
@@ -277,6 +273,10 @@ class OpenAICaptioner(Captioner):
                               f"{self.api_key_env} is not set (or empty) in this process.")
         return key
 
+    def _scrub(self, text: str) -> str:
+        """The server's words without the key (some echo it back in a 401): they go to rows and logs."""
+        return text.replace(self._key, "***") if self._key else text
+
     @property
     def client(self):
         if self._client is None:
@@ -322,7 +322,7 @@ class OpenAICaptioner(Captioner):
                 raise ServerGone("the endpoint stopped answering" if self._gone.is_set() else "the run stopped")
             r = self.client.post("chat/completions", json=body)
             if r.status_code != 200:
-                raise ServerError(r.status_code, _reason(r), _retry_after(r))
+                raise ServerError(r.status_code, self._scrub(_reason(r)), _retry_after(r))
             try:
                 return r.json()
             except ValueError as e:
@@ -421,7 +421,7 @@ class OpenAICaptioner(Captioner):
             how = (f"the key of Airflow connection {self.conn_id!r}" if self.conn_id and self._key
                    else f"the key in ${self.api_key_env}" if self._key else "no key (set -o api_key_env=VAR)")
             raise EndpointError(f"The captioning endpoint {self.base_url} refused {how}: HTTP {r.status_code} "
-                                f"{_reason(r)}")
+                                f"{self._scrub(_reason(r))}")
         if r.status_code == 200:
             try:
                 served = {m["id"]: m for m in r.json().get("data", [])}
@@ -433,7 +433,7 @@ class OpenAICaptioner(Captioner):
             self._served_root = str((served.get(self.model) or {}).get("root") or "")
         elif r.status_code != 404:  # some gateways have no /models: the probe below checks model and key
             raise EndpointError(f"The captioning endpoint {self.base_url}: GET /models answered HTTP {r.status_code} "
-                                f"{_reason(r)}")
+                                f"{self._scrub(_reason(r))}")
         if not self.check_frames:
             return
         probe = np.full((2, 64, 64, 3), 128, np.uint8)
