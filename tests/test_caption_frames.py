@@ -1,5 +1,5 @@
 """The `hf` captioner's frames reach the model, for every built-in family and input mode of the tiny test VLMs
-(tests/tiny_vlm.py: Qwen2.5-VL takes images and video, LLaVA images only); a mode a family cannot take is refused
+(tests/tiny_vlm.py: Qwen2.5-VL and LLaVA-OneVision take images and video, LLaVA images only); a mode a family cannot take is refused
 at load, never run as text-only captions."""
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_vlm import build_tiny_llava, build_tiny_qwen2_5_vl
+from tiny_vlm import build_tiny_llava, build_tiny_llava_onevision, build_tiny_qwen2_5_vl
 
 
 @pytest.fixture(scope="module")
 def vlms(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("vlms")
-    return {"qwen2.5-vl": build_tiny_qwen2_5_vl(d / "qwen"), "llava": build_tiny_llava(d / "llava")}
+    return {"qwen2.5-vl": build_tiny_qwen2_5_vl(d / "qwen"), "llava": build_tiny_llava(d / "llava"),
+            "llava-onevision": build_tiny_llava_onevision(d / "llava-ov")}
 
 
 def _clip(rgb) -> np.ndarray:
@@ -26,7 +27,8 @@ def _clip(rgb) -> np.ndarray:
     return f
 
 
-@pytest.mark.parametrize(("family", "mode"), [("qwen2.5-vl", "images"), ("qwen2.5-vl", "video"), ("llava", "images")])
+@pytest.mark.parametrize(("family", "mode"), [("qwen2.5-vl", "images"), ("qwen2.5-vl", "video"), ("llava", "images"),
+                                             ("llava-onevision", "images"), ("llava-onevision", "video")])
 def test_the_frames_reach_the_vision_tower(vlms, family, mode):
     """The vision tower runs on each clip's own pixels: two visibly different clips give it different inputs,
     and the same clip the same input (so the difference is the frames, not chance)."""

@@ -192,6 +192,7 @@ class HFCaptioner(Captioner):
 
     def _encode(self, inputs: Sequence[np.ndarray]):
         """The processor's output for a batch of clips: prompt tokens and the frames as the model takes them."""
+        inputs = [np.ascontiguousarray(f) for f in inputs]  # torch.from_numpy refuses negative strides
         texts = [self._prompt_text(f) for f in inputs]
         if self.input == "images":
             kw: dict[str, Any] = {"images": [list(f) for f in inputs]}
