@@ -248,9 +248,12 @@ class OpenAICaptioner(Captioner):
                 if self._gone.is_set():
                     break
                 pending.add(pool.submit(self._timed, key, frames))
-                if len(pending) >= self.concurrency:
+                if len(pending) >= self.concurrency:  # the bound: wait for a slot
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from finished(done)
+                else:  # hand on what is done without waiting, so rows (and progress) flow while decoding
+                    done = {f for f in pending if f.done()}
+                    pending -= done
+                yield from finished(done)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 yield from finished(done)

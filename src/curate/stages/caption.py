@@ -249,7 +249,7 @@ def caption_rows(cap, captioner: str, decoded: Iterable[tuple[dict, Any, str | N
             yield caption_batch_rows(cap, captioner, batch)
         return
     base, max_new = _base_row(cap, captioner), cap.info.generation.get("max_new_tokens")
-    undecoded: deque[dict] = deque()  # filled by the stream's reader thread, drained here
+    undecoded: deque[dict] = deque()  # filled while the stream reads the clips, drained as its captions come
 
     def good() -> Iterator[tuple[dict, Any]]:
         for c, x, err in decoded:
