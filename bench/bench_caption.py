@@ -118,11 +118,11 @@ def bench_openai(args, root: Path) -> None:
                                                            completion_tokens=args.max_new_tokens)
     with server as s:
         base_url = args.base_url or s.base_url
-        for bound in [int(x) for x in args.concurrency.split(",")]:
+        for i, bound in enumerate(int(x) for x in args.concurrency.split(",")):
             opts = {"base_url": base_url, "model": args.model, "frames": str(args.frames),
                     "max_new_tokens": str(args.max_new_tokens), "input": args.input, "concurrency": str(bound)}
             t0 = time.perf_counter()
-            r = caption(root, "openai", options=opts, name=f"bench-{bound}")
+            r = caption(root, "openai", options=opts, name=f"bench-{i}-{bound}")
             wall = time.perf_counter() - t0  # preflight included: 3 small requests
             runs.append({"concurrency": bound, "clips": r.total, "ok": r.ok, "error": r.error,
                          "stage_clips_per_s": round(r.total / wall, 2), "captions_per_s": r.extra["captions_per_s"],
