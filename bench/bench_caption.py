@@ -1,8 +1,16 @@
-"""Captions/s and tokens/s of the built-in `hf` captioner, through the whole `curate caption` stage.
+"""Captions/s and tokens/s of the built-in captioners, through the whole `curate caption` stage.
 
     PYTHONPATH=src .venv/bin/python bench/bench_caption.py [--device cpu] [--sources 8] [--batch-size 8]
         [--frames 4] [--max-new-tokens 32] [--min-new-tokens 32] [--weights DIR] [--input images|video]
         [--json out.json]
+    PYTHONPATH=src .venv/bin/python bench/bench_caption.py --captioner openai [--latency 0.2]
+        [--concurrency 1,4,16,64] [--sources 32] [--base-url URL --model NAME]
+
+``--captioner openai`` captions the same root through the `openai` captioner against the test server
+(tests/vlm_server.py, a real HTTP server on 127.0.0.1 that answers each request after ``--latency``
+seconds, as a serving engine whose batch never fills would), once per in-flight bound of
+``--concurrency``: the clips/s curve shows the bound doing its job (at most ``bound / latency``).
+``--base-url``/``--model`` point it at a real endpoint (e.g. `vllm serve`) instead.
 
 Builds a root of ``--sources`` synthetic videos (ffmpeg lavfi, 320x240, two shots each -> two clips),
 ingests and splits it, then captions every clip with the `hf` captioner: by default the tiny random
@@ -40,6 +48,11 @@ def main() -> None:
     ap.add_argument("--input", default="images", choices=["images", "video"])
     ap.add_argument("--weights", default=None, help="a model directory (default: the tiny test model)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--captioner", default="hf", choices=["hf", "openai"])
+    ap.add_argument("--latency", type=float, default=0.2, help="openai: the test server's seconds per answer")
+    ap.add_argument("--concurrency", default="1,4,16,64", help="openai: in-flight bounds to run, comma-separated")
+    ap.add_argument("--base-url", default=None, help="openai: a real endpoint instead of the test server")
+    ap.add_argument("--model", default="tiny-vlm", help="openai: the served model name")
     args = ap.parse_args()
 
     import torch
@@ -51,7 +64,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-caption-"))
     weights = args.weights
-    if weights is None:
+    if weights is None and args.captioner == "hf":
         from tiny_vlm import build_tiny_qwen2_5_vl
 
         weights = str(build_tiny_qwen2_5_vl(tmp / "tiny-qwen2.5-vl"))
@@ -64,6 +77,8 @@ def main() -> None:
     root = tmp / "root"
     ingest(root, paths)
     split(root, min_clip_s=0.5)
+    if args.captioner == "openai":
+        return bench_openai(args, root)
     opts = {"weights": weights, "frames": str(args.frames), "max_new_tokens": str(args.max_new_tokens),
             "min_new_tokens": str(args.min_new_tokens), "input": args.input}
     from curate.stages.caption import load_captioner
@@ -84,6 +99,39 @@ def main() -> None:
            "min_new_tokens": args.min_new_tokens,
            "input": args.input, "model": cap.info.model, "weights": "tiny test model" if args.weights is None else weights,
            "device": str(cap.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}"}
+    print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+def bench_openai(args, root: Path) -> None:
+    """The `openai` captioner at each in-flight bound, against the test server (or ``--base-url``)."""
+    from contextlib import nullcontext
+
+    from vlm_server import VLMServer
+
+    from curate.stages.caption import caption
+
+    runs = []
+    server = nullcontext() if args.base_url else VLMServer(frames=args.frames, latency=args.latency,
+                                                           completion_tokens=args.max_new_tokens)
+    with server as s:
+        base_url = args.base_url or s.base_url
+        for i, bound in enumerate(int(x) for x in args.concurrency.split(",")):
+            opts = {"base_url": base_url, "model": args.model, "frames": str(args.frames),
+                    "max_new_tokens": str(args.max_new_tokens), "input": args.input, "concurrency": str(bound)}
+            t0 = time.perf_counter()
+            r = caption(root, "openai", options=opts, name=f"bench-{i}-{bound}")
+            wall = time.perf_counter() - t0  # preflight included: 3 small requests
+            runs.append({"concurrency": bound, "clips": r.total, "ok": r.ok, "error": r.error,
+                         "stage_clips_per_s": round(r.total / wall, 2), "captions_per_s": r.extra["captions_per_s"],
+                         "tokens_per_s": r.extra["tokens_per_s"], "stage_seconds": round(wall, 2),
+                         "max_in_flight": None if args.base_url else s.max_in_flight})
+            if not args.base_url:
+                s.reset_counts()
+    out = {"captioner": "openai", "server": base_url if args.base_url else f"test server, {args.latency} s/answer",
+           "frames": args.frames, "input": args.input, "completion_tokens": args.max_new_tokens, "runs": runs,
            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}"}
     print(json.dumps(out, indent=2))
     if args.json:

@@ -8,7 +8,7 @@ bookkeeping live in the caption stage (:mod:`curate.stages.caption`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -16,7 +16,16 @@ import numpy as np
 
 from curate.encoders.base import uniform_indices
 
-__all__ = ["Caption", "Captioner", "CaptionerInfo"]
+__all__ = ["Caption", "Captioner", "CaptionerInfo", "fit_longer_side"]
+
+
+def fit_longer_side(width: int, height: int, size: int) -> tuple[int, int] | None:
+    """(width, height) scaled so the longer side is at most ``size`` px, even numbers; None when it already is."""
+    long = max(width, height)
+    if long <= size:
+        return None
+    s = size / long
+    return max(2, round(width * s / 2) * 2), max(2, round(height * s / 2) * 2)
 
 
 @dataclass
@@ -53,9 +62,16 @@ class Captioner:
     - ``caption_batch(inputs)`` gets a list of those and returns one :class:`Caption` (or a plain
       ``str``) per clip, in order. An exception fails the batch; the stage then retries its clips one
       by one, so one bad clip becomes one error row.
+    - A captioner that keeps many clips in flight (a serving endpoint) sets ``streams = True`` and
+      implements ``caption_stream(items)``: ``(key, input)`` pairs in, ``(key, Caption | str | Exception,
+      seconds)`` out in completion order; the stage then feeds it every decoded clip instead of batches
+      (an exception in the output is that clip's error row; one raised ends the run after the rows so far
+      are written).
     """
 
     name: ClassVar[str] = "captioner"
+    #: True: the stage calls :meth:`caption_stream` (completion order, no batches) instead of caption_batch
+    streams: ClassVar[bool] = False
 
     def __init__(self, device: str | None = "auto", **options: Any) -> None:
         self.device = device
@@ -67,6 +83,10 @@ class Captioner:
 
     def caption_batch(self, inputs: Sequence[Any]) -> list[Caption | str]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def caption_stream(self, items: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, Caption | str | Exception, float]]:
+        """Captions as they complete: ``(key, caption or the clip's exception, seconds)`` per ``(key, input)``."""
+        raise NotImplementedError  # pragma: no cover - only captioners with ``streams = True``
 
     def frame_indices(self, num_frames_in_clip: int, fps: float) -> list[int]:
         """Which frames of a clip the captioner sees: ``num_frames`` uniform (middle of equal segments)."""

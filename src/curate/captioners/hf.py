@@ -6,8 +6,17 @@
 ``frames`` images (``input=images``, default: every family takes it) or as one video
 (``input=video``, the model's native video input, with ``video_fps`` as the sampling rate it is told).
 The processor's own chat template builds the prompt, so the model sees what its authors trained it on.
-Greedy decoding unless ``do_sample=true``. ``backend=vllm`` generates with vLLM instead (when the
-``vllm`` package is installed: throughput on GPU nodes), from the same prompts and frames.
+Greedy decoding unless ``do_sample=true``.
+
+The frames must reach the model: a chat template may drop a part it does not know and a processor may
+ignore ``videos=``, and the model then captions the prompt alone, fluently. So at load a probe clip goes
+through the processor, and so does every batch before ``generate``: its output must carry pixel values and
+the family's visual placeholder tokens (at least one per frame for images, per clip for a video); a
+family or mode that cannot take the frames is refused at load, naming what to use instead.
+
+Serving a model for throughput (vLLM, SGLang, ...) is the `openai` captioner's job
+(:mod:`curate.captioners.openai`): the in-process vLLM backend this captioner once had was removed, as it
+had never run anywhere.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.captioners import Caption, Captioner, CaptionerInfo
+from curate.captioners import Caption, Captioner, CaptionerInfo, fit_longer_side
 from curate.encoders.base import parse_bool, resolve_device
 from curate.errors import CurateError, WeightsUnavailable
 
@@ -27,7 +36,6 @@ DEFAULT_WEIGHTS = "Qwen/Qwen2.5-VL-3B-Instruct"
 DEFAULT_PROMPT = ("Describe this video clip in one or two sentences: the setting, the main subjects and what "
                   "happens. Do not mention that it is a video.")
 INPUTS = ("images", "video")
-BACKENDS = ("transformers", "vllm")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
 
@@ -88,23 +96,20 @@ class HFCaptioner(Captioner):
                  min_new_tokens: int | str = 0,
                  do_sample: bool | str = False, temperature: float | str = 0.7, top_p: float | str = 0.9,
                  num_beams: int | str = 1, repetition_penalty: float | str = 1.0, seed: int | str = 0,
-                 dtype: str = "auto", size: int | str = 448, video_fps: float | str = 2.0,
-                 backend: str = "transformers", gpu_memory_utilization: float | str = 0.85) -> None:
+                 dtype: str = "auto", size: int | str = 448, video_fps: float | str = 2.0, **unknown: Any) -> None:
         super().__init__(device)
+        if "backend" in unknown or "gpu_memory_utilization" in unknown:
+            raise CurateError("The hf captioner generates with transformers only (its untested vLLM backend was "
+                              "removed). For vLLM's throughput, serve the model (`vllm serve MODEL`) and caption "
+                              "with -c openai -o base_url=http://HOST:8000/v1 -o model=MODEL.")
+        if unknown:
+            raise CurateError(f"hf captioner: unknown option(s) {', '.join(sorted(unknown))} "
+                              "(`curate plugins` lists the options)")
         if input not in INPUTS:
             raise CurateError(f"hf captioner input must be one of {', '.join(INPUTS)}, not {input!r}")
-        if backend not in BACKENDS:
-            raise CurateError(f"hf captioner backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        if backend == "vllm":
-            import importlib.util
-
-            if importlib.util.find_spec("vllm") is None:
-                raise CurateError("backend=vllm needs the vllm package, which is not installed: `pip install vllm` "
-                                  "on the GPU node (it brings its own torch build), or use backend=transformers "
-                                  "(the default).")
         if str(dtype).lower() not in DTYPES:
             raise CurateError(f"hf captioner dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-        self.weights, self.prompt, self.input, self.backend = str(weights), str(prompt), input, backend
+        self.weights, self.prompt, self.input = str(weights), str(prompt), input
         self.frames, self.max_new_tokens, self.size = int(frames), int(max_new_tokens), int(size)
         self.min_new_tokens = min(int(min_new_tokens), self.max_new_tokens)
         if self.frames < 1 or self.max_new_tokens < 1:
@@ -112,8 +117,7 @@ class HFCaptioner(Captioner):
         self.do_sample, self.temperature, self.top_p = parse_bool(do_sample), float(temperature), float(top_p)
         self.num_beams, self.repetition_penalty, self.seed = int(num_beams), float(repetition_penalty), int(seed)
         self.dtype_name, self.video_fps = str(dtype).lower(), float(video_fps)
-        self.gpu_memory_utilization = float(gpu_memory_utilization)
-        self._model = self._processor = self._llm = None
+        self._model = self._processor = None
         self._arch = ""
         self.load()  # here, not at the first batch: a missing checkpoint fails before any decoding
 
@@ -127,20 +131,19 @@ class HFCaptioner(Captioner):
         if self.do_sample:
             gen.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
         return CaptionerInfo(self.name, self._arch, self.weights, self.prompt, self.frames, gen,
-                             {"input": self.input, "backend": self.backend, "dtype": self.dtype_name,
+                             {"input": self.input, "dtype": self.dtype_name,
                               "size": self.size, **({"video_fps": self.video_fps} if self.input == "video" else {})})
+
+    @property
+    def model(self):
+        """The loaded transformers model (``AutoModelForImageTextToText``)."""
+        return self._model
 
     def decode_size(self, width: int, height: int) -> tuple[int, int] | None:
         """Longer side at most ``size`` px (the processor resizes further, as its model wants)."""
-        long = max(width, height)
-        if long <= self.size:
-            return None
-        s = self.size / long
-        return max(2, round(width * s / 2) * 2), max(2, round(height * s / 2) * 2)
+        return fit_longer_side(width, height, self.size)
 
     def caption_batch(self, inputs: Sequence[np.ndarray]) -> list[Caption]:
-        if self.backend == "vllm":
-            return self._generate_vllm(inputs)
         return self._generate_transformers(inputs)
 
     # -- loading -----------------------------------------------------------------------------
@@ -165,9 +168,7 @@ class HFCaptioner(Captioner):
         tok = getattr(self._processor, "tokenizer", None)
         if tok is not None:
             tok.padding_side = "left"  # decoder-only generation of a batch: pad on the left
-        if self.backend == "vllm":
-            self._load_vllm(path)
-            return
+        self._refuse_blind_input()
         from transformers import AutoModelForImageTextToText
 
         self.device = resolve_device(self.device)
@@ -183,25 +184,15 @@ class HFCaptioner(Captioner):
         self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         self._pad = gc.pad_token_id if gc.pad_token_id is not None else getattr(tok, "pad_token_id", None)
 
-    def _load_vllm(self, path: Path) -> None:  # pragma: no cover - needs vllm and a GPU
-        from vllm import LLM
-
-        self._arch = f"{self._arch} (vllm)"
-        limit = {"image": self.frames} if self.input == "images" else {"video": 1}
-        dtype = "auto" if self.dtype_name == "auto" else {"fp32": "float32", "bf16": "bfloat16",
-                                                           "fp16": "float16"}.get(self.dtype_name, self.dtype_name)
-        self._llm = LLM(model=str(path), dtype=dtype, limit_mm_per_prompt=limit, seed=self.seed,
-                        gpu_memory_utilization=self.gpu_memory_utilization)
-
     # -- generation --------------------------------------------------------------------------
     def _prompt_text(self, frames: np.ndarray) -> str:
         visual = [{"type": "image"} for _ in range(len(frames))] if self.input == "images" else [{"type": "video"}]
         messages = [{"role": "user", "content": [*visual, {"type": "text", "text": self.prompt}]}]
         return self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def _generate_transformers(self, inputs: Sequence[np.ndarray]) -> list[Caption]:
-        import torch
-
+    def _encode(self, inputs: Sequence[np.ndarray]):
+        """The processor's output for a batch of clips: prompt tokens and the frames as the model takes them."""
+        inputs = [np.ascontiguousarray(f) for f in inputs]  # torch.from_numpy refuses negative strides
         texts = [self._prompt_text(f) for f in inputs]
         if self.input == "images":
             kw: dict[str, Any] = {"images": [list(f) for f in inputs]}
@@ -211,7 +202,62 @@ class HFCaptioner(Captioner):
             kw = {"videos": list(inputs), "do_sample_frames": False,
                   "video_metadata": [VideoMetadata(total_num_frames=len(f), fps=self.video_fps,
                                                    frames_indices=list(range(len(f)))) for f in inputs]}
-        enc = self._processor(text=texts, return_tensors="pt", padding=True, **kw)
+        return self._processor(text=texts, return_tensors="pt", padding=True, **kw)
+
+    def _placeholder_ids(self) -> set[int]:
+        """The family's visual placeholder token ids (``<|image_pad|>``, ``<image>``, ``<|video_pad|>``, ...)."""
+        p, tok = self._processor, getattr(self._processor, "tokenizer", None)
+        ids = set()
+        for kind in ("image", "video"):
+            i = getattr(p, f"{kind}_token_id", None)
+            if i is None and tok is not None and isinstance(getattr(p, f"{kind}_token", None), str):
+                i = tok.convert_tokens_to_ids(getattr(p, f"{kind}_token"))
+                i = None if i == getattr(tok, "unk_token_id", None) else i
+            if isinstance(i, int):
+                ids.add(i)
+        return ids
+
+    def check_frames(self, enc: Any, frames_per_clip: Sequence[int]) -> None:
+        """Raise unless the processor output carries the clips' frames: non-empty pixel values, and in every
+        prompt the family's visual placeholder tokens (one per frame at least for images, per clip for a video)."""
+        pixels = [k for k, v in enc.items() if k.startswith("pixel_values") and hasattr(v, "numel") and v.numel()]
+        mode = f"input={self.input}"
+        if not pixels:
+            raise CurateError(f"hf captioner: the {type(self._processor).__name__} output for {mode} has no pixel "
+                              "values: the frames would not reach the model")
+        ids = self._placeholder_ids()
+        if not ids:
+            return  # a processor that names no placeholder token: the pixel values are all that can be checked
+        import torch
+
+        found = torch.isin(enc["input_ids"], torch.tensor(sorted(ids))).sum(dim=1).tolist()
+        for n, got in zip(frames_per_clip, found):
+            need = n if self.input == "images" else 1
+            if got < need:
+                raise CurateError(f"hf captioner: the prompt built for {mode} has {got} visual placeholder tokens "
+                                  f"for {n} frames: the chat template or the processor dropped the frames")
+
+    def _refuse_blind_input(self) -> None:
+        """At load: a probe clip through the processor; a family or mode that cannot take frames is refused."""
+        alt = " Use -o input=images (every family takes the frames as images)." if self.input == "video" else ""
+        if self.input == "video" and getattr(self._processor, "video_processor", None) is None:
+            raise CurateError(f"hf captioner: {self._arch} ({type(self._processor).__name__}) has no video input, so "
+                              f"input=video would caption the prompt alone.{alt}")
+        probe = np.full((2, 56, 56, 3), 128, np.uint8)
+        probe[:, :28] = 255
+        try:
+            self.check_frames(self._encode([probe]), [len(probe)])
+        except CurateError as e:
+            raise CurateError(f"{e} ({self._arch}: refused at load).{alt}") from e
+        except Exception as e:  # the processor itself rejects the input
+            raise CurateError(f"hf captioner: {self._arch} ({type(self._processor).__name__}) cannot take "
+                              f"input={self.input} ({type(e).__name__}: {str(e).splitlines()[0][:200]}).{alt}") from e
+
+    def _generate_transformers(self, inputs: Sequence[np.ndarray]) -> list[Caption]:
+        import torch
+
+        enc = self._encode(inputs)
+        self.check_frames(enc, [len(f) for f in inputs])
         enc = {k: (v.to(self.device, dtype=self._dtype) if torch.is_floating_point(v) else v.to(self.device))
                if hasattr(v, "to") else v for k, v in enc.items()}
         gen: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
@@ -239,19 +285,3 @@ class HFCaptioner(Captioner):
             text = self._processor.batch_decode([row[:n]], skip_special_tokens=True)[0]
             captions.append(Caption(text.strip(), n, truncated))
         return captions
-
-    def _generate_vllm(self, inputs: Sequence[np.ndarray]) -> list[Caption]:  # pragma: no cover - needs vllm
-        from PIL import Image
-        from vllm import SamplingParams
-
-        sp = SamplingParams(max_tokens=self.max_new_tokens, min_tokens=self.min_new_tokens,
-                            temperature=self.temperature if self.do_sample else 0.0,
-                            top_p=self.top_p if self.do_sample else 1.0, seed=self.seed,
-                            repetition_penalty=self.repetition_penalty)
-        prompts = []
-        for f in inputs:
-            mm = {"image": [Image.fromarray(x) for x in f]} if self.input == "images" else {"video": np.asarray(f)}
-            prompts.append({"prompt": self._prompt_text(f), "multi_modal_data": mm})
-        outs = self._llm.generate(prompts, sp, use_tqdm=False)
-        return [Caption(o.outputs[0].text.strip(), len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "length")
-                for o in outs]

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from curate.errors import CurateError
@@ -277,19 +278,20 @@ def _caption(root: Root, captioner: str, *, options: dict[str, str], name: str, 
 
     progress.start(len(todo), f"caption ({name})")
     decoded = decode_clips(root, cap, clip_groups(root, todo), workers=workers, frames_per_clip=info.num_frames)
-    for batch in batches(decoded, batch_size):
-        out, secs = caption_batch_rows(cap, captioner, batch)
-        gen_s += secs
-        for r in out:
-            rows.append(r)
-            if r.get("seconds") is not None:  # went through generation (ok or refused as degenerate)
-                generated += 1
-                tokens += r.get("tokens") or 0
-            result.count(r)
-        progress.advance(len(batch))
-        if len(rows) >= flush_every:
-            flush()
-    flush()
+    try:
+        for out, secs in caption_rows(cap, captioner, decoded, batch_size):
+            gen_s += secs
+            for r in out:
+                rows.append(r)
+                if r.get("seconds") is not None:  # went through generation (ok or refused as degenerate)
+                    generated += 1
+                    tokens += r.get("tokens") or 0
+                result.count(r)
+            progress.advance(len(out))
+            if len(rows) >= flush_every:
+                flush()
+    finally:  # a captioner that stops the run (its endpoint went away) keeps the captions made so far
+        flush()
     if source_ids is None:
         table.maybe_compact()
     result.extra.update(generate_s=round(gen_s, 3), tokens=tokens,
@@ -298,14 +300,72 @@ def _caption(root: Root, captioner: str, *, options: dict[str, str], name: str, 
     return result.done()
 
 
+def caption_rows(cap, captioner: str, decoded: Iterable[tuple[dict, Any, str | None]],
+                 batch_size: int) -> Iterator[tuple[list[dict], float]]:
+    """Rows of the decoded clips ``(clip, input | None, decode error | None)``, about ``batch_size`` at a time,
+    each with the seconds spent generating them: batches through ``caption_batch``, or, for a captioner that
+    ``streams`` (many requests in flight), every clip through ``caption_stream`` in completion order (the
+    seconds are then wall time, requests overlapping; each row's ``seconds`` is its own request's)."""
+    if not getattr(cap, "streams", False):
+        for batch in batches(decoded, batch_size):
+            yield caption_batch_rows(cap, captioner, batch)
+        return
+    base, max_new = _base_row(cap, captioner), cap.info.generation.get("max_new_tokens")
+    undecoded: deque[dict] = deque()  # filled while the stream reads the clips, drained as its captions come
+
+    def good() -> Iterator[tuple[dict, Any]]:
+        for c, x, err in decoded:
+            if err is None:
+                yield c, x
+            else:
+                undecoded.append({**base, "clip_id": c["clip_id"], "status": "error", "error": f"decode: {err}"})
+
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    try:
+        for c, o, s in cap.caption_stream(good()):
+            while undecoded:
+                rows.append(undecoded.popleft())
+            rows.append(_output_row({**base, "updated_at": time.time()}, c, o, s, cap.info.prompt, max_new))
+            if len(rows) >= batch_size:
+                t1 = time.perf_counter()
+                yield rows, t1 - t0
+                rows, t0 = [], t1
+    except Exception:  # the captioner stopped the run: the rows made so far are written first
+        rows.extend(undecoded)
+        if rows:
+            yield rows, time.perf_counter() - t0
+        raise
+    rows.extend(undecoded)
+    if rows:
+        yield rows, time.perf_counter() - t0
+
+
+def _base_row(cap, captioner: str) -> dict:
+    info = cap.info
+    return {"captioner": captioner, "model": info.model, "weights": info.weights, "prompt": info.prompt,
+            "generation": json.dumps(info.generation, sort_keys=True, default=str), "updated_at": time.time()}
+
+
+def _output_row(base: dict, c: dict, o: Any, seconds: float, prompt: str, max_new: int | None) -> dict:
+    """The row of one clip that went through generation: its caption, or why it is not one."""
+    row = {**base, "clip_id": c["clip_id"], "seconds": seconds, "status": "ok", "error": None}
+    if isinstance(o, Exception):
+        return {**row, "status": "error", "error": f"captioner: {type(o).__name__}: {str(o)[:300]}"}
+    text, ntok, trunc = (o, None, None) if isinstance(o, str) else (o.text, o.tokens, o.truncated)
+    text = (text or "").strip()
+    row.update(caption=text, tokens=ntok)
+    why = degenerate_reason(text, prompt=prompt, tokens=ntok, truncated=trunc, max_new_tokens=max_new)
+    if why:
+        row.update(status="error", error=why)
+    return row
+
+
 def caption_batch_rows(cap, captioner: str, batch: list[tuple[dict, Any, str | None]]) -> tuple[list[dict], float]:
     """Rows for one batch of decoded clips ``(clip, input | None, decode error | None)`` and the seconds
     spent generating. A failing batch is retried clip by clip, so one bad clip is one error row."""
     info = cap.info
-    gen_json = json.dumps(info.generation, sort_keys=True, default=str)
-    now = time.time()
-    base = {"captioner": captioner, "model": info.model, "weights": info.weights, "prompt": info.prompt,
-            "generation": gen_json, "updated_at": now}
+    base = _base_row(cap, captioner)
     rows: list[dict] = []
     good = [(c, x) for c, x, err in batch if err is None]
     for c, _, err in batch:
@@ -331,15 +391,5 @@ def caption_batch_rows(cap, captioner: str, batch: list[tuple[dict, Any, str | N
     secs = time.perf_counter() - t0
     max_new = info.generation.get("max_new_tokens")
     for (c, _), o, s in zip(good, outs, share):
-        row = {**base, "clip_id": c["clip_id"], "seconds": s, "status": "ok", "error": None}
-        if isinstance(o, Exception):
-            rows.append({**row, "status": "error", "error": f"captioner: {type(o).__name__}: {str(o)[:300]}"})
-            continue
-        text, ntok, trunc = (o, None, None) if isinstance(o, str) else (o.text, o.tokens, o.truncated)
-        text = (text or "").strip()
-        row.update(caption=text, tokens=ntok)
-        why = degenerate_reason(text, prompt=info.prompt, tokens=ntok, truncated=trunc, max_new_tokens=max_new)
-        if why:
-            row.update(status="error", error=why)
-        rows.append(row)
+        rows.append(_output_row(base, c, o, s, info.prompt, max_new))
     return rows, secs
