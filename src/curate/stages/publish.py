@@ -22,10 +22,12 @@ from __future__ import annotations
 import io
 import json
 import platform
+import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -106,12 +108,28 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
                             path=root.url(out))
         card = dataset_card(root, subset, summary, annotations, enc, n_shards, cutting.describe(), choice)
         meta = card_metadata(root, out, annotations, ann_table, score_types, has_npy=enc is not None)
-        root.write_bytes(f"{out}/README.md", meta + card)
+        root.write_bytes(f"{out}/README.md", keep_date(root, f"{out}/README.md", meta + card))
         if root.exists(f"{out}/report/report.md"):  # keep an earlier `curate report` in the new card
             from curate.query.report import embed_in_card
 
             embed_in_card(root, f"{out}/README.md", root.read_text(f"{out}/report/report.md"), prefix="report/")
     return result.done()
+
+
+#: how the card says when the subset was curated
+CARD_DATE = re.compile(r"on \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC")
+
+
+def keep_date(root: Root, rel: str, card: str) -> str:
+    """``card`` with the date of the card already at ``rel`` when nothing else changed (the report section
+    that `curate report` appends aside): publishing again leaves the card as it is, and a copy elsewhere
+    (``--to``) has nothing to upload."""
+    old = root.read_text(rel) if root.exists(rel) else ""
+    m = CARD_DATE.search(old)
+    if m is None:
+        return card
+    same = CARD_DATE.sub(m.group(0), card, count=1)
+    return same if old.startswith(same.rstrip("\n")) else card
 
 
 def shard_count(root: Root | str, subset: str, shard_size: int) -> int:
@@ -677,4 +695,120 @@ def card_metadata(root: Root, out: str, annotations: list[dict], ann: pa.Table,
         data["license_details"] = ("Licences stated per clip (`license` in each clip's JSON): "
                                    + ", ".join(f"{k} ({n})" for k, n in counts.items()))
     return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000) + "---\n"
+
+
+
+# ----------------------------------------------------------------------------- copying a subset elsewhere
+#: what a copy leaves out: temporary files, locks and curate's own work files (never data)
+COPY_SKIP = (".tmp-", ".lock", "_lock")
+#: the record of what a copy uploaded, at the destination: {path: {size, sha256}}
+COPY_RECORD = ".curate-copy.json"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _remote_matches(info: dict, size: int, local: Path, sha256: str, recorded: dict | None) -> bool:
+    """Whether the destination file (its fsspec ``info``) holds the content of ``local``: same size, and the
+    same checksum as the destination states it (an S3 ETag of a single-part upload is the MD5; the Hub gives
+    LFS files' SHA-256) or as this copy recorded it."""
+    import hashlib
+
+    if int(info.get("size") or -1) != size:
+        return False
+    lfs = info.get("lfs") or {}
+    if isinstance(lfs, dict) and lfs.get("sha256"):
+        return lfs["sha256"] == sha256
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    if etag and "-" not in etag and len(etag) == 32:
+        md5 = hashlib.md5()
+        with open(local, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                md5.update(chunk)
+        return md5.hexdigest() == etag
+    return bool(recorded) and recorded.get("sha256") == sha256 and recorded.get("size") == size
+
+
+def copy_subset(root: Root | str, subset: str, to: str, *, workers: int = 4,
+                progress: Progress | None = None) -> StageResult:
+    """Copy the published subset's folder to ``to``, any fsspec URL or local directory: a bucket
+    (``s3://bucket/prefix``, ``gs://``, ``az://``) or a Hugging Face dataset repository
+    (``hf://datasets/OWNER/NAME``, through huggingface_hub's ``HfFileSystem``, which takes the token from
+    ``HF_TOKEN``; the repository must exist).
+
+    Resumable: a file already there with the same size and checksum (see :func:`_remote_matches`) is skipped,
+    so a second call copies nothing and a call after an interruption copies the rest. The record
+    ``.curate-copy.json`` at the destination lists what was copied (size, SHA-256), for destinations that
+    state no checksum. Shards and the card are copied last, so that a reader never sees a card whose data is
+    not there yet."""
+    import fsspec
+
+    root = Root(root) if not isinstance(root, Root) else root
+    progress = progress or NullProgress()
+    out = root.subset_rel(subset)
+    if not root.exists(f"{out}/README.md"):
+        raise CurateError(f"Subset {subset!r} is not published: run `curate publish --root {root} --subset {subset}` "
+                          "first.")
+    try:
+        fs, base = fsspec.core.url_to_fs(to)
+    except (ImportError, ValueError) as e:
+        raise CurateError(f"Cannot open {to!r}: {e} (install the fsspec package for that scheme: s3fs, gcsfs, "
+                          "adlfs; hf:// comes with huggingface_hub).") from None
+    base = base.rstrip("/")
+    result = StageResult("publish-copy", extra={"subset": subset, "to": to})
+    if root.remote:
+        raise CurateError(f"publish --to copies a subset of a local root; {root} is remote: copy its folder "
+                          f"{root.url(out)} with your storage's tools (or publish into a local root).")
+    with root.local_dir(out) as src:
+        files = sorted(p for p in src.rglob("*") if p.is_file() and not any(
+            part.startswith(COPY_SKIP) or part.endswith(COPY_SKIP) for part in p.relative_to(src).parts))
+        # data first, the card (which announces it) last
+        files.sort(key=lambda p: (p.name == "README.md", str(p.relative_to(src))))
+        try:
+            record = json.loads(fs.cat_file(f"{base}/{COPY_RECORD}"))
+        except (FileNotFoundError, OSError, ValueError):
+            record = {}
+        try:
+            there = {PurePosixPath(i["name"]).relative_to(PurePosixPath(base)).as_posix(): i
+                     for i in fs.find(base, detail=True).values()}
+        except FileNotFoundError:
+            there = {}
+        result.total = len(files)
+        progress.start(len(files), f"copy {subset} -> {to}")
+        lock = threading.Lock()
+
+        def one(p: Path) -> None:
+            rel = p.relative_to(src).as_posix()
+            size, digest = p.stat().st_size, _sha256(p)
+            if rel in there and _remote_matches(there[rel], size, p, digest, record.get(rel)):
+                with lock:
+                    result.skipped += 1
+                    record[rel] = {"size": size, "sha256": digest}
+                progress.advance()
+                return
+            fs.put_file(str(p), f"{base}/{rel}")
+            with lock:
+                result.ok += 1
+                result.extra["bytes"] = result.extra.get("bytes", 0) + size
+                record[rel] = {"size": size, "sha256": digest}
+            progress.advance()
+
+        data = [p for p in files if p.name != "README.md"]
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                list(pool.map(one, data))
+            for p in files[len(data):]:
+                one(p)
+        finally:  # what did get there is recorded even when a copy fails half-way
+            if result.ok or not there.get(COPY_RECORD):
+                fs.pipe_file(f"{base}/{COPY_RECORD}", json.dumps(record, indent=1, sort_keys=True).encode())
+    result.extra["url"] = to
+    return result.done()
 
