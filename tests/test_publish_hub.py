@@ -279,3 +279,40 @@ def test_the_readers_of_the_docs_run(hub, capsys, monkeypatch):
     exec(code[2], ns)
     df = ns["df"]
     assert df.clips.sum() == len(ok) and set(df.license.dropna()) == set(ok.license.dropna())
+
+
+def test_report_plots_sit_beside_the_card_and_are_not_data(hub, s3):
+    """`curate report --subset` after publish: the card shows its plots from image files in the folder (copied
+    with it), the Hub loader still reads one row per clip, the card still parses, and publishing again keeps it."""
+    from huggingface_hub import DatasetCard
+
+    from curate.query.report import make_report
+
+    make_report(hub, "all", top_k=2)
+    d = subset_dir(hub)
+    card = (d / "README.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\((report/[^)]+\.png)\)", card)
+    assert images and all((d / p).is_file() for p in images)
+    assert DatasetCard.load(d / "README.md").data.configs[0]["config_name"] == "default"
+    ann = annotations(hub)
+    assert load(d).num_rows == int((ann.status == "ok").sum())
+    old = re.sub(r"on \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", "on 2020-01-02 03:04 UTC", card, count=1)
+    assert old != card
+    (d / "README.md").write_text(old)  # as if published long ago
+    before = (d / "README.md").read_bytes()
+    publish(hub, "all", shard_size=3, workers=2)
+    assert (d / "README.md").read_bytes() == before  # same date, same report section: nothing to upload again
+    url = f"{s3}/hub/with-report"
+    assert copy_subset(hub, "all", url).ok > len(images)
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    assert all(fs.exists(f"{url}/{p}") for p in images)
+
+
+def test_publish_to_a_directory_gives_a_loadable_copy(hub, tmp_path):
+    dest = tmp_path / "copy" / "all"
+    first = copy_subset(hub, "all", str(dest))
+    assert first.ok > 0 and copy_subset(hub, "all", f"file://{dest}").ok == 0  # the record says it is there
+    ann = annotations(hub)
+    assert load(dest).num_rows == int((ann.status == "ok").sum())

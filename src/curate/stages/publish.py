@@ -749,6 +749,7 @@ def copy_subset(root: Root | str, subset: str, to: str, *, workers: int = 4,
     state no checksum. Shards and the card are copied last, so that a reader never sees a card whose data is
     not there yet."""
     import fsspec
+    import fsspec.implementations.local
 
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
@@ -762,6 +763,9 @@ def copy_subset(root: Root | str, subset: str, to: str, *, workers: int = 4,
         raise CurateError(f"Cannot open {to!r}: {e} (install the fsspec package for that scheme: s3fs, gcsfs, "
                           "adlfs; hf:// comes with huggingface_hub).") from None
     base = base.rstrip("/")
+    local_fs = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
+    if local_fs:
+        fs.makedirs(base, exist_ok=True)
     result = StageResult("publish-copy", extra={"subset": subset, "to": to})
     if root.remote:
         raise CurateError(f"publish --to copies a subset of a local root; {root} is remote: copy its folder "
@@ -793,6 +797,8 @@ def copy_subset(root: Root | str, subset: str, to: str, *, workers: int = 4,
                     record[rel] = {"size": size, "sha256": digest}
                 progress.advance()
                 return
+            if local_fs:  # object stores have no directories to make
+                fs.makedirs(str(PurePosixPath(f"{base}/{rel}").parent), exist_ok=True)
             fs.put_file(str(p), f"{base}/{rel}")
             with lock:
                 result.ok += 1
