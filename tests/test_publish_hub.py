@@ -316,3 +316,25 @@ def test_publish_to_a_directory_gives_a_loadable_copy(hub, tmp_path):
     assert first.ok > 0 and copy_subset(hub, "all", f"file://{dest}").ok == 0  # the record says it is there
     ann = annotations(hub)
     assert load(dest).num_rows == int((ann.status == "ok").sum())
+
+
+def test_a_subset_published_before_licences_gets_them_on_the_next_publish(hub):
+    """Manifests written by an older curate (no provenance digest, annotations without licence fields): the
+    shards with a licensed clip are cut again, the others kept, and annotations.parquet has every field."""
+    d = subset_dir(hub)
+    want = annotations(hub).sort_values("clip_id").reset_index(drop=True)
+    kept = 0
+    for m in sorted((d / "shards").glob("*.json")):
+        man = json.loads(m.read_text())
+        man.pop("provenance", None)
+        man["annotations"] = [{k: v for k, v in a.items() if k not in ("license", "uploader", "channel",
+                                                                       "webpage_url", "clip_url")}
+                              for a in man["annotations"]]
+        m.write_text(json.dumps(man))
+        kept += len(man["clip_ids"]) if all(pd.isna(want.set_index("clip_id").loc[c, "license"]) and
+                                            pd.isna(want.set_index("clip_id").loc[c, "uploader"])
+                                            for c in man["clip_ids"]) else 0
+    r = publish(hub, "all", shard_size=3, workers=2)
+    assert r.skipped == kept < len(want)  # only the shards without any licence are kept
+    got = annotations(hub).sort_values("clip_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[want.columns], want)

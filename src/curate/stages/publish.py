@@ -543,7 +543,10 @@ def annotation_table(annotations: list[dict]) -> pa.Table:
     (so that every reader, and the card's features, see one type)."""
     if not annotations:
         return pa.table({"clip_id": pa.array([], pa.string())})
-    t = pa.Table.from_pylist(annotations)
+    # every key of every row (pyarrow would take the first row's): rows of shards kept from an older curate lack
+    # the licence fields, which a clip of a rebuilt shard has
+    keys = list(dict.fromkeys(k for a in annotations for k in a))
+    t = pa.Table.from_pydict({k: [a.get(k) for a in annotations] for k in keys})
     for i, f in enumerate(t.schema):
         if pa.types.is_null(f.type):
             text = f.name in TEXT_COLUMNS or f.name.startswith("caption_")
