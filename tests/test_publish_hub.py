@@ -338,3 +338,13 @@ def test_a_subset_published_before_licences_gets_them_on_the_next_publish(hub):
     assert r.skipped == kept < len(want)  # only the shards without any licence are kept
     got = annotations(hub).sort_values("clip_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(got[want.columns], want)
+
+
+def test_license_is_one_declared_option_of_every_shell():
+    from curate.airflow import tasks as ct
+    from curate.stages.options import check_section, json_schema, option
+
+    assert check_section("filter", {"license": "cc-by-4.0"}) == {"license": ["cc-by-4.0"]}
+    assert check_section("filter", {"license": ["cc-by-4.0", "unknown"]}) == {"license": ["cc-by-4.0", "unknown"]}
+    assert json_schema(option("filter", "license"))["type"] == "array"
+    assert "license" in ct.FILTER_SCHEMA

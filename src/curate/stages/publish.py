@@ -517,7 +517,8 @@ def licences_section(annotations: list[dict]) -> list[str]:
              "told yt-dlp. curate does not check them.", ""]
     if not total:
         return lines + ["No clip is published.", ""]
-    lines += ["| licence | clips |", "|---|---|"] + [f"| {k} | {n} |" for k, n in counts.items()] + [""]
+    lines += ["| licence | clips |", "|---|---|"] + [f"| {k.replace('|', chr(92) + '|')} | {n} |"
+                                                  for k, n in counts.items()] + [""]
     unknown = counts.get("unknown", 0)
     if unknown == total:
         lines.append(f"**The licence of every clip ({total}) is unknown**: neither the source list nor the sites "
