@@ -354,14 +354,23 @@ def publish(
     shard: str | None = typer.Option(None, "--shard", help="Write only WebDataset shards K with K % N == I (e.g. "
                                                            "3/8): N processes cut one subset together; then one run "
                                                            "without --shard writes annotations.parquet and the card."),
+    to: str | None = typer.Option(None, "--to", metavar="URL", help="Then copy the published subset to this fsspec "
+                                                                  "URL (s3://bucket/prefix, hf://datasets/OWNER/NAME "
+                                                                  "with HF_TOKEN, a directory); files already there "
+                                                                  "with the same size and checksum are skipped."),
     json_out: bool = JSON_OPT,
     **opts: Any,
 ) -> None:
     """Cut the kept clips and write WebDataset shards, annotations.parquet and a README.md dataset card."""
+    from curate.stages.publish import copy_subset
     from curate.stages.publish import publish as run
     from curate.stages.shard import parse_shard
 
+    if to and shard:
+        raise CurateError("--to copies the whole subset: run it without --shard, after the --shard runs.")
     finish(run(root, shard=parse_shard(shard), progress=RichProgress(), **opts), json_out)
+    if to:
+        finish(copy_subset(root, opts["subset"], to, progress=RichProgress()), json_out)
 
 
 @app.command()

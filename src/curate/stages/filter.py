@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.progress import StageResult
+from curate.stages.ingest import license_key, source_provenance
 from curate.stages.options import PRESETS_DIR, STAGES, THRESHOLDS, preset_names
 from curate.stages.where import Where
 from curate.store import Root, write_row_groups
@@ -49,7 +50,7 @@ class Rule:
     column: str
     op: str
     value: Any
-    kind: str = "threshold"  # threshold | where | top_percent | per_source | caption
+    kind: str = "threshold"  # threshold | where | top_percent | per_source | caption | license
     extra: dict = field(default_factory=dict)
 
     def columns(self) -> list[str]:
@@ -60,6 +61,8 @@ class Rule:
     def mask(self, cols: dict[str, np.ndarray]) -> np.ndarray:
         if self.kind == "where":
             return self.extra["compiled"].mask(cols)
+        if self.kind == "license":  # the sources whose licence is listed (extra["compiled"]: their ids)
+            return np.isin(cols[self.column].astype(object), self.extra["compiled"])
         x = _float(cols[self.column])
         if self.kind == "caption":  # scored against its generated caption: it has one
             return ~np.isnan(x)
@@ -134,6 +137,20 @@ def caption_rule(root: Root, options: dict[str, Any], columns: list[str]) -> Rul
     return Rule("caption", f"{enc}_sim", "has", label, "caption")
 
 
+def license_rule(root: Root, licenses: str | list[str] | None, columns: list[str]) -> Rule | None:
+    """The rule of ``--license``: keep the clips of the sources whose licence (:func:`curate.stages.ingest.
+    source_provenance`) is one of ``licenses``, compared by :func:`curate.stages.ingest.license_key`."""
+    if not licenses:
+        return None
+    wanted = sorted({license_key(v) for v in ([licenses] if isinstance(licenses, str) else licenses)})
+    if "source_id" not in columns:
+        raise CurateError("--license needs source_id in the scores table: run `curate score` (technical)")
+    rows = root.sources.read_arrow(columns=["source_id", "meta", "info_path"]).to_pylist()
+    prov = source_provenance(root, rows)
+    ids = np.array(sorted(s for s, p in prov.items() if license_key(p["license"]) in wanted), dtype=object)
+    return Rule("license", "source_id", "in", wanted, "license", {"sources": len(ids), "compiled": ids})
+
+
 def load_preset(preset: str) -> dict[str, Any]:
     """A preset's ``filter`` section: a YAML path, or a name under ``configs/presets`` (curate/presets)."""
     import yaml
@@ -184,8 +201,9 @@ def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, c
                  min_sim: float | None = None,
                  min_duration: float | None = None, max_duration: float | None = None,
                  where: str | list[str] | None = None, top_percent: float | None = None, top_by: str | None = None,
-                 max_per_source: int | None = None, per_source_by: str | None = None, preset: str | None = None,
-                 batch_size: int = 262144, **thresholds: float | None) -> StageResult:
+                 max_per_source: int | None = None, per_source_by: str | None = None,
+                 license: str | list[str] | None = None, preset: str | None = None, batch_size: int = 262144,
+                 **thresholds: float | None) -> StageResult:
     """Write the selection of ``subset``; the result counts the clips scanned (``total``) and kept (``ok``),
     and its ``extra`` holds the summary ``filter.json`` records: ``subset``, ``kept``, ``dropped``,
     ``rules``, ``dropped_by_rule``, ``funnel``, ``options`` (``result.as_dict()`` has them all).
@@ -194,7 +212,8 @@ def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, c
     column and op: :data:`~curate.stages.options.THRESHOLDS`); ``thresholds`` takes the threshold keys
     beyond the durations and ``min_sim`` (``min_aesthetic=4``, ``max_dup_sim=0.98``...).
     ``caption="captions:NAME"`` makes generated captions the subset's captions (see :func:`caption_rule`);
-    ``filter.json`` records it in ``options.caption`` for publish.
+    ``filter.json`` records it in ``options.caption`` for publish. ``license``: keep only the clips whose
+    source's licence is listed (see :func:`license_rule`; ``unknown`` keeps the sources without one).
     A ``preset`` (name or YAML path) supplies defaults that explicit arguments override.
     """
     result = StageResult("filter")
@@ -205,14 +224,15 @@ def filter_clips(root: Root | str, subset: str, *, encoder: str | None = None, c
     options: dict[str, Any] = load_preset(preset) if preset else {}
     given = dict(encoder=encoder, caption=caption, min_sim=min_sim, min_duration=min_duration, max_duration=max_duration, where=where,
                  top_percent=top_percent, top_by=top_by, max_per_source=max_per_source, per_source_by=per_source_by,
-                 **thresholds)
+                 license=license, **thresholds)
     options.update({k: v for k, v in given.items() if v is not None and v != []})
     dataset = root.scores.dataset()
     if dataset is None:
         raise CurateError(f"{root} has no scores yet: run `curate score --root {root}` first.")
     columns = dataset.schema.names
     has_caption = caption_rule(root, options, columns)
-    rules = ([has_caption] if has_caption else []) + build_rules(columns, options)
+    by_license = license_rule(root, options.get("license"), columns)
+    rules = [r for r in (has_caption, by_license) if r] + build_rules(columns, options)
     top = _top_rule(dataset, rules, options, columns, batch_size)
     cap = _cap_rule(options, columns)
     with root.lock(f"filter-{subset}"), root.local_output(f"{root.subset_rel(subset)}/selection.parquet") as tmp:

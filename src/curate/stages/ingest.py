@@ -164,6 +164,74 @@ def register_sources(root: Root | str, sources: str | os.PathLike | Sequence[str
     return [r["source_id"] for r in rows]
 
 
+# ----------------------------------------------------------------------------- licence and provenance
+#: what a published clip says about where it comes from: the source list's column of that name when it has
+#: one, else the field of yt-dlp's info JSON (sites that state a licence: YouTube's Creative Commons
+#: uploads, Vimeo, Wikimedia Commons...)
+PROVENANCE = ("license", "uploader", "channel", "webpage_url")
+
+
+def provenance_of(meta: dict | None, info: dict | None) -> dict[str, str | None]:
+    """``{license, uploader, channel, webpage_url}`` of one source: ``meta`` (the source list's own columns)
+    first, then ``info`` (yt-dlp's info JSON); None where neither says."""
+    out: dict[str, str | None] = {}
+    for k in PROVENANCE:
+        v = _clean((meta or {}).get(k))
+        if v is None:
+            v = _clean((info or {}).get(k))
+        out[k] = None if v is None else str(v)
+    return out
+
+
+def source_provenance(root: Root, rows: Iterable[dict], workers: int = 8) -> dict[str, dict[str, str | None]]:
+    """:func:`provenance_of` of each source row (``source_id``, ``meta`` as stored, ``info_path``), by source id.
+
+    The info JSON is read only for the sources whose list leaves a field unset (it is in ``ROOT/media`` beside
+    the media: a few reads next to the media the caller cuts anyway)."""
+    rows = list(rows)
+    metas = {}
+    for r in rows:
+        try:
+            metas[r["source_id"]] = json.loads(r["meta"]) if r.get("meta") else {}
+        except ValueError:
+            metas[r["source_id"]] = {}
+
+    def one(r: dict) -> tuple[str, dict]:
+        meta = metas[r["source_id"]]
+        info = None
+        if r.get("info_path") and any(_clean(meta.get(k)) is None for k in PROVENANCE):
+            try:
+                info = root.read_json(r["info_path"])
+            except (OSError, ValueError):
+                info = None  # an unreadable info JSON: the fields are unknown, the clip is still published
+        return r["source_id"], provenance_of(meta, info)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return dict(pool.map(one, rows))
+
+
+def clip_url(url: str | None, start_s: float | None, end_s: float | None) -> str | None:
+    """The URL of a clip: its source's page (or media) URL with the clip's time range as a W3C media fragment
+    (``#t=12.5,17``), which browsers' players and many sites honour; None without an http(s) URL."""
+    if not url or not url.startswith(("http://", "https://")):
+        return None
+    base = url.split("#", 1)[0]
+    if start_s is None:
+        return base
+    frag = f"{float(start_s):.3f}".rstrip("0").rstrip(".") or "0"
+    if end_s is not None:
+        frag += "," + (f"{float(end_s):.3f}".rstrip("0").rstrip(".") or "0")
+    return f"{base}#t={frag}"
+
+
+def license_key(value: str | None) -> str:
+    """How licences are compared (``--license``, the card's counts): trimmed, lower case, runs of spaces and
+    underscores as one hyphen; ``unknown`` for a source without one."""
+    if value is None or not str(value).strip():
+        return "unknown"
+    return re.sub(r"[\s_]+", "-", str(value).strip().lower())
+
+
 # ----------------------------------------------------------------------------- fetching
 def classify_download_error(message: str) -> str:
     m = message.lower()

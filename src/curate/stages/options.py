@@ -262,6 +262,10 @@ STAGES: dict[str, tuple[Opt, ...]] = {
                                           "thresholds (exactly ceil(P/100*n); ties by clip id).",
             exclusive_minimum=0, maximum=100),
         Opt("top_by", "str", None, "Column for --top-percent (default: the alignment score).", pattern=NAME_PATTERN),
+        Opt("license", "list", None, "Keep only clips whose source's licence is one of these, repeatable (the source "
+                                     "list's license column, else yt-dlp's info JSON; compared ignoring case, "
+                                     "spaces and '_' as '-'; unknown keeps clips without one).", flag="--license",
+            max_length=200),
         Opt("max_per_source", "int", None, "Keep at most N clips per source (Panda-70M: 3).", minimum=1),
         Opt("per_source_by", "str", None, "Column ranking clips within a source (default: alignment).",
             pattern=NAME_PATTERN),
