@@ -16,6 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+# which embedding sets embed which captions: curate.embeddings' (re-exported for the old path until the merge)
+from curate.embeddings import caption_source as caption_source
+from curate.embeddings import embedding_sets_for_caption as embedding_sets_for_caption
+from curate.encoders import load_encoder as load_encoder  # also re-exported: the old path, until the merge
+from curate.encoders import overrides_similarity
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.media.frames import batches, clip_groups, decode_clips
@@ -34,29 +39,7 @@ def parse_options(pairs: Iterable[str]) -> dict[str, str]:
     return out
 
 
-#: options every encoder takes, handled here rather than by the plugin
-DECODERS = ("decord", "ffmpeg")
-
-
-def load_encoder(encoder: str, options: dict[str, Any] | None = None, device: str = "auto"):
-    """Create an encoder from its plugin. ``decoder=decord|ffmpeg`` (any encoder) picks how clip frames are
-    read: decord's random access (default), or one sequential ffmpeg decode per source (what
-    `curate process` uses, so that its embeddings equal `curate embed -o decoder=ffmpeg`)."""
-    from curate.plugins import get_encoder
-
-    options = dict(options or {})
-    decoder = str(options.pop("decoder", "decord"))
-    if decoder not in DECODERS:
-        raise CurateError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
-    enc = get_encoder(encoder).create(device=device, **options)
-    if decoder != "decord" or not hasattr(enc, "decoder"):
-        enc.decoder = decoder
-    return enc
-
-
 def embedding_meta(encoder_name: str, options: dict, enc, caption: str | None = None) -> dict:
-    from curate.embeddings import overrides_similarity
-
     info = enc.info
     extra = {"caption": caption} if caption else {}
     return {"encoder": encoder_name, "options": options, **extra, "model": info.model, "weights": info.weights,
@@ -82,22 +65,6 @@ def check_meta(root: Root, name: str, encoder: str, options: dict, caption: str 
             f"{caption or 'source'!r}. Pass --name NAME to keep both side by side, "
             f"or delete {root.url('embeddings/' + name)} to redo them."
         )
-
-
-def caption_source(root: Root, name: str) -> str | None:
-    """The captions set whose texts are the ``text_emb`` of ``embeddings/<name>`` (None: the clips table's
-    caption, from the source list); recorded in its ``_meta.json`` by ``curate embed --caption``."""
-    from curate.stages.caption import parse_caption_source
-
-    return parse_caption_source(root.embedding_meta(name).get("caption"))
-
-
-def embedding_sets_for_caption(root: Root, caption: str | None) -> list[str]:
-    """Embedding sets whose ``text_emb`` embeds the caption source ``caption`` (``source`` / ``captions:NAME``)."""
-    from curate.stages.caption import parse_caption_source
-
-    want = parse_caption_source(caption)
-    return [n for n in root.embedding_names() if caption_source(root, n) == want]
 
 
 def video_donor(root: Root, name: str, encoder: str, options: dict) -> str | None:
