@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from curate.encoders import cached_encoder, encoder_lock, overrides_similarity
 from curate.errors import CurateError
+from curate.plugins import get_scorers
 from curate.store import Root
 from curate.store.names import parse_caption_source
 from curate.vectors import cosine, cosine_matrix
@@ -68,8 +69,6 @@ def score_column(name: str) -> str:
 def reserved_columns() -> dict[str, str]:
     """Column -> scorer for the fixed columns registered scorers declare (the registry lists them without
     loading any model); templates such as the alignment scorer's ``<encoder>_sim`` are not fixed columns."""
-    from curate.plugins import get_scorers
-
     return {c: s.name for s in get_scorers().values() for c in s.columns if "<" not in c}
 
 

@@ -13,7 +13,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from curate.errors import CurateError
-from curate.media.video import MediaError, ffmpeg_check, ffmpeg_reap, get_frames, open_video
+from curate.media.video import (
+    PIPE_BYTES,
+    MediaError,
+    Stream,
+    decode_frames,
+    ffmpeg_check,
+    ffmpeg_reap,
+    get_frames,
+    open_video,
+    probe,
+    scaled_size,
+    yuv_to_rgb,
+)
 from curate.store import Root
 
 MAX_FRAMES_PER_READ = 256
@@ -193,8 +205,6 @@ def sample_stream(sampler: Sampler, width: int, height: int):
 
     Why YUV: scaling in the source's own YUV and converting only the few sampled frames costs ffmpeg a
     fraction of an RGB conversion of every frame, and half the bytes through the pipe."""
-    from curate.media.video import Stream, scaled_size
-
     w, h = sampler.decode_size(width, height) or scaled_size(width, height, FFMPEG_SAMPLE_SHORT_SIDE)
     # area: an antialiased downscale, cheaper than bicubic
     return Stream(max(2, int(w) // 2 * 2), max(2, int(h) // 2 * 2), "yuv420p", "area")
@@ -213,8 +223,6 @@ def clip_frame_indices(sampler: Sampler, clip: dict, fps: float, n_decodable: in
 def decode_source_ffmpeg(root: Root, sampler: Sampler, src: dict, clips: list[dict]) -> Iterator[tuple[dict, Any, str | None]]:
     """One sequential ffmpeg decode of a source; yields each clip as soon as its last sampled frame is read,
     so memory holds the sampled frames of the open clips only."""
-    from curate.media.video import decode_frames
-
     clips = sorted(clips, key=lambda c: int(c["start_frame"]))
     fps = float(src["fps"])
     wants: list[list[int]] = []
@@ -259,8 +267,6 @@ def decode_source_ffmpeg(root: Root, sampler: Sampler, src: dict, clips: list[di
 
 def _prep(sampler: Sampler, idx: list[int], frames: dict[int, np.ndarray], fallback: np.ndarray):
     """The sampler's input from I420 frames (converted to RGB here, only the sampled ones)."""
-    from curate.media.video import yuv_to_rgb
-
     return sampler.preprocess(np.stack([yuv_to_rgb(frames.get(i, fallback)) for i in idx]))
 
 
@@ -282,7 +288,6 @@ def decode_streams(path, streams: list, *, skip_loop_filter: bool = False, timeo
     import threading
     from pathlib import Path
 
-    from curate.media.video import PIPE_BYTES, decode_frames, probe
 
     if len(streams) == 1:
         for frame in decode_frames(path, streams[0], skip_loop_filter=skip_loop_filter, timeout_s=timeout_s,

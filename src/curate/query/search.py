@@ -39,9 +39,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.captions import caption_texts, require_captions
 from curate.embeddings import EmbeddingSet
 from curate.errors import CurateError
 from curate.store import Root, safe_name
+from curate.store.names import caption_source_label, parse_caption_source
 
 __all__ = [
     "DEFAULT_INDEX_THRESHOLD",
@@ -434,8 +436,6 @@ def search(root: Root | str, query: str | None, name: str, *, k: int = 10, subse
     if used == "exact":
         ids, scores = exact_topk(root, name, qv, k, allowed=allowed)
     info = describe_clips(root, ids)
-    from curate.stages.caption import caption_source_label, caption_texts
-
     generated = caption_texts(root, cap, ids) if cap is not None and ids else {}
     results = []
     for rank, (cid, s) in enumerate(zip(ids, scores.tolist()), start=1):
@@ -452,8 +452,6 @@ def search(root: Root | str, query: str | None, name: str, *, k: int = 10, subse
 
 def _shown_caption(root: Root, name: str, caption: str | None) -> str | None:
     """The captions set whose texts search results show (None: the source list's caption)."""
-    from curate.stages.caption import parse_caption_source, require_captions
-
     cap = embedding_set(root, name).caption if caption is None else parse_caption_source(caption)
     if cap is not None:
         require_captions(root, cap)

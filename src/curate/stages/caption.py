@@ -26,17 +26,17 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-# the readers of a captions set live in curate.captions; re-exported here for their old path until the merge
+# the imports `X as X` re-export names that moved down a floor (curate.captions, curate.store.names), for their
+# old path, until the merge
 from curate.captions import caption_errors as caption_errors
 from curate.captions import caption_texts as caption_texts
 from curate.captions import require_captions as require_captions
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.media.frames import batches, clip_groups, decode_clips
+from curate.plugins import get_captioner
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, caption_schema, rows_to_table
-
-# the caption-source names live in the store's leaf; re-exported here for their old path until the merge
 from curate.store.names import SOURCE as SOURCE
 from curate.store.names import caption_source_label as caption_source_label
 from curate.store.names import parse_caption_source as parse_caption_source
@@ -90,8 +90,6 @@ def degenerate_reason(text: str, *, prompt: str = "", tokens: int | None = None,
 # ----------------------------------------------------------------------------- the stage
 def load_captioner(captioner: str, options: dict[str, Any] | None = None, device: str = "auto"):
     """Create a captioner from its plugin."""
-    from curate.plugins import get_captioner
-
     return get_captioner(captioner).create(device=device, **dict(options or {}))
 
 
@@ -122,8 +120,6 @@ def caption(root: Root | str, captioner: str = "hf", *, options: dict[str, Any] 
     generation). Returns counts; ``extra`` has ``tokens`` (generated, degenerate outputs included),
     ``generate_s`` and the captions/s and tokens/s of this run's generation.
     """
-    from curate.plugins import get_captioner
-
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     options = {k: str(v) for k, v in (options or {}).items()}

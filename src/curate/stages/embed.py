@@ -16,16 +16,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-# which embedding sets embed which captions: curate.embeddings' (re-exported for the old path until the merge)
+# the imports `X as X` re-export names that moved down a floor, for their old path, until the merge
+from curate.captions import caption_texts, require_captions
 from curate.embeddings import caption_source as caption_source
+from curate.embeddings import check_set_name
 from curate.embeddings import embedding_sets_for_caption as embedding_sets_for_caption
-from curate.encoders import load_encoder as load_encoder  # also re-exported: the old path, until the merge
+from curate.encoders import load_encoder as load_encoder
 from curate.encoders import overrides_similarity
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.media.frames import batches, clip_groups, decode_clips
+from curate.plugins import get_encoder
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, embedding_schema, maintain, rows_to_table
+from curate.store.names import caption_source_label, parse_caption_source
 
 
 def parse_options(pairs: Iterable[str]) -> dict[str, str]:
@@ -53,8 +57,6 @@ def embedding_meta(encoder_name: str, options: dict, enc, caption: str | None = 
 def check_meta(root: Root, name: str, encoder: str, options: dict, caption: str | None = None) -> None:
     """A second run into ``embeddings/<name>`` must use the same encoder, options and caption source (and
     ``name`` must be one an embedding set can have)."""
-    from curate.embeddings import check_set_name
-
     check_set_name(name)
     meta = root.embedding_meta(name)
     if meta and (meta.get("encoder") != encoder or meta.get("options") != options
@@ -94,15 +96,11 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
     it the run covers the whole root, holds the ``embed-<name>`` lock (a second whole-root run fails
     clearly) and maintains the table at its end.
     """
-    from curate.stages.caption import caption_source_label, parse_caption_source, require_captions
-
     root = Root(root) if not isinstance(root, Root) else root
     options = {k: str(v) for k, v in (options or {}).items()}
     cap_name = parse_caption_source(caption)
     cap_label = caption_source_label(cap_name) if cap_name else None
     name = name or (encoder if cap_name is None else f"{encoder}_{cap_name}")
-    from curate.plugins import get_encoder
-
     get_encoder(encoder)  # an unknown name is an invocation error even when there is nothing to embed
     if cap_name is not None:
         require_captions(root, cap_name)
@@ -120,8 +118,6 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
 def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_name: str | None,
            cap_label: str | None, device: str, batch_size: int, workers: int, clip_ids: Iterable[str] | None,
            source_ids: set[str] | None, flush_every: int, progress: Progress, encoder_obj) -> StageResult:
-    from curate.stages.caption import caption_texts
-
     result = StageResult("embed", extra={"encoder": encoder, "name": name, **({"caption": cap_label} if cap_name else {})})
     check_meta(root, name, encoder, options, cap_label)
     table = root.embeddings(name)

@@ -16,10 +16,9 @@ from typing import Any
 
 from curate.errors import CurateError
 from curate.faults import crashpoint
+from curate.media.video import Stream
+from curate.plugins import get_splitter
 from curate.progress import NullProgress, Progress, StageResult
-
-# one decode pass through a splitter's tracker is the splitters' (re-exported for the old path until the merge)
-from curate.splitters.base import scenes_from_boundaries as scenes_from_boundaries
 from curate.splitters.base import track_source
 from curate.store import SCHEMAS, Root, Table, rows_to_table
 from curate.store.schemas import TRANSITIONS_SCHEMA
@@ -107,8 +106,6 @@ DETECT_WIDTH = 256
 
 def detect_stream(width: int, height: int, detect_width: int = DETECT_WIDTH):
     """The frames scene detectors see: BGR, ``detect_width`` px wide, fast bilinear downscale."""
-    from curate.media.video import Stream
-
     w = min(detect_width, width) // 2 * 2 or 2
     return Stream(w, max(2, int(round(height * w / width / 2)) * 2), "bgr24", "fast_bilinear")
 
@@ -148,8 +145,6 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
           options: dict[str, Any] | None = None, min_clip_s: float = 1.0, max_clip_s: float | None = 60.0,
           progress: Progress | None = None) -> StageResult:
     """Detect scenes in every ingested source not split yet (or only ``source_ids``)."""
-    from curate.plugins import get_splitter
-
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     result = StageResult("split")
