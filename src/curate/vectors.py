@@ -1,4 +1,4 @@
-"""Vector math shared by every floor: the cosine of unit vectors, pairwise and as a matrix.
+"""Vector math shared by every floor: the cosine of unit vectors, pairwise and as a matrix, and the ranking order.
 
 A leaf (numpy only): the encoders' default similarity, the embedding sets and the queries all use it, so it
 sits below all of them.
@@ -6,9 +6,11 @@ sits below all of them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-__all__ = ["cosine", "cosine_matrix"]
+__all__ = ["cosine", "cosine_matrix", "order_by_score"]
 
 
 def cosine(video: np.ndarray, text: np.ndarray) -> np.ndarray:
@@ -29,3 +31,8 @@ def cosine_matrix(text: np.ndarray, video: np.ndarray) -> np.ndarray:
         n, q, d = video.shape
         return (text @ video.reshape(n * q, d).T).reshape(len(text), n, q).max(axis=2)
     return text @ video.T
+
+
+def order_by_score(ids: Sequence[str], scores: np.ndarray) -> np.ndarray:
+    """Indices sorting by score descending, then id ascending (every search path returns the same order)."""
+    return np.lexsort((np.asarray(ids, dtype=object).astype(str), -np.asarray(scores, dtype=np.float64)))
