@@ -7,7 +7,14 @@ A *sampler* is any object with ``frame_indices(num_frames_in_clip, fps) -> [int]
 
 from __future__ import annotations
 
+import fcntl
+import os
+import selectors
+import subprocess
+import tempfile
+import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -270,6 +277,23 @@ def _prep(sampler: Sampler, idx: list[int], frames: dict[int, np.ndarray], fallb
     return sampler.preprocess(np.stack([yuv_to_rgb(frames.get(i, fallback)) for i in idx]))
 
 
+def split_command(path, streams: list, fds: list[int], *, skip_loop_filter: bool = False) -> list[str]:
+    """The ffmpeg command that decodes ``path`` once and writes each of ``streams`` to its pipe ``fds[i]``
+    (``split``, then each copy scaled and converted to its stream's size and pixel format)."""
+    k = len(streams)
+    graph = [f"[0:v:0]split={k}" + "".join(f"[in{i}]" for i in range(k))]
+    graph += [f"[in{i}]scale={s.width}:{s.height}:flags={s.flags},format={s.pix_fmt}[out{i}]" for i, s in enumerate(streams)]
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", *(["-skip_loop_filter", "all"] if skip_loop_filter else []),
+           "-i", str(Path(path).resolve()), "-filter_complex", ";".join(graph)]  # absolute: never read as an option
+    for i, (s, w) in enumerate(zip(streams, fds)):
+        cmd += ["-map", f"[out{i}]", "-f", "rawvideo", "-pix_fmt", s.pix_fmt, f"pipe:{w}"]
+        try:
+            fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+        except OSError:  # a lower /proc/sys/fs/pipe-max-size: the default pipe works, a little slower
+            pass
+    return cmd
+
+
 def decode_streams(path, streams: list, *, skip_loop_filter: bool = False, timeout_s: float | None = None,
                    duration_s: float | None = None) -> Iterator[tuple[np.ndarray, ...]]:
     """Decode the first video stream ONCE into several outputs and yield one tuple of frames per frame.
@@ -280,15 +304,6 @@ def decode_streams(path, streams: list, *, skip_loop_filter: bool = False, timeo
     With one stream this is :func:`curate.media.video.decode_frames`. A watchdog kills ffmpeg after ``timeout_s``
     (default: 60 s plus 3x the duration); stopping the iteration early kills ffmpeg.
     """
-    import fcntl
-    import os
-    import selectors
-    import subprocess
-    import tempfile
-    import threading
-    from pathlib import Path
-
-
     if len(streams) == 1:
         for frame in decode_frames(path, streams[0], skip_loop_filter=skip_loop_filter, timeout_s=timeout_s,
                                    duration_s=duration_s):
@@ -299,19 +314,9 @@ def decode_streams(path, streams: list, *, skip_loop_filter: bool = False, timeo
     for s in streams:
         if s.pix_fmt == "yuv420p" and (s.width % 2 or s.height % 2):
             raise ValueError(f"yuv420p frames need even dimensions, not {s.width}x{s.height}")
-    src = str(Path(path).resolve())  # absolute: never read as an option
     k = len(streams)
-    graph = [f"[0:v:0]split={k}" + "".join(f"[in{i}]" for i in range(k))]
-    graph += [f"[in{i}]scale={s.width}:{s.height}:flags={s.flags},format={s.pix_fmt}[out{i}]" for i, s in enumerate(streams)]
     pipes = [os.pipe() for _ in streams]
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", *(["-skip_loop_filter", "all"] if skip_loop_filter else []),
-           "-i", src, "-filter_complex", ";".join(graph)]
-    for i, (s, (_, w)) in enumerate(zip(streams, pipes)):
-        cmd += ["-map", f"[out{i}]", "-f", "rawvideo", "-pix_fmt", s.pix_fmt, f"pipe:{w}"]
-        try:
-            fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
-        except OSError:  # a lower /proc/sys/fs/pipe-max-size: the default pipe works, a little slower
-            pass
+    cmd = split_command(path, streams, [w for _, w in pipes], skip_loop_filter=skip_loop_filter)
     err = tempfile.TemporaryFile()
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, pass_fds=[w for _, w in pipes])
