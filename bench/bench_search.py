@@ -163,7 +163,7 @@ def main() -> None:
             out["index_train_seconds"] = meta["train_seconds"]
             out["index_nlist"] = meta["nlist"]
             out["index_bytes"] = root.du(f"index/{name}")
-            S._INDEX_CACHE.clear()
+            S.clear_cache()
             t = time.perf_counter()
             loaded = S.load_index(root, name)
             out["index_load_seconds"] = round(time.perf_counter() - t, 3)

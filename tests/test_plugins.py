@@ -60,3 +60,19 @@ def test_pip_installed_plugin_is_listed_and_usable(installed_example, tmp_path):
     scores = read_table(root / "scores").set_index("clip_id")
     red, blue = (scores.loc[c, "colorhist_sim"] for c in clips.clip_id)
     assert len(clips) == 2 and red > 0.9 and blue < 0.1  # the red shot matches "a plain red screen"
+
+
+def test_splitters_follow_the_one_splitter_protocol_the_hookspec_names():
+    """The splitter contract is written once, as :class:`curate.splitters.base.Splitter`: the hookspec points to it
+    and the built-in splitters implement it (``(path, fps, num_frames) -> ranges``)."""
+    import inspect
+
+    from curate import hookspecs
+    from curate.plugins import get_splitter
+    from curate.splitters.base import Splitter
+
+    assert "curate.splitters.base.Splitter" in hookspecs.register_splitters.__doc__
+    for name in ("content", "adaptive", "threshold", "none"):
+        splitter = get_splitter(name).create()
+        assert isinstance(splitter, Splitter), name
+        assert list(inspect.signature(splitter).parameters)[-2:] == ["fps", "num_frames"], name

@@ -9,10 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
+from curate.console import (
+    JSON_OPT,
+    ROOT_OPT,
+    SHARD_HELP,
+    SHARD_OPT,
+    SOURCE_IDS_OPT,
+    RichProgress,
+    console,
+    finish,
+    guarded,
+    out,
+    print_result,
+    status_table,
+)
 from curate.errors import CurateError
 
 app = typer.Typer(
@@ -25,90 +38,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
-
-ROOT_OPT = typer.Option(..., "--root", "-r", help="Dataset root: a directory (created if missing) or an fsspec URL "
-                                                 "such as s3://bucket/prefix, gs://..., az://...")
-
-
-class RichProgress:
-    """Stage progress on a rich bar (stderr); silent when stderr is not a terminal and total is 0."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
-        self._task = None
-
-    def start(self, total: int, description: str) -> None:
-        if total <= 0:
-            return
-        self._p.start()
-        self._task = self._p.add_task(description, total=total)
-
-    def advance(self, n: int = 1) -> None:
-        if self._task is not None:
-            self._p.advance(self._task, n)
-            if self._p.tasks[0].finished:
-                self._p.stop()
-
-
-def finish(result, json_out: bool = False) -> None:
-    """Print a stage summary; exit 1 only when nothing at all succeeded."""
-    d = result.as_dict() if hasattr(result, "as_dict") else result
-    if json_out:
-        out.print_json(json.dumps(d, default=str))
-    else:
-        stage = d.get("stage", "filter")
-        parts = [f"{k}={d[k]}" for k in ("total", "ok", "error", "skipped") if k in d]
-        extra = {k: v for k, v in d.items() if k not in ("stage", "total", "ok", "error", "skipped", "errors", "seconds")}
-        line = (" ".join(parts) + (f" in {d['seconds']:.1f}s" if "seconds" in d else "")
-                + ("  " + " ".join(f"{k}={v}" for k, v in extra.items() if not isinstance(v, (list, dict))) if extra else ""))
-        console.print(f"[bold green]{stage}[/] " + escape(line))
-        for e in d.get("errors", [])[:10]:
-            console.print(f"  [red]error[/] {escape(str(e))}")
-        if d.get("error", 0) > 10:
-            console.print(f"  ... {d['error'] - 10} more; see the table's error column (`curate status`).")
-    if getattr(result, "failed_entirely", False):
-        raise typer.Exit(1)
-
-
-def guarded(fn):
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*a, **k):
-        try:
-            return fn(*a, **k)
-        except CurateError as e:
-            console.print(f"[bold red]error:[/] {escape(str(e))}")
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-SHARD_HELP = ("Work on shard I of N only (e.g. 3/8; I from 0): the sources whose id hashes to I, so N processes "
-              "(Slurm array tasks, one per GPU) share the root and together do what one run does. Per-batch "
-              "work takes no lock and leaves table maintenance to the next run without --shard.")
-SOURCE_IDS_HELP = "Work only on the source ids listed in this file (one per line; with --shard: those of the shard)."
-
-
 def _sources(root: str, shard: str | None, source_ids: Path | None) -> list[str] | None:
     from curate.stages.shard import select_sources
 
     return select_sources(root, shard, source_ids)
 
 
-JSON_HELP = "Print the summary as JSON."
 _ANNOTATIONS = {"int": int, "float": float, "str": str, "size": str}
 
 
@@ -197,12 +132,6 @@ def stage_options(stage: str, after: str = "root"):
     return deco
 
 
-JSON_OPT = typer.Option(False, "--json", help=JSON_HELP)
-SHARD_OPT = typer.Option(None, "--shard", help=SHARD_HELP)
-SOURCE_IDS_OPT = typer.Option(None, "--source-ids", help=SOURCE_IDS_HELP)
-
-# The stage commands below get their stage's options from curate.stages.options (@stage_options): only what
-# the command line adds (--root, --shard, --source-ids, --json) is declared here.
 
 
 @app.command()
@@ -322,14 +251,6 @@ def print_filter(r) -> None:
         alone = d["dropped_by_rule"].get(rule["name"])
         console.print(f"  {escape(rule['name'])}: {escape(str(cond))} dropped {d['funnel'][rule['name']]} in order"
                       + (f", {alone} on its own" if alone is not None else ""))
-
-
-def print_result(r) -> None:
-    """One stage's line in `curate run` and `make demo` (filter: kept of total)."""
-    if r.stage == "filter":
-        console.print(f"[bold green]filter[/] kept {r.ok} of {r.total} clips")
-    else:
-        finish(r)
 
 
 @app.command("filter")
@@ -509,16 +430,6 @@ def status(root: str = ROOT_OPT, json_out: bool = typer.Option(False, "--json", 
         out.print_json(json.dumps(stage_counts(root)))
         return
     status_table(root)
-
-
-def status_table(root: Any) -> None:
-    from curate.status import stage_counts
-
-    t = RichTable("stage", "ok", "error", "pending", title=f"curate status {root}")
-    for stage, c in stage_counts(root).items():
-        extra = f" ({c['clips']} clips)" if "clips" in c else ""
-        t.add_row(stage, f"{c['ok']}{extra}", str(c["error"]), str(c["pending"]))
-    out.print(t)
 
 
 def _register_plugin_commands() -> None:

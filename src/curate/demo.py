@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from curate.cli import RichProgress, print_result, status_table
+    from curate.console import RichProgress, print_result, status_table
     from curate.errors import CurateError, WeightsUnavailable
     from curate.pipeline import load_config, run_config
     from curate.samples import make_demo_inputs

@@ -22,27 +22,30 @@ It lives beside the store rather than in it: the store knows tables, this module
 
 from __future__ import annotations
 
-import json
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.encoders import cached_encoder, encoder_lock, overrides_similarity
 from curate.errors import CurateError
+from curate.plugins import get_scorers
 from curate.store import Root
+from curate.store.names import parse_caption_source
+from curate.vectors import cosine, cosine_matrix
 
 __all__ = [
     "BATCH_FLOATS",
     "SCORE_SUFFIX",
     "EmbeddingSet",
     "VectorBatch",
+    "caption_source",
     "check_set_name",
     "cosine",
     "cosine_matrix",
+    "embedding_sets_for_caption",
     "name_from_column",
     "names_from_columns",
     "overrides_similarity",
@@ -66,8 +69,6 @@ def score_column(name: str) -> str:
 def reserved_columns() -> dict[str, str]:
     """Column -> scorer for the fixed columns registered scorers declare (the registry lists them without
     loading any model); templates such as the alignment scorer's ``<encoder>_sim`` are not fixed columns."""
-    from curate.plugins import get_scorers
-
     return {c: s.name for s in get_scorers().values() for c in s.columns if "<" not in c}
 
 
@@ -101,58 +102,20 @@ def sets(root: Root | str) -> list[str]:
     return _root(root).embedding_names()
 
 
+def caption_source(root: Root, name: str) -> str | None:
+    """The captions set whose texts are the ``text_emb`` of ``embeddings/<name>`` (None: the clips table's
+    caption, from the source list); recorded in its ``_meta.json`` by ``curate embed --caption``."""
+    return parse_caption_source(root.embedding_meta(name).get("caption"))
+
+
+def embedding_sets_for_caption(root: Root, caption: str | None) -> list[str]:
+    """Embedding sets whose ``text_emb`` embeds the caption source ``caption`` (``source`` / ``captions:NAME``)."""
+    want = parse_caption_source(caption)
+    return [n for n in root.embedding_names() if caption_source(root, n) == want]
+
+
 def _root(root: Root | str) -> Root:
     return root if isinstance(root, Root) else Root(root)
-
-
-# ----------------------------------------------------------------------------- similarity
-def cosine(video: np.ndarray, text: np.ndarray) -> np.ndarray:
-    """Pairs ``[B, D]`` (or ``[B, Q, D]``) x ``[B, D]`` -> ``[B]``: dot products of unit vectors, the best
-    query's for query stacks (BLIP-2 ITC)."""
-    video = np.asarray(video, dtype=np.float32)
-    text = np.asarray(text, dtype=np.float32)
-    if video.ndim == 3:
-        return np.einsum("bqd,bd->bq", video, text).max(axis=1)
-    return np.einsum("bd,bd->b", video, text)
-
-
-def cosine_matrix(text: np.ndarray, video: np.ndarray) -> np.ndarray:
-    """``[M, D]`` captions x ``[N, D]`` (or ``[N, Q, D]``) clips -> ``[M, N]`` (max over queries for stacks)."""
-    text = np.asarray(text, dtype=np.float32)
-    video = np.asarray(video, dtype=np.float32)
-    if video.ndim == 3:
-        n, q, d = video.shape
-        return (text @ video.reshape(n * q, d).T).reshape(len(text), n, q).max(axis=2)
-    return text @ video.T
-
-
-def overrides_similarity(enc: Any) -> bool:
-    """Whether an encoder's class overrides :meth:`Encoder.similarity` (then that is the set's similarity)."""
-    from curate.encoders.base import Encoder
-
-    fn = getattr(type(enc), "similarity", None)
-    return fn is not None and fn is not Encoder.similarity
-
-
-_ENCODERS: OrderedDict[tuple, Any] = OrderedDict()
-_ENCODER_LOCK = threading.RLock()  # also held while a cached encoder runs
-
-
-def _cached_encoder(encoder: str, options: dict[str, str], device: str):
-    """The encoder of ``(encoder, options, device)``, created once per process (two kept)."""
-    from curate.stages.embed import load_encoder
-
-    key = (encoder, json.dumps(options, sort_keys=True), device)
-    with _ENCODER_LOCK:
-        enc = _ENCODERS.get(key)
-        if enc is None:
-            enc = load_encoder(encoder, options, device)
-            _ENCODERS[key] = enc
-            while len(_ENCODERS) > 2:
-                _ENCODERS.popitem(last=False)
-        else:
-            _ENCODERS.move_to_end(key)
-        return enc
 
 
 # ----------------------------------------------------------------------------- the set
@@ -211,8 +174,6 @@ class EmbeddingSet:
     @property
     def caption(self) -> str | None:
         """The captions set whose texts are the ``text_emb`` (None: the clips table's caption)."""
-        from curate.stages.caption import parse_caption_source
-
         return parse_caption_source(self.meta.get("caption"))
 
     @property
@@ -331,13 +292,13 @@ class EmbeddingSet:
         """The set's encoder (same plugin, same options), created once per process."""
         if not self.encoder:
             raise CurateError(f"embeddings/{self.name}/_meta.json names no encoder.")
-        return _cached_encoder(self.encoder, self.options, device)
+        return cached_encoder(self.encoder, self.options, device)
 
     def similarity(self, video: np.ndarray, text: np.ndarray) -> np.ndarray:
         """Alignment score ``[B]`` of pairs (row i of ``video`` ``[B, *video_shape]`` with row i of ``text``
         ``[B, D]``): the encoder's ``similarity`` when it overrides it, else :func:`cosine`."""
         if self.encoder_similarity:
-            with _ENCODER_LOCK:
+            with encoder_lock:
                 enc = self.encoder_instance("cpu")
                 s = enc.similarity(np.asarray(video, np.float32), np.asarray(text, np.float32))
             return np.asarray(s, np.float32).reshape(len(video))
@@ -366,7 +327,7 @@ class EmbeddingSet:
 
     def embed_query(self, text: str, *, device: str = "auto") -> np.ndarray:
         """``text`` embedded by the set's encoder and options -> unit ``[D]``."""
-        with _ENCODER_LOCK:
+        with encoder_lock:
             v = np.asarray(self.encoder_instance(device).embed_texts([text]), np.float32)[0]
         if v.size != self.dim:
             raise CurateError(f"encoder {self.encoder!r} embeds text into {v.size} dims but embeddings/{self.name} "

@@ -22,7 +22,9 @@ def register_encoders(register):
 def register_splitters(register):
     """Register scene splitters: ``register(name, factory, description=...)``.
 
-    ``factory(**options)`` returns a callable ``(video_path) -> list[(start_frame, end_frame)]``.
+    ``factory(**options)`` returns a :class:`curate.splitters.base.Splitter`: a callable
+    ``(path, fps, num_frames) -> list[(start_frame, end_frame)]`` (half-open frame ranges), optionally with
+    ``tracker(fps, width, height)`` to be fed the frames of the stage's own decode.
     """
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pluggy
 
-from curate import hookspecs
+from curate import __version__, hookspecs
 from curate.errors import CurateError
 
 DEFAULT_PLUGINS = (
@@ -101,8 +101,6 @@ def _package_of(plugin_name: str) -> str:
     if plugin_name in _plugin_packages:
         return _plugin_packages[plugin_name]
     if plugin_name.startswith("curate."):
-        from curate import __version__
-
         return f"curate {__version__}"
     return ""
 

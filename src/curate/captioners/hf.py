@@ -31,6 +31,7 @@ import numpy as np
 from curate.captioners import Caption, Captioner, CaptionerInfo, fit_longer_side
 from curate.encoders.base import parse_bool, resolve_device
 from curate.errors import CurateError, WeightsUnavailable
+from curate.weights import is_offline
 
 DEFAULT_WEIGHTS = "Qwen/Qwen2.5-VL-3B-Instruct"
 DEFAULT_PROMPT = ("Describe this video clip in one or two sentences: the setting, the main subjects and what "
@@ -49,8 +50,6 @@ def fetch_help(weights: str) -> str:
 def resolve_model_dir(weights: str) -> Path:
     """A local directory with the checkpoint: ``weights`` itself when it is a directory, else a hub snapshot
     (only from the local cache with ``CURATE_OFFLINE=1`` / ``HF_HUB_OFFLINE=1``)."""
-    from curate.weights import is_offline
-
     spec = str(weights).strip()
     local = Path(spec.removeprefix("file://")).expanduser()
     if local.is_dir():

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from curate.errors import CurateError
+from curate.vectors import cosine
 
 __all__ = ["Encoder", "EncoderInfo", "autocast", "autocast_dtype", "parse_bool", "resolve_device", "uniform_indices"]
 
@@ -143,9 +144,7 @@ class Encoder:
     def similarity(self, video: np.ndarray, text: np.ndarray) -> np.ndarray:
         """Alignment score of aligned pairs (row i of ``video`` with row i of ``text``); overriding it changes
         the scores of this encoder's embedding sets (see the class docstring)."""
-        from curate.embeddings import cosine  # the default: the best query's cosine for query stacks (BLIP-2 ITC)
-
-        return cosine(video, text)
+        return cosine(video, text)  # the default: the best query's cosine for query stacks (BLIP-2 ITC)
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         out = [self.embed_text_batch(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]

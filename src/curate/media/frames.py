@@ -7,13 +7,32 @@ A *sampler* is any object with ``frame_indices(num_frames_in_clip, fps) -> [int]
 
 from __future__ import annotations
 
+import fcntl
+import os
+import selectors
+import subprocess
+import tempfile
+import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from curate.errors import CurateError
-from curate.media.video import MediaError, ffmpeg_check, ffmpeg_reap, get_frames, open_video
+from curate.media.video import (
+    PIPE_BYTES,
+    MediaError,
+    Stream,
+    decode_frames,
+    ffmpeg_check,
+    ffmpeg_reap,
+    get_frames,
+    open_video,
+    probe,
+    scaled_size,
+    yuv_to_rgb,
+)
 from curate.store import Root
 
 MAX_FRAMES_PER_READ = 256
@@ -193,8 +212,6 @@ def sample_stream(sampler: Sampler, width: int, height: int):
 
     Why YUV: scaling in the source's own YUV and converting only the few sampled frames costs ffmpeg a
     fraction of an RGB conversion of every frame, and half the bytes through the pipe."""
-    from curate.media.video import Stream, scaled_size
-
     w, h = sampler.decode_size(width, height) or scaled_size(width, height, FFMPEG_SAMPLE_SHORT_SIDE)
     # area: an antialiased downscale, cheaper than bicubic
     return Stream(max(2, int(w) // 2 * 2), max(2, int(h) // 2 * 2), "yuv420p", "area")
@@ -213,8 +230,6 @@ def clip_frame_indices(sampler: Sampler, clip: dict, fps: float, n_decodable: in
 def decode_source_ffmpeg(root: Root, sampler: Sampler, src: dict, clips: list[dict]) -> Iterator[tuple[dict, Any, str | None]]:
     """One sequential ffmpeg decode of a source; yields each clip as soon as its last sampled frame is read,
     so memory holds the sampled frames of the open clips only."""
-    from curate.media.video import decode_frames
-
     clips = sorted(clips, key=lambda c: int(c["start_frame"]))
     fps = float(src["fps"])
     wants: list[list[int]] = []
@@ -259,9 +274,24 @@ def decode_source_ffmpeg(root: Root, sampler: Sampler, src: dict, clips: list[di
 
 def _prep(sampler: Sampler, idx: list[int], frames: dict[int, np.ndarray], fallback: np.ndarray):
     """The sampler's input from I420 frames (converted to RGB here, only the sampled ones)."""
-    from curate.media.video import yuv_to_rgb
-
     return sampler.preprocess(np.stack([yuv_to_rgb(frames.get(i, fallback)) for i in idx]))
+
+
+def split_command(path, streams: list, fds: list[int], *, skip_loop_filter: bool = False) -> list[str]:
+    """The ffmpeg command that decodes ``path`` once and writes each of ``streams`` to its pipe ``fds[i]``
+    (``split``, then each copy scaled and converted to its stream's size and pixel format)."""
+    k = len(streams)
+    graph = [f"[0:v:0]split={k}" + "".join(f"[in{i}]" for i in range(k))]
+    graph += [f"[in{i}]scale={s.width}:{s.height}:flags={s.flags},format={s.pix_fmt}[out{i}]" for i, s in enumerate(streams)]
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", *(["-skip_loop_filter", "all"] if skip_loop_filter else []),
+           "-i", str(Path(path).resolve()), "-filter_complex", ";".join(graph)]  # absolute: never read as an option
+    for i, (s, w) in enumerate(zip(streams, fds)):
+        cmd += ["-map", f"[out{i}]", "-f", "rawvideo", "-pix_fmt", s.pix_fmt, f"pipe:{w}"]
+        try:
+            fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+        except OSError:  # a lower /proc/sys/fs/pipe-max-size: the default pipe works, a little slower
+            pass
+    return cmd
 
 
 def decode_streams(path, streams: list, *, skip_loop_filter: bool = False, timeout_s: float | None = None,
@@ -274,16 +304,6 @@ def decode_streams(path, streams: list, *, skip_loop_filter: bool = False, timeo
     With one stream this is :func:`curate.media.video.decode_frames`. A watchdog kills ffmpeg after ``timeout_s``
     (default: 60 s plus 3x the duration); stopping the iteration early kills ffmpeg.
     """
-    import fcntl
-    import os
-    import selectors
-    import subprocess
-    import tempfile
-    import threading
-    from pathlib import Path
-
-    from curate.media.video import PIPE_BYTES, decode_frames, probe
-
     if len(streams) == 1:
         for frame in decode_frames(path, streams[0], skip_loop_filter=skip_loop_filter, timeout_s=timeout_s,
                                    duration_s=duration_s):
@@ -294,19 +314,9 @@ def decode_streams(path, streams: list, *, skip_loop_filter: bool = False, timeo
     for s in streams:
         if s.pix_fmt == "yuv420p" and (s.width % 2 or s.height % 2):
             raise ValueError(f"yuv420p frames need even dimensions, not {s.width}x{s.height}")
-    src = str(Path(path).resolve())  # absolute: never read as an option
     k = len(streams)
-    graph = [f"[0:v:0]split={k}" + "".join(f"[in{i}]" for i in range(k))]
-    graph += [f"[in{i}]scale={s.width}:{s.height}:flags={s.flags},format={s.pix_fmt}[out{i}]" for i, s in enumerate(streams)]
     pipes = [os.pipe() for _ in streams]
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", *(["-skip_loop_filter", "all"] if skip_loop_filter else []),
-           "-i", src, "-filter_complex", ";".join(graph)]
-    for i, (s, (_, w)) in enumerate(zip(streams, pipes)):
-        cmd += ["-map", f"[out{i}]", "-f", "rawvideo", "-pix_fmt", s.pix_fmt, f"pipe:{w}"]
-        try:
-            fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
-        except OSError:  # a lower /proc/sys/fs/pipe-max-size: the default pipe works, a little slower
-            pass
+    cmd = split_command(path, streams, [w for _, w in pipes], skip_loop_filter=skip_loop_filter)
     err = tempfile.TemporaryFile()
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, pass_fds=[w for _, w in pipes])

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from curate.errors import CurateError
+from curate.query.sheets import contact_sheet
 from curate.store import Root, write_bytes_atomic
 
 SKIP = {"clip_id", "source_id", "dup_of"}
@@ -121,8 +122,6 @@ def funnel_png(summary: dict, path: Path) -> None:
 def contact_sheet_png(root: Root, rows: list[tuple[str, list[dict]]], column: str, path: Path) -> None:
     """A grid (:func:`curate.query.sheets.contact_sheet`): one row per group (top / bottom), the middle frame of
     each clip labelled with its score."""
-    from curate.query.sheets import contact_sheet
-
     ncols = max([len(r) for _, r in rows] + [1])
     cells: list[dict | None] = []
     for label, clips in rows:

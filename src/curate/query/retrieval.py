@@ -33,8 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from curate.embeddings import cosine_matrix
+from curate.captions import caption_texts
+from curate.embeddings import EmbeddingSet, cosine_matrix, embedding_sets_for_caption, sets
 from curate.errors import CurateError
+from curate.query.search import published_clip_ids
+from curate.store import Root
+from curate.store.names import caption_source_label
 
 __all__ = [
     "METRIC_KEYS",
@@ -150,8 +154,6 @@ def evaluate_arrays(text_per_clip: np.ndarray, video: np.ndarray, captions: Sequ
 def load_pairs(root, name: str, clip_ids: Iterable[str] | None = None):
     """``(clip_ids, video [N,...], text [N,D])`` of clips with an ok clip embedding and a caption embedding,
     by clip id."""
-    from curate.embeddings import EmbeddingSet
-
     es = EmbeddingSet(root, name)
     es.meta  # noqa: B018  (a missing or malformed set is a readable error)
     ids: list[str] = []
@@ -180,21 +182,15 @@ def evaluate(root, names: Sequence[str] | None = None, *, subset: str | None = N
     """
     import pyarrow.compute as pc
 
-    from curate.embeddings import EmbeddingSet, sets
-    from curate.query.search import published_clip_ids
-    from curate.stages.caption import caption_source_label, caption_texts
-    from curate.stages.embed import embedding_sets_for_caption
-    from curate.store import Root
-
     root = Root(root) if not isinstance(root, Root) else root
     names = list(names or [])
     if caption is not None:
-        sets = embedding_sets_for_caption(root, caption)
-        wrong = [n for n in names if n not in sets]
+        matching = embedding_sets_for_caption(root, caption)
+        wrong = [n for n in names if n not in matching]
         if wrong:
             raise CurateError(f"embeddings {', '.join(wrong)} do not embed the captions {caption!r} "
-                              f"(sets that do: {', '.join(sets) or 'none'}).")
-        names = names or sets
+                              f"(sets that do: {', '.join(matching) or 'none'}).")
+        names = names or matching
         if not names:
             raise CurateError(f"No embedding set has text embeddings of {caption!r}: run `curate embed "
                               f"--caption {caption}` first.")

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
+from curate.media.video import MediaError, get_frames, open_video
+from curate.query.search import describe_clips
 from curate.store import Root
 
 __all__ = ["contact_sheet", "results_sheet"]
@@ -25,8 +27,6 @@ def contact_sheet(root: Root | str, cells: Sequence[dict | None], path: str | os
     cell). A clip whose frame cannot be read gets a "frame unavailable" box; the file is replaced atomically."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from curate.media.video import MediaError, get_frames, open_video
-    from curate.query.search import describe_clips
 
     root = root if isinstance(root, Root) else Root(root)
     info = describe_clips(root, [c["clip_id"] for c in cells if c is not None])

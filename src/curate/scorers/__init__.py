@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.captions import caption_errors
+from curate.embeddings import EmbeddingSet, score_column, sets
 from curate.store import Root
 
 
@@ -64,18 +66,12 @@ class AlignmentScorer(Scorer):
         self.encoder = encoder
 
     def names(self, root: Root) -> list[str]:
-        from curate.embeddings import sets
-
         return [self.encoder] if self.encoder else sets(root)
 
     def columns(self, root: Root) -> list[str]:
-        from curate.embeddings import score_column
-
         return [c for n in self.names(root) for c in (score_column(n), f"{score_column(n)}_error")]
 
     def compute(self, root: Root, clip_ids: pa.Array) -> pa.Table:
-        from curate.embeddings import EmbeddingSet
-
         out = pa.table({"clip_id": clip_ids})
         for name in self.names(root):
             es = EmbeddingSet(root, name)
@@ -90,8 +86,6 @@ class AlignmentScorer(Scorer):
     @staticmethod
     def _no_caption_reasons(es, ids: list[str], sims: dict, errs: dict) -> None:
         """A set of generated-caption embeddings has no row for a clip without an ok generated caption: say so."""
-        from curate.stages.caption import caption_errors
-
         cap = es.caption
         missing = [i for i in ids if i not in sims and i not in errs] if cap is not None else []
         if not missing:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.encoders.base import uniform_indices
+from curate.encoders.clip import ClipEncoder
 from curate.errors import CurateError
 from curate.media.frames import batches, clip_groups, decode_clips
 from curate.scorers import Scorer
@@ -92,8 +93,6 @@ class AestheticScorer(Scorer):
             return self.mlp(feats.cpu()).squeeze(-1).numpy()
 
     def compute(self, root: Root, clip_ids: pa.Array) -> pa.Table:
-        from curate.encoders.clip import ClipEncoder
-
         if len(clip_ids) == 0:
             return pa.table({"clip_id": clip_ids, "aesthetic": pa.array([], pa.float64()),
                              "aesthetic_error": pa.array([], pa.string())})

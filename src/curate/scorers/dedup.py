@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.embeddings import EmbeddingSet, sets
 from curate.errors import CurateError
 from curate.scorers import Scorer
 from curate.store import Root
@@ -38,8 +39,6 @@ class DedupScorer(Scorer):
         return ["dup_sim", "dup_of"]
 
     def _encoder(self, root: Root) -> str:
-        from curate.embeddings import sets
-
         names = sets(root)
         if self.encoder:
             if self.encoder not in names:
@@ -50,8 +49,6 @@ class DedupScorer(Scorer):
         return names[0]
 
     def compute(self, root: Root, clip_ids: pa.Array) -> pa.Table:
-        from curate.embeddings import EmbeddingSet
-
         es = EmbeddingSet(root, self._encoder(root))
         order = self._order(root, es, es.clip_ids(clip_ids))
         n = len(order)

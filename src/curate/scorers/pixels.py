@@ -12,6 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from curate.media.frames import MAX_FRAMES_PER_READ
+
 #: frames per decode chunk for scorers that keep decoded frames until the model sees them (memory bound)
 CHUNK_FRAMES = 64
 
@@ -33,8 +35,6 @@ def size_for_long_side(width: int, height: int, target: int) -> tuple[int, int]:
 def frames_per_chunk(frames_per_clip: int) -> int:
     """The ``frames_per_clip`` to pass to :func:`curate.media.frames.decode_clips` so that one decode chunk holds
     about :data:`CHUNK_FRAMES` frames (decode_clips cuts chunks of 256 frames)."""
-    from curate.media.frames import MAX_FRAMES_PER_READ
-
     clips = max(1, CHUNK_FRAMES // max(1, frames_per_clip))
     return max(1, MAX_FRAMES_PER_READ // clips)
 

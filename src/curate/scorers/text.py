@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from curate.encoders.base import uniform_indices
 from curate.errors import CurateError
 from curate.media.frames import clip_groups, decode_clips
 from curate.scorers import Scorer
@@ -93,8 +94,6 @@ class TextScorer(Scorer):
     def frame_indices(self, num_frames_in_clip: int, fps: float) -> list[int]:
         if self.n == len(POSITIONS):
             return sorted({min(num_frames_in_clip - 1, int(p * num_frames_in_clip)) for p in POSITIONS})
-        from curate.encoders.base import uniform_indices
-
         return sorted(set(uniform_indices(num_frames_in_clip, self.n)))  # each frame once in short clips
 
     def decode_size(self, width: int, height: int):

@@ -308,7 +308,7 @@ class TransNetV2Splitter:
         return TransNetV2Tracker(self)
 
     def __call__(self, path, fps: float, num_frames: int) -> list[tuple[int, int]]:
-        from curate.stages.split import track_source
+        from curate.splitters.base import track_source
 
         return track_source(self, path, fps, num_frames)[0]
 

@@ -27,64 +27,20 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+# the imports `X as X` re-export names that moved down a floor (curate.captions, curate.store.names), for their
+# old path, until the merge
+from curate.captions import caption_errors as caption_errors
+from curate.captions import caption_texts as caption_texts
+from curate.captions import require_captions as require_captions
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.media.frames import batches, clip_groups, decode_clips
+from curate.plugins import get_captioner
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, caption_schema, rows_to_table
-
-#: the clips table's own caption (from the source list), as opposed to ``captions:NAME``
-SOURCE = "source"
-
-
-def parse_caption_source(spec: str | None) -> str | None:
-    """``None``/``""``/``"source"`` -> None (the clips table's caption); ``"captions:NAME"`` -> ``NAME``."""
-    if spec in (None, "", SOURCE):
-        return None
-    s = str(spec).strip()
-    if s.startswith("captions:") and len(s) > len("captions:"):
-        from curate.store import check_name
-
-        return check_name(s[len("captions:"):])
-    raise CurateError(f"Caption source {spec!r}: use 'source' (the source list's caption) or 'captions:NAME' "
-                      "(a set made by `curate caption --name NAME`).")
-
-
-def caption_source_label(name: str | None) -> str:
-    return SOURCE if name is None else f"captions:{name}"
-
-
-def require_captions(root: Root | str, name: str) -> None:
-    root = Root(root) if not isinstance(root, Root) else root
-    if name not in root.caption_names() or not root.captions(name).exists():
-        have = ", ".join(root.caption_names()) or "none"
-        raise CurateError(f"No captions named {name!r} under {root.url('captions')} (have: {have}). "
-                          f"Run `curate caption --root {root} --captioner NAME --name {name}` first.")
-
-
-def caption_texts(root: Root | str, name: str, clip_ids: Iterable[str] | None = None) -> dict[str, str]:
-    """clip id -> generated caption, for the ok rows of ``captions/<name>`` (only ``clip_ids`` when given)."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-
-    root = Root(root) if not isinstance(root, Root) else root
-    table = root.captions(name)
-    flt = pads.field("status") == "ok"
-    if clip_ids is not None:
-        flt = flt & pads.field("clip_id").isin(list(clip_ids))
-    t = table.read_arrow(columns=["clip_id", "caption", "status"], filter=flt)
-    t = t.filter(pc.is_valid(t["caption"]))
-    return dict(zip(t["clip_id"].to_pylist(), t["caption"].to_pylist()))
-
-
-def caption_errors(root: Root | str, name: str, clip_ids: Iterable[str]) -> dict[str, str]:
-    """clip id -> error of the error rows of ``captions/<name>`` among ``clip_ids``."""
-    import pyarrow.dataset as pads
-
-    root = Root(root) if not isinstance(root, Root) else root
-    t = root.captions(name).read_arrow(columns=["clip_id", "error", "status"],
-                                        filter=(pads.field("status") == "error") & pads.field("clip_id").isin(list(clip_ids)))
-    return dict(zip(t["clip_id"].to_pylist(), t["error"].to_pylist()))
+from curate.store.names import SOURCE as SOURCE
+from curate.store.names import caption_source_label as caption_source_label
+from curate.store.names import parse_caption_source as parse_caption_source
 
 
 # ----------------------------------------------------------------------------- degenerate outputs
@@ -135,8 +91,6 @@ def degenerate_reason(text: str, *, prompt: str = "", tokens: int | None = None,
 # ----------------------------------------------------------------------------- the stage
 def load_captioner(captioner: str, options: dict[str, Any] | None = None, device: str = "auto"):
     """Create a captioner from its plugin."""
-    from curate.plugins import get_captioner
-
     return get_captioner(captioner).create(device=device, **dict(options or {}))
 
 
@@ -221,8 +175,6 @@ def caption(root: Root | str, captioner: str = "hf", *, options: dict[str, Any] 
     ``options``: a resident worker loads its model once and passes it to every batch. Without it the
     model is loaded here, and only when there is something to caption.
     """
-    from curate.plugins import get_captioner
-
     root = Root(root) if not isinstance(root, Root) else root
     options = {k: str(v) for k, v in (options or {}).items()}
     name = name or captioner

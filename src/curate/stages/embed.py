@@ -16,12 +16,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+# the imports `X as X` re-export names that moved down a floor, for their old path, until the merge
+from curate.captions import caption_texts, require_captions
+from curate.embeddings import caption_source as caption_source
+from curate.embeddings import check_set_name
+from curate.embeddings import embedding_sets_for_caption as embedding_sets_for_caption
+from curate.encoders import load_encoder as load_encoder
+from curate.encoders import overrides_similarity
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.media.frames import batches, clip_groups, decode_clips
+from curate.plugins import get_encoder
 from curate.progress import NullProgress, Progress, StageResult
 from curate.stages.caption import CaptionsPending, captions_pending
 from curate.store import Root, embedding_schema, maintain, rows_to_table
+from curate.store.names import caption_source_label, parse_caption_source
 
 
 def parse_options(pairs: Iterable[str]) -> dict[str, str]:
@@ -35,29 +44,7 @@ def parse_options(pairs: Iterable[str]) -> dict[str, str]:
     return out
 
 
-#: options every encoder takes, handled here rather than by the plugin
-DECODERS = ("decord", "ffmpeg")
-
-
-def load_encoder(encoder: str, options: dict[str, Any] | None = None, device: str = "auto"):
-    """Create an encoder from its plugin. ``decoder=decord|ffmpeg`` (any encoder) picks how clip frames are
-    read: decord's random access (default), or one sequential ffmpeg decode per source (what
-    `curate process` uses, so that its embeddings equal `curate embed -o decoder=ffmpeg`)."""
-    from curate.plugins import get_encoder
-
-    options = dict(options or {})
-    decoder = str(options.pop("decoder", "decord"))
-    if decoder not in DECODERS:
-        raise CurateError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
-    enc = get_encoder(encoder).create(device=device, **options)
-    if decoder != "decord" or not hasattr(enc, "decoder"):
-        enc.decoder = decoder
-    return enc
-
-
 def embedding_meta(encoder_name: str, options: dict, enc, caption: str | None = None) -> dict:
-    from curate.embeddings import overrides_similarity
-
     info = enc.info
     extra = {"caption": caption} if caption else {}
     return {"encoder": encoder_name, "options": options, **extra, "model": info.model, "weights": info.weights,
@@ -71,8 +58,6 @@ def embedding_meta(encoder_name: str, options: dict, enc, caption: str | None = 
 def check_meta(root: Root, name: str, encoder: str, options: dict, caption: str | None = None) -> None:
     """A second run into ``embeddings/<name>`` must use the same encoder, options and caption source (and
     ``name`` must be one an embedding set can have)."""
-    from curate.embeddings import check_set_name
-
     check_set_name(name)
     meta = root.embedding_meta(name)
     if meta and (meta.get("encoder") != encoder or meta.get("options") != options
@@ -83,22 +68,6 @@ def check_meta(root: Root, name: str, encoder: str, options: dict, caption: str 
             f"{caption or 'source'!r}. Pass --name NAME to keep both side by side, "
             f"or delete {root.url('embeddings/' + name)} to redo them."
         )
-
-
-def caption_source(root: Root, name: str) -> str | None:
-    """The captions set whose texts are the ``text_emb`` of ``embeddings/<name>`` (None: the clips table's
-    caption, from the source list); recorded in its ``_meta.json`` by ``curate embed --caption``."""
-    from curate.stages.caption import parse_caption_source
-
-    return parse_caption_source(root.embedding_meta(name).get("caption"))
-
-
-def embedding_sets_for_caption(root: Root, caption: str | None) -> list[str]:
-    """Embedding sets whose ``text_emb`` embeds the caption source ``caption`` (``source`` / ``captions:NAME``)."""
-    from curate.stages.caption import parse_caption_source
-
-    want = parse_caption_source(caption)
-    return [n for n in root.embedding_names() if caption_source(root, n) == want]
 
 
 def video_donor(root: Root, name: str, encoder: str, options: dict) -> str | None:
@@ -134,15 +103,11 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
     ``encoder_obj``: an encoder already created (:func:`load_encoder`) for ``encoder`` with these
     ``options``: a resident worker loads it once and passes it to every batch.
     """
-    from curate.stages.caption import caption_source_label, parse_caption_source, require_captions
-
     root = Root(root) if not isinstance(root, Root) else root
     options = {k: str(v) for k, v in (options or {}).items()}
     cap_name = parse_caption_source(caption)
     cap_label = caption_source_label(cap_name) if cap_name else None
     name = name or (encoder if cap_name is None else f"{encoder}_{cap_name}")
-    from curate.plugins import get_encoder
-
     get_encoder(encoder)  # an unknown name is an invocation error even when there is nothing to embed
     if cap_name is not None and source_ids is None:  # a batch checks its own clips' captions (CaptionsPending)
         require_captions(root, cap_name)
@@ -160,8 +125,6 @@ def embed(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | 
 def _embed(root: Root, encoder: str, *, options: dict[str, str], name: str, cap_name: str | None,
            cap_label: str | None, device: str, batch_size: int, workers: int, clip_ids: Iterable[str] | None,
            source_ids: set[str] | None, flush_every: int, progress: Progress, encoder_obj) -> StageResult:
-    from curate.stages.caption import caption_texts
-
     result = StageResult("embed", extra={"encoder": encoder, "name": name, **({"caption": cap_label} if cap_name else {})})
     check_meta(root, name, encoder, options, cap_label)
     table = root.embeddings(name)

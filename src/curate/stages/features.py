@@ -18,14 +18,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from curate.encoders import load_encoder
 from curate.errors import CurateError
 from curate.media.video import get_frames, open_video
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, safe_name
-
-SCHEMA = pa.schema([("source_id", pa.string()), ("features", pa.list_(pa.float32())), ("shape", pa.list_(pa.int64())),
-                    ("timestamps_ms", pa.list_(pa.float64())), ("fps", pa.float64()), ("status", pa.string()),
-                    ("error", pa.string()), ("updated_at", pa.float64())])
+from curate.store.schemas import FEATURES_SCHEMA
 
 
 def frame_times(duration_s: float, src_fps: float, num_frames: int, *, fps: float | None = None,
@@ -49,13 +47,11 @@ def frame_times(duration_s: float, src_fps: float, num_frames: int, *, fps: floa
 def features(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] | None = None, name: str | None = None,
              fps: float | None = None, frames: int | None = None, device: str = "auto", batch_size: int = 64,
              save_numpy: bool = False, progress: Progress | None = None) -> StageResult:
-    from curate.stages.embed import load_encoder
-
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     name = name or encoder
     result = StageResult("features", extra={"encoder": encoder, "name": name})
-    table = root.table(f"features/{safe_name(name)}", "source_id", SCHEMA)
+    table = root.features(name)
     with root.ensure().lock(f"features-{name}"):
         done = table.keys()
         sources = [s for s in root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames",
@@ -87,7 +83,7 @@ def features(root: Root | str, encoder: str = "clip", *, options: dict[str, Any]
             except Exception as e:  # one bad source never sinks the batch
                 row.update(status="error", error=str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
                 result.add_error(s["source_id"], row["error"])
-            table.append(pa.Table.from_pylist([row], schema=SCHEMA))
+            table.append(pa.Table.from_pylist([row], schema=FEATURES_SCHEMA))
             progress.advance()
     return result.done()
 
@@ -95,13 +91,11 @@ def features(root: Root | str, encoder: str = "clip", *, options: dict[str, Any]
 def show_predictions(root: Root | str, texts: Sequence[str], *, name: str = "clip", encoder: str = "clip",
                      options: dict[str, Any] | None = None, device: str = "auto", source_ids: Sequence[str] | None = None):
     """Per-frame softmax over ``texts`` (logit scale of the model), from stored features: [(source_id, ts, probs)]."""
-    from curate.stages.embed import load_encoder
-
     root = Root(root) if not isinstance(root, Root) else root
     enc = load_encoder(encoder, options, device)
     t = enc.embed_text_batch(list(texts)).astype(np.float64)
     scale = getattr(enc, "logit_scale", 100.0)
-    table = root.table(f"features/{safe_name(name)}", "source_id", SCHEMA)
+    table = root.features(name)
     out = []
     for row in table.read_arrow().to_pylist():
         if row["status"] != "ok" or (source_ids and row["source_id"] not in source_ids):

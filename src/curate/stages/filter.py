@@ -28,12 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.embeddings import embedding_sets_for_caption, names_from_columns, score_column
 from curate.errors import CurateError
 from curate.progress import StageResult
 from curate.stages.ingest import license_key, source_provenance
 from curate.stages.options import PRESETS_DIR, STAGES, THRESHOLDS, preset_names
 from curate.stages.where import Where
 from curate.store import Root, write_row_groups
+from curate.store.names import caption_source_label, parse_caption_source
 
 #: how selection.parquet is written: dictionary encoding only where values repeat (source_id); on the unique
 #: clip ids and the float scores it only costs (3.4 M kept rows: 2.3 s -> 1.0 s to write, measured)
@@ -89,14 +91,10 @@ def _float(a: np.ndarray) -> np.ndarray:
 
 def sim_encoders(columns: list[str]) -> list[str]:
     """Embedding sets with an alignment column ``<name>_sim`` (``dup_sim`` is the dedup scorer's, not one)."""
-    from curate.embeddings import names_from_columns
-
     return names_from_columns(columns)
 
 
 def sim_column(encoder: str | None, columns: list[str]) -> str:
-    from curate.embeddings import score_column
-
     sims = sim_encoders(columns)
     if encoder:
         if encoder not in sims:
@@ -113,9 +111,6 @@ def sim_column(encoder: str | None, columns: list[str]) -> str:
 def caption_rule(root: Root, options: dict[str, Any], columns: list[str]) -> Rule | None:
     """With ``caption="captions:NAME"``: point ``options["encoder"]`` at the embedding set of those captions
     and return the rule that keeps only clips scored against one (an ok generated caption)."""
-    from curate.stages.caption import caption_source_label, parse_caption_source
-    from curate.stages.embed import embedding_sets_for_caption
-
     cap = parse_caption_source(options.get("caption"))
     if cap is None:
         options.pop("caption", None)

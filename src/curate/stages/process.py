@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from curate.errors import CurateError
 from curate.media.frames import decode_streams, read_ahead, sample_stream
 from curate.media.video import yuv_to_rgb
+from curate.plugins import get_encoder, get_splitter
 from curate.progress import NullProgress, Progress, StageResult
-from curate.stages.embed import check_meta, embed_batch, embedding_meta, load_encoder
+from curate.stages.embed import check_meta, embed, embed_batch, embedding_meta, load_encoder
 from curate.stages.split import ClipAppender, clip_row, error_row, failure_message, shape_scenes, transition_rows, transitions_table
 from curate.store import Root, embedding_schema, maintain, rows_to_table
 from curate.store.storage import scratch_dir
@@ -135,10 +137,6 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
     decode of one source rarely keeps a many-core GPU node busy. ``source_ids`` makes it per-batch work
     (as :func:`curate.stages.embed.embed`): only those sources, no ``embed-<name>`` lock, appends only, no table
     maintenance; without it the whole root, under the lock, maintained at the end."""
-
-    from curate.plugins import get_encoder, get_splitter
-    from curate.stages.embed import embed
-
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     options = {**{k: str(v) for k, v in (options or {}).items()}, "decoder": "ffmpeg"}
@@ -148,8 +146,6 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
     if not feeds_one_pass(splitter):
         raise_msg = (f"splitter {detector!r} cannot be fed frame by frame (it has no tracker): use `curate split` "
                      "then `curate embed`")
-        from curate.errors import CurateError
-
         raise CurateError(raise_msg)
     detector = getattr(splitter, "name", detector)  # what `auto` picked: the clips record it
     result = StageResult("process", extra={"encoder": encoder, "name": name, "detector": detector})

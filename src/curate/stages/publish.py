@@ -36,12 +36,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.captions import caption_texts
+from curate.embeddings import EmbeddingSet, names_from_columns
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.media.video import CRF, CUT_MODES, PRESET, Encoding, MediaError, cut_clip, keyframes
 from curate.progress import NullProgress, Progress, StageResult
+from curate.query.report import embed_in_card
 from curate.stages.ingest import PROVENANCE, clip_url, license_key, source_provenance
 from curate.store import Root
+from curate.store.names import caption_source_label, parse_caption_source
 from curate.store.storage import scratch_dir
 
 #: publish's cut mode (see :func:`publish`): measured faster than re-encoding every clip, and as exact
@@ -50,8 +54,6 @@ DEFAULT_CUT = "auto"
 
 def _primary_encoder(summary: dict, columns: list[str]) -> str | None:
     """The embedding set whose vectors go into the shards: the one a rule filtered on, else the first scored."""
-    from curate.embeddings import names_from_columns
-
     ruled = names_from_columns([r["column"] for r in summary.get("rules", []) if r.get("column")])
     sims = ruled or names_from_columns(columns)
     return sims[0] if sims else None
@@ -110,8 +112,6 @@ def publish(root: Root | str, subset: str, *, shard_size: int = 1000, workers: i
         meta = card_metadata(root, out, annotations, ann_table, score_types, has_npy=enc is not None)
         root.write_bytes(f"{out}/README.md", keep_date(root, f"{out}/README.md", meta + card))
         if root.exists(f"{out}/report/report.md"):  # keep an earlier `curate report` in the new card
-            from curate.query.report import embed_in_card
-
             embed_in_card(root, f"{out}/README.md", root.read_text(f"{out}/report/report.md"), prefix="report/")
     return result.done()
 
@@ -145,8 +145,6 @@ def _write_shards(root: Root, out: str, shard_size: int, cutting: Cutting, capti
     """Write the shards (all, or those of ``shard``) that are missing or out of date; returns (filter summary,
     primary encoder, caption choice, annotations of those shards, file names of every shard, score columns and
     their types)."""
-    from curate.stages.caption import caption_source_label, parse_caption_source
-
     summary = root.read_json(f"{out}/filter.json", {})
     choice = parse_caption_source(caption if caption is not None else (summary.get("options") or {}).get("caption"))
     if choice is not None and choice not in root.caption_names():
@@ -211,8 +209,6 @@ class _Embeddings:
     """The selected clips' clip vectors (ok rows of the embedding set), streamed once; one array per clip."""
 
     def __init__(self, root: Root, name: str, clip_ids: pa.ChunkedArray) -> None:
-        from curate.embeddings import EmbeddingSet
-
         self.vectors: dict[str, np.ndarray] = {}
         for ids, video, _ in EmbeddingSet(root, name).vectors(clip_ids):
             self.vectors.update(zip(ids.to_pylist(), video))
@@ -226,8 +222,6 @@ class _Generated:
     ``caption`` field holds (``choice``: a captions-set name, or None for the source list's)."""
 
     def __init__(self, root: Root, clip_ids: pa.ChunkedArray, choice: str | None) -> None:
-        from curate.stages.caption import caption_texts
-
         self.choice = choice
         self.names = root.caption_names()
         ids = clip_ids.to_pylist()

@@ -15,10 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from curate.embeddings import embedding_sets_for_caption
 from curate.errors import CurateError
 from curate.faults import crashpoint
+from curate.plugins import get_scorer
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, has_duplicates, safe_name
+from curate.store.names import caption_source_label, parse_caption_source
 
 DEFAULT_SCORERS = ("technical", "alignment")
 SCOPES = ("clip", "root")
@@ -93,10 +96,6 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
 
 def alignment_sets(root: Root, encoder: str | None, caption: str) -> list[str]:
     """The embedding sets ``score --caption`` aligns: those whose text embeddings are ``caption``."""
-    from curate.errors import CurateError
-    from curate.stages.caption import caption_source_label, parse_caption_source
-    from curate.stages.embed import embedding_sets_for_caption
-
     label = caption_source_label(parse_caption_source(caption))
     sets = embedding_sets_for_caption(root, caption)
     if encoder:
@@ -111,8 +110,6 @@ def alignment_sets(root: Root, encoder: str | None, caption: str) -> list[str]:
 
 
 def _make_scorers(names: list[str], encoder: str | None, options: dict[str, dict[str, Any]] | None) -> list:
-    from curate.plugins import get_scorer
-
     out = []
     for sname in names:
         sname, only = sname if isinstance(sname, tuple) else (sname, None)  # ("alignment", one embedding set)

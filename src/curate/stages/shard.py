@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from curate import store  # the lazy package: Root (pyarrow, Lance) loads when a shard reads the sources table
 from curate.errors import CurateError
 
 
@@ -57,14 +58,12 @@ def select_sources(root, shard: str | tuple[int, int] | None = None,
                    source_ids_file: str | Path | None = None) -> list[str] | None:
     """The source ids one process works on: all of ``--source-ids FILE`` (or the root's sources) that fall in
     ``--shard i/n``; None when neither is given (the whole root)."""
-    from curate.store import Root
-
     shard = parse_shard(shard) if isinstance(shard, str) else shard
     if shard is None and source_ids_file is None:
         return None
     if source_ids_file is not None:
         ids = read_ids(source_ids_file)
     else:
-        root = root if isinstance(root, Root) else Root(root)
+        root = root if isinstance(root, store.Root) else store.Root(root)
         ids = sorted(root.sources.keys())
     return in_shard(ids, shard) if shard is not None else list(dict.fromkeys(ids))

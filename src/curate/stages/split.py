@@ -14,12 +14,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from curate.errors import CurateError
 from curate.faults import crashpoint
+from curate.media.video import Stream
+from curate.plugins import get_splitter
 from curate.progress import NullProgress, Progress, StageResult
+from curate.splitters.base import track_source
 from curate.store import SCHEMAS, Root, Table, rows_to_table
+from curate.store.schemas import TRANSITIONS_SCHEMA
 
 #: detector constructor arguments accepted as -o key=value (with their types)
 _OPTION_TYPES = {"threshold": float, "min_scene_len": int, "luma_only": "bool", "window_width": int,
@@ -98,48 +100,14 @@ class SceneDetectTracker:
         return out
 
 
-def track_source(splitter, path: Path, fps: float, num_frames: int) -> tuple[list[tuple[int, int]], list[dict]]:
-    """Run a splitter's tracker over one decode of ``path``: (scene ranges, transition spans)."""
-    from curate.media.frames import decode_streams
-    from curate.media.video import probe
-
-    pr = probe(path)
-    tracker = splitter.tracker(fps, pr.width, pr.height)
-    boundaries: list[tuple[int, int]] = []
-    n = 0
-    for frames in decode_streams(path, tracker.streams, skip_loop_filter=tracker.skip_loop_filter,
-                                 duration_s=pr.duration_s):
-        boundaries += tracker.push(frames)
-        n += 1
-    if n == 0:
-        return [(0, num_frames)], []
-    boundaries += tracker.finish()
-    return scenes_from_boundaries(boundaries, n), tracker.transitions
-
-
 #: detectors see frames this wide (PySceneDetect's own auto-downscale aims at 256 px too)
 DETECT_WIDTH = 256
 
 
 def detect_stream(width: int, height: int, detect_width: int = DETECT_WIDTH):
     """The frames scene detectors see: BGR, ``detect_width`` px wide, fast bilinear downscale."""
-    from curate.media.video import Stream
-
     w = min(detect_width, width) // 2 * 2 or 2
     return Stream(w, max(2, int(round(height * w / width / 2)) * 2), "bgr24", "fast_bilinear")
-
-
-def scenes_from_boundaries(boundaries, n_frames: int) -> list[tuple[int, int]]:
-    """Frame ranges of ``n_frames`` decoded frames between boundaries ``(end, start)``: a scene ends (exclusive)
-    at ``end`` and the next starts at ``start``; frames in between (a dissolve, a fade) belong to no scene."""
-    out, a = [], 0
-    for end, start in sorted(boundaries):
-        if min(end, n_frames) > a:
-            out.append((a, min(end, n_frames)))
-        a = max(a, start)
-    if n_frames > a:
-        out.append((a, n_frames))
-    return out
 
 
 def scenes_from_cuts(cuts, n_frames: int) -> list[tuple[int, int]]:
@@ -177,8 +145,6 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
           options: dict[str, Any] | None = None, min_clip_s: float = 1.0, max_clip_s: float | None = 60.0,
           progress: Progress | None = None) -> StageResult:
     """Detect scenes in every ingested source not split yet (or only ``source_ids``)."""
-    from curate.plugins import get_splitter
-
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     result = StageResult("split")
@@ -239,19 +205,9 @@ def error_row(sid: str, kind: str, message: str, detector: str, now: float) -> d
             "splitter": detector, "updated_at": now}
 
 
-#: ROOT/transitions: the transitions the splitter found in each source; their frames belong to no clip
-TRANSITIONS_SCHEMA = pa.schema([
-    ("transition_id", pa.string()), ("source_id", pa.string()), ("start_frame", pa.int64()), ("end_frame", pa.int64()),
-    ("start_s", pa.float64()), ("end_s", pa.float64()), ("kind", pa.string()), ("score", pa.float64()),
-    ("splitter", pa.string()), ("updated_at", pa.float64()),
-])
-
-
 def transitions_table(root: Root) -> Table:
-    """ROOT/transitions, one row per transition: frames [start_frame, end_frame) are a dissolve or a fade (kind
-    ``gradual``) and belong to no clip; a hard cut (kind ``cut``) lies just before ``start_frame`` (an empty or
-    one- or two-frame span)."""
-    return root.table("transitions", "transition_id", TRANSITIONS_SCHEMA)
+    """ROOT/transitions (:attr:`curate.store.Root.transitions`; kept for its callers until the merge)."""
+    return root.transitions
 
 
 def transition_rows(src: dict, transitions: list[dict], detector: str, now: float) -> list[dict]:

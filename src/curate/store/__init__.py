@@ -17,8 +17,9 @@ A root written by curate before Lance (tables as directories of ``part-*.parquet
 and migrated table by table on its first write, or all at once by ``curate migrate``.
 
 The package: :mod:`curate.store.storage` (file API over local paths and fsspec URLs, scratch),
-:mod:`curate.store.tables` (a Lance table; schemas; atomic plain-file writes), :mod:`curate.store.leases`
-(single writers and claims by conditional create) and :mod:`curate.store.root` (the root and its
+:mod:`curate.store.names` (the names that become directories; caption sources), :mod:`curate.store.schemas`
+(every built-in table's shape), :mod:`curate.store.tables` (a Lance table; atomic plain-file writes),
+:mod:`curate.store.leases` (single writers and claims by conditional create) and :mod:`curate.store.root` (the root and its
 maintenance). What the stages use is re-exported here.
 """
 
@@ -28,17 +29,18 @@ from typing import TYPE_CHECKING
 #: public name -> the module that defines it; imported on first use, so that ``curate.store.storage``
 #: (what the CLI shell and the DAG files need at parse time) does not pull in pyarrow and Lance
 _WHERE = {
-    "NAME_PATTERN": "names",
+    **dict.fromkeys(["NAME_PATTERN", "check_name", "safe_name"], "names"),
     **dict.fromkeys(["Lease", "SharedRun"], "leases"),
-    **dict.fromkeys(["Root", "check_name", "export_table", "maintain", "migrate", "safe_name", "table_at"], "root"),
-    **dict.fromkeys(["KEYS", "SCHEMAS", "Table", "caption_schema", "conform", "embedding_schema", "has_duplicates",
-                     "retry_commit", "rows_to_table", "stable_id", "write_bytes_atomic", "write_row_groups",
-                     "write_table_atomic"], "tables"),
+    **dict.fromkeys(["Root", "export_table", "maintain", "migrate", "table_at"], "root"),
+    **dict.fromkeys(["FEATURES_SCHEMA", "KEYS", "SCHEMAS", "TRANSITIONS_SCHEMA", "caption_schema", "embedding_schema"],
+                    "schemas"),
+    **dict.fromkeys(["Table", "conform", "has_duplicates", "retry_commit", "rows_to_table", "stable_id",
+                     "write_bytes_atomic", "write_row_groups", "write_table_atomic"], "tables"),
 }
-__all__ = ["KEYS", "NAME_PATTERN", "SCHEMAS", "Lease", "Root", "SharedRun", "Table", "caption_schema", "check_name", "conform",
-           "embedding_schema", "export_table", "has_duplicates", "maintain", "migrate", "retry_commit",
-           "rows_to_table", "safe_name", "stable_id", "table_at", "write_bytes_atomic", "write_row_groups",
-           "write_table_atomic"]
+__all__ = ["FEATURES_SCHEMA", "KEYS", "NAME_PATTERN", "SCHEMAS", "TRANSITIONS_SCHEMA", "Lease", "Root", "SharedRun",
+           "Table", "caption_schema", "check_name", "conform", "embedding_schema", "export_table", "has_duplicates",
+           "maintain", "migrate", "retry_commit", "rows_to_table", "safe_name", "stable_id", "table_at",
+           "write_bytes_atomic", "write_row_groups", "write_table_atomic"]
 
 
 def __getattr__(name: str):
@@ -55,15 +57,19 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from curate.store.leases import Lease, SharedRun
-    from curate.store.names import NAME_PATTERN
-    from curate.store.root import Root, check_name, export_table, maintain, migrate, safe_name, table_at
-    from curate.store.tables import (
+    from curate.store.names import NAME_PATTERN, check_name, safe_name
+    from curate.store.root import Root, export_table, maintain, migrate, table_at
+    from curate.store.schemas import (
+        FEATURES_SCHEMA,
         KEYS,
         SCHEMAS,
-        Table,
+        TRANSITIONS_SCHEMA,
         caption_schema,
-        conform,
         embedding_schema,
+    )
+    from curate.store.tables import (
+        Table,
+        conform,
         has_duplicates,
         retry_commit,
         rows_to_table,

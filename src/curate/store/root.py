@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 
 from curate.errors import CurateError, StageBusy
 from curate.store.leases import LEASE_TTL_S, Lease, SharedRun, lock_name
-from curate.store.names import NAME_PATTERN
+from curate.store.names import safe_name
+from curate.store.schemas import FEATURES_SCHEMA, SCHEMAS, TRANSITIONS_SCHEMA, caption_schema, embedding_schema
 from curate.store.storage import Location, is_remote
-from curate.store.tables import ROW_GROUP_ROWS, SCHEMAS, Table, caption_schema, embedding_schema, write_row_groups
+from curate.store.tables import ROW_GROUP_ROWS, Table, write_row_groups
 
 
 class Root:
@@ -139,6 +140,17 @@ class Root:
     def scores(self) -> Table:
         return self.table("scores", "clip_id")
 
+    @property
+    def transitions(self) -> Table:
+        """``transitions``, one row per transition: frames [start_frame, end_frame) are a dissolve or a fade (kind
+        ``gradual``) and belong to no clip; a hard cut (kind ``cut``) lies just before ``start_frame`` (an empty or
+        one- or two-frame span)."""
+        return self.table("transitions", "transition_id", TRANSITIONS_SCHEMA)
+
+    def features(self, name: str) -> Table:
+        """``features/<name>``: per-source frame features (``curate features``)."""
+        return self.table(f"features/{safe_name(name)}", "source_id", FEATURES_SCHEMA)
+
     def embeddings(self, name: str) -> Table:
         return self.table(f"embeddings/{safe_name(name)}", "clip_id", embedding_schema())
 
@@ -233,41 +245,18 @@ class Root:
 
 
 
-def check_name(name: str) -> str:
-    """``name`` if it is a safe subset / embedding-set / captions-set name, else a :class:`CurateError`."""
-    return safe_name(name)
-
-
-def safe_name(name: str) -> str:
-    """Names of subsets/embedding sets become directory names: keep them to a safe alphabet."""
-    import re
-
-    if not re.fullmatch(NAME_PATTERN, name or "") or ".." in name:
-        raise CurateError(
-            f"Invalid name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit."
-        )
-    return name
-
-
-
 def table_at(root: Root, name: str) -> Table:
     """The table named ``name`` under ``root`` (``sources``, ``clips``, ``scores``, ``embeddings/<n>``,
     ``features/<n>``, or any other directory that holds one)."""
     kind, _, sub = name.strip("/").partition("/")
-    if kind in ("sources", "clips", "scores") and not sub:
+    if kind in ("sources", "clips", "scores", "transitions") and not sub:
         return getattr(root, kind)
-    if kind == "transitions" and not sub:
-        from curate.stages.split import transitions_table
-
-        return transitions_table(root)
     if kind == "embeddings" and sub:
         return root.embeddings(sub)
     if kind == "captions" and sub:
         return root.captions(sub)
     if kind == "features" and sub:
-        from curate.stages.features import SCHEMA
-
-        return root.table(f"features/{safe_name(sub)}", "source_id", SCHEMA)
+        return root.features(sub)
     rel = Location.clean(name)
     if not rel or not (root.exists(f"{rel}/_versions") or Table(root.url(rel), "clip_id").legacy_parts()):
         known = ", ".join(root.tables()) or "none"

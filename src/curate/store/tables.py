@@ -1,5 +1,5 @@
 """Tables: one Lance dataset per table, appends and upserts (merge_insert) with commit retries, reads,
-compaction; the schemas of the built-in tables and atomic writes of plain files."""
+compaction; atomic writes of plain files. The shapes of the built-in tables are :mod:`curate.store.schemas`'."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.store.leases import HOST, holder_alive
+from curate.store.schemas import STR
 from curate.store.storage import Location, is_remote, lance_storage_options
 
 os.environ.setdefault("LANCE_LOG", "error")  # not "No existing dataset ..., it will be created" on every new table
@@ -31,44 +32,6 @@ def stable_id(*parts: str, length: int = 16) -> str:
     """A short, stable hex id derived from content (URL, source id + frame range, ...)."""
     h = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
     return h[:length]
-
-
-STR = pa.string()
-F64 = pa.float64()
-I64 = pa.int64()
-
-SCHEMAS: dict[str, pa.Schema] = {
-    "sources": pa.schema([
-        ("source_id", STR), ("url", STR), ("caption", STR), ("title", STR), ("meta", STR),
-        ("start_s", F64), ("end_s", F64),
-        ("status", STR), ("error", STR), ("error_kind", STR), ("attempts", I64),
-        ("media_path", STR), ("info_path", STR),
-        ("duration_s", F64), ("fps", F64), ("width", I64), ("height", I64), ("codec", STR), ("num_frames", I64),
-        ("updated_at", F64),
-    ]),
-    "clips": pa.schema([
-        ("clip_id", STR), ("source_id", STR), ("clip_index", I64),
-        ("start_s", F64), ("end_s", F64), ("start_frame", I64), ("end_frame", I64), ("duration_s", F64),
-        ("caption", STR), ("splitter", STR), ("status", STR), ("error", STR), ("updated_at", F64),
-    ]),
-}
-
-KEYS = {"sources": "source_id", "clips": "clip_id", "scores": "clip_id"}
-
-
-def embedding_schema() -> pa.Schema:
-    return pa.schema([
-        ("clip_id", STR), ("video_emb", pa.list_(pa.float32())), ("text_emb", pa.list_(pa.float32())),
-        ("status", STR), ("error", STR), ("updated_at", F64),
-    ])
-
-
-def caption_schema() -> pa.Schema:
-    """``captions/<name>``: one generated caption per clip (see :mod:`curate.stages.caption`)."""
-    return pa.schema([
-        ("clip_id", STR), ("caption", STR), ("captioner", STR), ("model", STR), ("weights", STR), ("prompt", STR),
-        ("generation", STR), ("tokens", I64), ("seconds", F64), ("status", STR), ("error", STR), ("updated_at", F64),
-    ])
 
 
 # -- plain files (local paths; stages use Root's file API, which also covers object storage) ----------
