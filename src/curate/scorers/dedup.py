@@ -134,19 +134,23 @@ class DedupScorer(Scorer):
         """The stored plan's group results when complete for this order, an incremental run when clips were
         added to a planned set, else a new plan and all its groups in this process."""
         plan = sd.load_plan(root, es.name)
-        if plan is not None and self._compatible(plan, es) and plan.order.equals(order):
+        if plan is not None and self.compatible(plan, es) and plan.order.equals(order):
             for of in sd.stored_part_counts(root, plan):
                 parts = [root.read_parquet(sd.part_rel(plan, g, of)) for g in range(of)]
-                return sd.merge_parts(parts, len(order))
-        if plan is not None and self.incremental and self._compatible(plan, es):
+                got = sd.merge_parts(parts, len(order))
+                sd.mark_complete(root, plan)
+                return got
+        if plan is not None and self.incremental and self.compatible(plan, es):
             got = self.incremental_run(root, es, plan, order, kernel)
             if got is not None:
                 return got
+        sd.clear_parts(root, es.name)  # a new plan: the groups of older ones are of no use
         plan = self.plan(root, es, order, kernel, keep_vectors=True)
         try:
             part = sd.run_group(plan, 0, 1, plan.vectors, kernel, dim=es.dim, block=self.block)
         finally:
             plan.close()
+        sd.mark_complete(root, plan)
         return sd.merge_parts([part], len(order))
 
     def plan(self, root: Root, es, order: pa.Array, kernel: sd.Kernel, *, keep_vectors: bool = False,
@@ -156,22 +160,31 @@ class DedupScorer(Scorer):
                             kernel=kernel, keep_vectors=keep_vectors, centroids=centroids,
                             table_version=es.table.version(), by=self.by_column(root, es))
 
-    def _compatible(self, plan: sd.Plan, es) -> bool:
+    def compatible(self, plan: sd.Plan, es) -> bool:
         m = plan.meta
         return (m.get("dim") == es.dim and m.get("boundary") == self.boundary
                 and (self.k is None or m.get("k") == min(self.k, max(m.get("clips", 0), 1)))
                 and m.get("by") == self.by_column(es.root, es))
 
+    def can_increment(self, root: Root, old: sd.Plan, order: pa.Array) -> bool:
+        """Whether ``order`` is ``old``'s clips (same relative order, each with a stored result) plus at most
+        :data:`INCREMENTAL_MAX` of new ones."""
+        n = len(order)
+        if not old.meta.get("complete") or not len(old.order) or n - len(old.order) > INCREMENTAL_MAX * n:
+            return False
+        r = sd.ranks_of(order, old.order)
+        if (r < 0).any() or (np.diff(r) <= 0).any():
+            return False
+        return stored_results(root, old.order, order) is not None
+
     def incremental_run(self, root: Root, es, old: sd.Plan, order: pa.Array, kernel: sd.Kernel):
         """New clips against the stored centroids and their clusters' members; None when it does not apply (old
         clips gone or reordered, too many new clips, old clips without a stored result)."""
         n = len(order)
+        if not self.can_increment(root, old, order):
+            return None
         old_ranks = sd.ranks_of(order, old.order)
-        if (old_ranks < 0).any() or (np.diff(old_ranks) <= 0).any() or n - len(old.order) > INCREMENTAL_MAX * n:
-            return None
         stored = stored_results(root, old.order, order)
-        if stored is None:
-            return None
         is_new = np.ones(n, bool)
         is_new[old_ranks] = False
         c1 = np.zeros(n, np.int32)
@@ -182,7 +195,7 @@ class DedupScorer(Scorer):
             c1[r], c2[r] = sd.assign(kernel, v, old.centroids, self.boundary)
         version = es.table.version()
         meta = {**old.meta, "clips": n, "table_version": version, "copies": int((c2 >= 0).sum()),
-                "incremental_from": old.plan_id}
+                "incremental_from": old.plan_id, "complete": False}
         meta["plan_id"] = sd.fingerprint(n=n, boundary=self.boundary, version=version, by=meta.get("by"),
                                          base=old.plan_id, new=int(is_new.sum()))
         plan = sd.Plan(es.name, order, c1, c2, old.centroids, meta)
@@ -196,6 +209,7 @@ class DedupScorer(Scorer):
         part = sd.run_group(plan, 0, 1, table_stream(es, order, ids), kernel, dim=es.dim, new=is_new,
                             block=self.block)
         sd.save_plan(root, plan)
+        sd.mark_complete(root, plan)
         return sd.merge_parts([part, stored], n)
 
     # -- ranking

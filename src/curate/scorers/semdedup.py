@@ -355,6 +355,20 @@ def load_plan(root: Root, set_name: str) -> Plan | None:
                 t["c2"].to_numpy().astype(np.int32), centroids, meta)
 
 
+def mark_complete(root: Root, plan: Plan) -> None:
+    """Record in ``plan.json`` that the scores hold this plan's result (what an incremental run builds on)."""
+    if not plan.meta.get("complete"):
+        plan.meta["complete"] = True
+        root.write_bytes(state_rel(plan.set_name, "plan.json"), json.dumps(plan.meta, indent=1))
+
+
+def clear_parts(root: Root, set_name: str) -> None:
+    """Remove the group results of earlier plans."""
+    rel = state_rel(set_name, "parts")
+    if root.exists(rel):
+        root.rm(rel, recursive=True)
+
+
 # ----------------------------------------------------------------------------- groups of clusters
 def members(plan: Plan, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cluster, rank) of every entry of ``clusters`` [bool, K], sorted by cluster then rank, and the
