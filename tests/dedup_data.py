@@ -26,7 +26,7 @@ def near(x: np.ndarray, cos: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 
 def make_vectors(n: int, dim: int, *, blobs: int, groups: int, seed: int = 0, spread: float = 1.0,
-                 cos_range: tuple[float, float] = (0.92, 0.995)):
+                 cos_range: tuple[float, float] = (0.96, 0.995)):
     """``n`` unit vectors around ``blobs`` centres (background cosine ~0.5 within a blob, ~0 across), of which
     ``groups`` planted groups of 2-4 near-duplicates (each copy at a cosine in ``cos_range`` to the group's
     first vector). Returns (vectors [n, dim] float32, group id per row, -1 for background)."""
