@@ -64,7 +64,9 @@ def dedup(root: Root | str, *, encoder: str | None = None, options: dict[str, An
     es = scorer.embedding_set(root)
     if merge:
         p = sd.load_plan(root, es.name)
-        if p is not None and not sd.stored_part_counts(root, p):
+        started = p is not None and root.exists(
+            sd.state_rel(es.name, "parts", p.plan_id))
+        if started and not sd.stored_part_counts(root, p):  # a sharded run of this plan, not finished
             n = max(1, int(p.meta.get("groups") or groups))
             raise CurateError(f"dedup: groups {', '.join(map(str, sd.missing_parts(root, p, n)))} of {n} are not "
                               f"written yet (`curate dedup --shard I/{n}`)")
