@@ -24,7 +24,7 @@ from curate.scorers import dedup as dd  # noqa: E402
 from curate.scorers import semdedup as sd  # noqa: E402
 from curate.scorers.dedup import DedupScorer, result_table  # noqa: E402
 from curate.stages.dedup import dedup  # noqa: E402
-from curate.store import SCHEMAS, Root, rows_to_table  # noqa: E402
+from curate.store import SCHEMAS, rows_to_table  # noqa: E402
 
 N, DIM = 4000, 64
 DUP = 0.9
