@@ -11,7 +11,7 @@ Two methods (``method=``): ``exact`` compares every pair (N², block by block ov
 about a minute per 100k clips of 512-d on 2 CPU cores); ``clustered`` (:mod:`curate.scorers.semdedup`)
 compares pairs only within k-means clusters, near-linear, with groups of clusters that can run on several
 workers (``curate dedup --plan / --shard I/N / --merge``) and incremental runs when clips are added.
-``auto`` (the default) is exact below :data:`AUTO_EXACT_BELOW` clips, clustered above (docs/dedup.md).
+``auto`` (the default) is exact below :data:`AUTO_EXACT_BELOW` (20k) clips, clustered above (docs/dedup.md).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from curate.scorers import semdedup as sd
 from curate.store import Root
 
 METHODS = ("auto", "exact", "clustered")
-#: ``method=auto`` is exact below this many clips (measured in docs/dedup.md: the two cross near 20k clips
-#: on 2 cores; exact is kept up to here because it has no recall loss and no k-means)
-AUTO_EXACT_BELOW = 50_000
+#: ``method=auto`` is exact below this many clips (measured in docs/dedup.md: the two cross near 10k clips
+#: on 2 cores; exact is kept up to 2x slower because it misses no pair)
+AUTO_EXACT_BELOW = 20_000
 #: an incremental run is taken when at most this fraction of the clips is new (beyond, a new plan is cheaper)
 INCREMENTAL_MAX = 0.5
 

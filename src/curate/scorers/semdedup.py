@@ -55,7 +55,7 @@ KMEANS_ITERATIONS = 10
 SEED = 1234
 #: default boundary rule: a clip also joins its second-nearest cluster when its cosine to that centroid is
 #: within this much of its cosine to the nearest (see docs/dedup.md for what it costs and saves)
-DEFAULT_BOUNDARY = 0.05
+DEFAULT_BOUNDARY = 0.01
 STATE_DIR = "_dedup"
 
 
@@ -97,8 +97,10 @@ class Kernel:
                 s[~mask] = -np.inf
             if top == 1:
                 idx = s.argmax(1)[:, None]  # argmax: first (lowest) column among ties
-            else:
-                idx = np.argsort(-s, axis=1, kind="stable")[:, :top]
+            else:  # the top columns (a partition, not a sort of the row), then in order
+                idx = np.argpartition(-s, top - 1, axis=1)[:, :top]
+                o = np.argsort(-np.take_along_axis(s, idx, 1), axis=1, kind="stable")
+                idx = np.take_along_axis(idx, o, 1)
             vals = np.take_along_axis(s, idx, 1)
         else:
             t = self.torch
