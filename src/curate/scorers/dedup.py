@@ -109,8 +109,7 @@ class DedupScorer(Scorer):
         best = np.full(n, -np.inf, np.float32)
         with sd.Scratch(n, es.dim) as sc:
             for r, v in table_stream(es, order)():
-                sc.mm[r] = v
-                sc.release()
+                sc.scatter(r, v)
             for i0 in range(0, n, B):
                 q = sc.read(i0, min(n, i0 + B))
                 qr = np.arange(i0, i0 + len(q))
@@ -126,8 +125,7 @@ class DedupScorer(Scorer):
             found = np.nonzero(arg >= 0)[0]
             for a in range(0, len(found), 65536):  # the stored value: float64 of the pair (semdedup.pair_cosine)
                 f = found[a:a + 65536]
-                sim[f] = sd.pair_cosine(np.asarray(sc.mm[f]), np.asarray(sc.mm[arg[f]]))
-                sc.release()
+                sim[f] = sd.pair_cosine(sc.take(f), sc.take(arg[f]))
         return sim, arg
 
     def clustered(self, root: Root, es, order: pa.Array, kernel: sd.Kernel) -> tuple[np.ndarray, np.ndarray]:

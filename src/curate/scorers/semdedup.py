@@ -22,8 +22,8 @@ unless a new, better-ranked clip is more similar. With the same centroids this e
 
 The final ``dup_sim`` of every pair is recomputed in float64 from the float16 vectors
 (:func:`pair_cosine`), by the exact method too, so both methods give identical values for the pairs they
-both find. Memory is bounded: vectors live in local scratch files (``CURATE_SCRATCH``) read a cluster at a
-time, and mapped pages are released as they are written, so peak RSS does not grow with the vectors.
+both find. Memory is bounded: vectors live in local scratch files (``CURATE_SCRATCH``), written and read a batch or a
+cluster at a time with pwrite/pread, so peak RSS does not grow with the vectors.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import mmap
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -185,32 +184,56 @@ def train_centroids(sample: np.ndarray, k: int, seed: int = SEED) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- scratch files
 class Scratch:
-    """A float16 [rows, D] array in a local scratch file, written and read through a memory map whose pages are
-    dropped from this process after each use (``release``), so the file's size never shows in peak RSS."""
+    """A float16 [rows, D] array in a local scratch file, written and read with ``pwrite``/``pread`` (not a memory
+    map: scattered access through a map faults neighbouring pages in, and they all count in RSS; the page
+    cache does not)."""
 
     def __init__(self, rows: int, dim: int, prefix: str = "dedup-") -> None:
-        fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=".f16", dir=scratch_dir())
-        os.close(fd)
+        self.fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=".f16", dir=scratch_dir())
         self.rows, self.dim = rows, dim
-        self.mm = np.memmap(self.path, dtype=np.float16, mode="w+", shape=(max(rows, 1), dim))
+        self.row_bytes = dim * 2
+        os.ftruncate(self.fd, max(rows, 1) * self.row_bytes)
 
-    def release(self) -> None:
-        self.mm.flush()
-        mm = getattr(self.mm, "_mmap", None)
-        if mm is not None and hasattr(mm, "madvise"):
-            mm.madvise(mmap.MADV_DONTNEED)
+    def write(self, start: int, vecs: np.ndarray) -> None:
+        """Rows ``start..start+len(vecs)``."""
+        os.pwrite(self.fd, np.ascontiguousarray(vecs, np.float16).tobytes(), start * self.row_bytes)
+
+    def scatter(self, slots: np.ndarray, vecs: np.ndarray) -> None:
+        """Row ``slots[i]`` = ``vecs[i]`` (runs of consecutive slots in one write)."""
+        if not len(slots):
+            return
+        o = np.argsort(slots, kind="stable")
+        slots, vecs = slots[o], np.ascontiguousarray(vecs[o], np.float16)
+        cut = np.flatnonzero(np.diff(slots) != 1) + 1
+        for a, b in zip(np.r_[0, cut], np.r_[cut, len(slots)]):
+            self.write(int(slots[a]), vecs[a:b])
 
     def read(self, a: int, b: int) -> np.ndarray:
-        out = np.array(self.mm[a:b])
-        self.release()
+        """Rows ``a..b`` (clipped to the array) as a new float16 array."""
+        n = max(0, min(b, self.rows) - a)
+        buf = os.pread(self.fd, n * self.row_bytes, a * self.row_bytes)
+        return np.frombuffer(buf, np.float16).reshape(n, self.dim).copy()
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (any order) as a new float16 array."""
+        out = np.empty((len(rows), self.dim), np.float16)
+        if not len(rows):
+            return out
+        o = np.argsort(rows, kind="stable")
+        srt = rows[o]
+        cut = np.flatnonzero(np.diff(srt) != 1) + 1
+        for a, b in zip(np.r_[0, cut], np.r_[cut, len(srt)]):
+            out[o[a:b]] = self.read(int(srt[a]), int(srt[b - 1]) + 1)
         return out
 
     def close(self) -> None:
-        del self.mm
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
 
     def __enter__(self) -> Scratch:
         return self
@@ -297,19 +320,15 @@ def make_plan(root: Root, set_name: str, order: pa.Array, stream: VectorSource, 
     ranks = np.full(n, -1, np.int64)
     pos = 0
     for r, v in stream():
-        scratch.mm[pos:pos + len(r)] = v
+        scratch.write(pos, v)
         ranks[pos:pos + len(r)] = r
         pos += len(r)
-        scratch.release()
     ranks = ranks[:pos]
     if centroids is None:
         rng = np.random.default_rng(SEED)
         s = min(pos, k * SAMPLE_PER_CENTROID)
         pick = np.sort(rng.choice(pos, size=s, replace=False)) if s < pos else np.arange(pos)
-        sample = np.empty((len(pick), dim), np.float32)
-        for a in range(0, len(pick), 65536):  # gathered in slices: the map's pages are released as we go
-            sample[a:a + 65536] = scratch.mm[pick[a:a + 65536]]
-            scratch.release()
+        sample = scratch.take(pick).astype(np.float32)
         centroids = train_centroids(sample, k) if len(sample) else np.zeros((1, dim), np.float32)
         del sample
     c1 = np.zeros(n, np.int32)
@@ -405,12 +424,11 @@ def gather(plan: Plan, rk: np.ndarray, stream: VectorSource, dim: int) -> Scratc
         f = first[r]
         hit = f >= 0
         if hit.any():
-            sc.mm[f[hit]] = v[hit]
+            sc.scatter(f[hit], v[hit])
             s = second[r]
             hit2 = s >= 0
             if hit2.any():
-                sc.mm[s[hit2]] = v[hit2]
-            sc.release()
+                sc.scatter(s[hit2], v[hit2])
     return sc
 
 
