@@ -111,13 +111,12 @@ class DedupScorer(Scorer):
             for r, v in table_stream(es, order)():
                 sc.scatter(r, v)
             for i0 in range(0, n, B):
-                q = sc.read(i0, min(n, i0 + B))
+                q = sc.read(i0, min(n, i0 + B)).astype(np.float32)
                 qr = np.arange(i0, i0 + len(q))
                 for j0 in range(0, i0 + len(q), B):
-                    k = sc.read(j0, min(n, j0 + B))
-                    kr = np.arange(j0, j0 + len(k))
-                    mask = kr[None, :] < qr[:, None]
-                    v, i = kernel.matmul_max(q, k, None if mask.all() else mask)
+                    k = sc.read(j0, min(n, j0 + B)).astype(np.float32)
+                    lim = np.clip(qr - j0, 0, len(k))  # only clips ranked before each row
+                    v, i = kernel.matmul_max(q, k, None if (lim >= len(k)).all() else lim)
                     v, i = v[:, 0], i[:, 0]
                     better = v > best[i0:i0 + len(q)]
                     best[i0:i0 + len(q)][better] = v[better]

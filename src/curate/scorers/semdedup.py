@@ -86,14 +86,14 @@ class Kernel:
 
             self.torch = torch
 
-    def matmul_max(self, a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, top: int = 1):
-        """Per row of ``a`` [m, D]: the ``top`` largest of ``a @ b.T`` over the columns allowed by ``mask`` [m, n]
-        (True = allowed; None = all), as (values [m, top] float32, column [m, top] int64; -inf / -1 when none).
-        Ties go to the lowest column."""
+    def matmul_max(self, a: np.ndarray, b: np.ndarray, limit: np.ndarray | None, top: int = 1):
+        """Per row i of ``a`` [m, D]: the ``top`` largest of ``a @ b.T`` over the columns ``0 .. limit[i]-1``
+        (None: all), as (values [m, top] float32, column [m, top] int64; -inf / -1 when none). Ties go to the
+        lowest column."""
         if self.torch is None:
             s = a.astype(np.float32, copy=False) @ b.astype(np.float32, copy=False).T
-            if mask is not None:
-                s[~mask] = -np.inf
+            if limit is not None:
+                np.putmask(s, np.arange(s.shape[1])[None, :] >= limit[:, None], -np.inf)
             if top == 1:
                 idx = s.argmax(1)[:, None]  # argmax: first (lowest) column among ties
             else:  # the top columns (a partition, not a sort of the row), then in order
@@ -106,8 +106,9 @@ class Kernel:
             ta = t.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
             tb = t.from_numpy(np.ascontiguousarray(b, dtype=np.float32)).to(self.device)
             s = ta @ tb.T
-            if mask is not None:
-                s.masked_fill_(~t.from_numpy(mask).to(self.device), -float("inf"))
+            if limit is not None:
+                cols = t.arange(s.shape[1], device=s.device)[None, :]
+                s.masked_fill_(cols >= t.from_numpy(limit).to(s.device)[:, None], -float("inf"))
             if top == 1:
                 v, i = s.max(1, keepdim=True)  # max: first index among ties, on CPU and CUDA alike
             else:
@@ -131,20 +132,28 @@ def unit16(vecs: np.ndarray) -> np.ndarray:
     return vecs.astype(np.float16)
 
 
+#: query rows per step inside a cluster: small, so that only the keys ranked before the step are multiplied
+#: (about half the square of a cluster instead of all of it)
+QUERY_BLOCK = 512
+
+
 def prev_best(kernel: Kernel, qv: np.ndarray, qr: np.ndarray, kv: np.ndarray, kr: np.ndarray,
               block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """For each query row: the highest cosine to a key row ranked before it (``kr < qr``) and that key's index
-    (-inf / -1 when none). Keys must be sorted by rank (columns past the query's rank are never computed)."""
+    (-inf / -1 when none). Queries and keys must be sorted by rank (keys past a step's last query are never
+    multiplied)."""
     best = np.full(len(qv), -np.inf, np.float32)
     arg = np.full(len(qv), -1, np.int64)
-    for i0 in range(0, len(qv), block):
-        q, r = qv[i0:i0 + block], qr[i0:i0 + block]
+    q32 = qv.astype(np.float32)
+    k32 = q32 if kv is qv else kv.astype(np.float32)
+    step = min(block, QUERY_BLOCK)
+    for i0 in range(0, len(qv), step):
+        q, r = q32[i0:i0 + step], qr[i0:i0 + step]
         end = int(np.searchsorted(kr, r.max(), side="left")) if len(r) else 0
         for j0 in range(0, end, block):
-            k = kv[j0:min(end, j0 + block)]
-            kk = kr[j0:j0 + len(k)]
-            mask = kk[None, :] < r[:, None]
-            v, i = kernel.matmul_max(q, k, None if mask.all() else mask)
+            k = k32[j0:min(end, j0 + block)]
+            lim = np.searchsorted(kr[j0:j0 + len(k)], r, side="left")  # keys ranked before each query
+            v, i = kernel.matmul_max(q, k, None if (lim >= len(k)).all() else lim)
             v, i = v[:, 0], i[:, 0]
             better = v > best[i0:i0 + len(q)]  # strict: ties keep the earlier (better-ranked) key
             best[i0:i0 + len(q)][better] = v[better]
