@@ -22,7 +22,7 @@ from dedup_data import SET, make_vectors, unit, write_scores, write_set  # noqa:
 from curate.errors import CurateError  # noqa: E402
 from curate.scorers import dedup as dd  # noqa: E402
 from curate.scorers import semdedup as sd  # noqa: E402
-from curate.scorers.dedup import DedupScorer, result_table  # noqa: E402
+from curate.scorers.dedup import DedupScorer, result_table, table_stream  # noqa: E402
 from curate.stages.dedup import dedup  # noqa: E402
 from curate.store import SCHEMAS, rows_to_table  # noqa: E402
 
@@ -167,10 +167,12 @@ def test_sharded_equals_one_process_and_a_killed_group_redoes_only_itself(tmp_pa
     ids, vec, _, quality = data
     root = write_set(tmp_path / "ds", ids, vec)
     write_scores(root, ids, quality)
-    one = frame(DedupScorer(**OPTS).compute(root, pa.array(ids)))
     plan = dedup(root, options=OPTS, plan=True, groups=4).as_dict()
     assert plan["method"] == "clustered" and len(plan["groups"]) == 4
     loaded = sd.load_plan(root, SET)
+    es = DedupScorer(**OPTS).embedding_set(root)  # the same plan in one group, in this process
+    part = sd.run_group(loaded, 0, 1, table_stream(es, loaded.order), sd.Kernel("numpy"), dim=DIM)
+    one = frame(result_table(loaded.order, *sd.merge_parts([part], len(ids)), pa.array(ids)))
     for g in range(4):
         r = dedup(root, options=OPTS, shard=(g, 4)).as_dict()
         assert r["skipped"] == 0 and r["total"] > 0
@@ -182,8 +184,9 @@ def test_sharded_equals_one_process_and_a_killed_group_redoes_only_itself(tmp_pa
     skipped = [dedup(root, options=OPTS, shard=(g, 4)).as_dict()["skipped"] for g in range(4)]
     assert skipped == [1, 1, 0, 1]
     assert sd.load_plan(root, SET).plan_id == loaded.plan_id  # the plan was kept, not retrained
-    sharded = frame(DedupScorer(**OPTS).compute(root, pa.array(ids)))
+    sharded = frame(DedupScorer(**OPTS).compute(root, pa.array(ids)))  # merges the 4 parts
     assert sharded.equals(one)
+    assert dedup(root, options=OPTS, plan=True, groups=4).as_dict()["groups"] == []  # merged: nothing left
 
 
 def test_merge_goes_through_the_score_stage(tmp_path, data):

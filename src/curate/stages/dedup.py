@@ -92,6 +92,10 @@ def plan_groups(root: Root, scorer: DedupScorer, groups: int, result: StageResul
         # clips were added to a planned root: the merge step compares them in one process (their clusters only)
         result.extra.update(method="incremental", plan=p.plan_id, groups=[])
         return result
+    if p is not None and scorer.compatible(p, es) and p.order.equals(order) and p.meta.get("complete"):
+        # the scores already hold this plan's result: the merge step returns it, nothing to compare
+        result.extra.update(method="clustered", plan=p.plan_id, groups=[])
+        return result
     if p is None or not scorer.compatible(p, es) or not p.order.equals(order):
         with root.ensure().lock("dedup"):
             sd.clear_parts(root, es.name)
