@@ -235,3 +235,29 @@ def test_clips_without_a_vector_get_no_value(tmp_path, data):
 def test_bad_options_are_refused():
     with pytest.raises(CurateError, match="method must be"):
         DedupScorer(method="fast")
+
+
+def test_cli_plan_shards_merge(tmp_path, data):
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    ids, vec, _, quality = data
+    ids, vec, quality = ids[:800], vec[:800], quality[:800]
+    root = write_set(tmp_path / "ds", ids, vec)
+    root.clips.append(rows_to_table([{"clip_id": c, "source_id": "s", "status": "ok"} for c in ids],
+                                    SCHEMAS["clips"]))
+    write_scores(root, ids, quality)
+
+    def run(*args):
+        r = CliRunner().invoke(app, ["dedup", "--root", str(root.path), "-o", "method=clustered", "-o", "by=quality",
+                                     *args, "--json"])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout[r.stdout.index("{"):])
+
+    assert len(run("--plan")["groups"]) == 1
+    assert run("--shard", "0/2")["skipped"] == 0 and run("--shard", "1/2")["skipped"] == 0
+    assert run("--shard", "1/2")["skipped"] == 1
+    assert run("--merge")["ok"] == len(ids)
+    scores = frame(root.scores.read_arrow(columns=["clip_id", "dup_sim", "dup_of"]))
+    assert scores.dup_sim.notna().all() and (scores.dup_sim >= DUP).sum() > 0
