@@ -59,7 +59,8 @@ STATE_DIR = "_dedup"
 
 
 def choose_k(n: int) -> int:
-    """Clusters for ``n`` clips: about sqrt(n) (fewer below 1600 clips: k-means wants 40 points a cluster), which balances the two O(N*K) and O(N^2/K) halves of the work
+    """Clusters for ``n`` clips: about sqrt(n) (fewer below 1600 clips: k-means wants 40 points a cluster), which
+    balances the two O(N*K) and O(N^2/K) halves of the work
     (assignment to centroids, comparisons within clusters)."""
     return max(1, min(n // SAMPLE_PER_CENTROID, int(round(math.sqrt(max(n, 1))))))  # small n: 40 points each
 
