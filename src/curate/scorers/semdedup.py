@@ -328,26 +328,30 @@ def make_plan(root: Root, set_name: str, order: pa.Array, stream: VectorSource, 
     n = len(order)
     k = choose_k(n) if not k else min(int(k), max(n, 1))
     scratch = Scratch(n, dim, prefix="dedup-plan-")
-    ranks = np.full(n, -1, np.int64)
-    pos = 0
-    for r, v in stream():
-        scratch.write(pos, v)
-        ranks[pos:pos + len(r)] = r
-        pos += len(r)
-    ranks = ranks[:pos]
-    if centroids is None:
-        rng = np.random.default_rng(SEED)
-        s = min(pos, k * SAMPLE_PER_CENTROID)
-        pick = np.sort(rng.choice(pos, size=s, replace=False)) if s < pos else np.arange(pos)
-        sample = scratch.take(pick).astype(np.float32)
-        centroids = train_centroids(sample, k) if len(sample) else np.zeros((1, dim), np.float32)
-        del sample
-    c1 = np.zeros(n, np.int32)
-    c2 = np.full(n, -1, np.int32)
-    for a in range(0, pos, 65536):
-        b = min(pos, a + 65536)
-        x1, x2 = assign(kernel, scratch.read(a, b), centroids, boundary)
-        c1[ranks[a:b]], c2[ranks[a:b]] = x1, x2
+    try:
+        ranks = np.full(n, -1, np.int64)
+        pos = 0
+        for r, v in stream():
+            scratch.write(pos, v)
+            ranks[pos:pos + len(r)] = r
+            pos += len(r)
+        ranks = ranks[:pos]
+        if centroids is None:
+            rng = np.random.default_rng(SEED)
+            s = min(pos, k * SAMPLE_PER_CENTROID)
+            pick = np.sort(rng.choice(pos, size=s, replace=False)) if s < pos else np.arange(pos)
+            sample = scratch.take(pick).astype(np.float32)
+            centroids = train_centroids(sample, k) if len(sample) else np.zeros((1, dim), np.float32)
+            del sample
+        c1 = np.zeros(n, np.int32)
+        c2 = np.full(n, -1, np.int32)
+        for a in range(0, pos, 65536):
+            b = min(pos, a + 65536)
+            x1, x2 = assign(kernel, scratch.read(a, b), centroids, boundary)
+            c1[ranks[a:b]], c2[ranks[a:b]] = x1, x2
+    except BaseException:  # a failed plan leaves no scratch file behind
+        scratch.close()
+        raise
     plan_id = fingerprint(n=n, boundary=boundary, version=table_version, by=by,
                           centroids=hashlib.sha1(centroids.tobytes()).hexdigest(),
                           assign=hashlib.sha1(c1.tobytes() + c2.tobytes()).hexdigest())
