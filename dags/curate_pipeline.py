@@ -1,7 +1,8 @@
 """curate_pipeline: a source list -> a published, curated video-text subset.
 
 register -> per batch of sources (one mapped task group): ingest -> split -> embed (GPU) -> score (GPU,
-per-clip scorers) -> maintain (once) -> caption (GPU, optional) -> score (root-scope scorers) -> filter ->
+per-clip scorers) -> maintain (once) -> caption (GPU, optional) -> score (root-scope scorers) -> dedup_plan ->
+dedup_group (mapped, per group of k-means clusters) -> dedup_merge -> filter ->
 cut (mapped, per group of WebDataset shards) -> publish (annotations, card, asset).
 
 Each batch runs on its own: its embed starts as soon as its split is done (no barrier after all splits),
@@ -149,16 +150,49 @@ def curate_pipeline():
 
     @task
     def score(captioned: dict, params=None) -> dict:
-        """Merge the batches' per-clip scores, then run the root-scope scorers (alignment, dedup, ...) once."""
+        """Merge the batches' per-clip scores, then run the root-scope scorers (alignment, ...) once; dedup runs
+        after it in dedup_plan -> dedup_group (mapped) -> dedup_merge."""
         from curate.stages.score import score as run
 
         root = ct.check_root(params["root"])
         options = ct.check_scorer_options(params["scorer_options"], ct.allowed_dirs(root))
-        res = ct.locked(run, root, scorers=params["scorers"], encoder=ct.embedding_name(params), options=options,
-                        scope="root").as_dict()
+        res = ct.locked(run, root, scorers=[x for x in params["scorers"] if x != "dedup"],  # dedup: its own tasks
+                        encoder=ct.embedding_name(params), options=options, scope="root").as_dict()
         if captioned.get("embedding_name"):  # alignment with the generated captions too
             ct.locked(run, root, scorers=["alignment"], encoder=captioned["embedding_name"])
         return ct.require_some(res, "score")
+
+    @task
+    def dedup_plan(scored: dict, params=None) -> list[dict]:
+        """With the dedup scorer, once: rank, train the centroids, assign every clip (a plan that still matches is
+        kept); the groups of clusters still to run (none when dedup is exact or incremental on this root)."""
+        if "dedup" not in params["scorers"]:
+            return []
+        from curate.stages.dedup import dedup as run
+
+        res = ct.locked(run, ct.check_root(params["root"]), plan=True, groups=params["dedup_groups"],
+                        **ct.dedup_kwargs(params)).as_dict()
+        return res["groups"]
+
+    @task(map_index_template="{{ curate_label }}")
+    def dedup_group(group: dict, params=None) -> dict:
+        """One group of clusters, to its own file (no lock); a group already written is skipped."""
+        from curate.stages.dedup import dedup as run
+
+        ct.label(f"clusters {group['index']}/{group['of']}")
+        return run(ct.check_root(params["root"]), shard=(group["index"], group["of"]),
+                   **ct.dedup_kwargs(params)).as_dict()
+
+    # none_failed: runs when dedup_group was mapped over no group (skipped), not when a group failed
+    @task(trigger_rule="none_failed")
+    def dedup_merge(scored: dict, params=None) -> dict:
+        """The groups' results into dup_sim/dup_of (or, with no group, exact/incremental dedup here)."""
+        if "dedup" not in params["scorers"]:
+            return scored
+        from curate.stages.dedup import dedup as run
+
+        res = ct.locked(run, ct.check_root(params["root"]), merge=True, **ct.dedup_kwargs(params)).as_dict()
+        return {**scored, "dedup": res}
 
     @task(task_id="filter")
     def filter_clips(scored: dict, captioned: dict, params=None) -> dict:
@@ -202,7 +236,10 @@ def curate_pipeline():
     maintained = maintain(batches)
     done >> maintained
     captioned = caption(maintained)
-    summary = filter_clips(score(captioned), captioned)
+    scored = score(captioned)
+    merged = dedup_merge(scored)
+    dedup_group.expand(group=dedup_plan(scored)) >> merged
+    summary = filter_clips(merged, captioned)
     cuts = cut.expand(part=plan_cut(summary))
     cuts >> publish(summary)
 

@@ -53,7 +53,8 @@ ENV = {
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME}/airflow.db",
     "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
-    "CURATE_ROOTS": os.pathsep.join(str(ROOTS / n) for n in ("main", "inbox", "other", "onepass", "captioned")),
+    "CURATE_ROOTS": os.pathsep.join(str(ROOTS / n) for n in ("main", "inbox", "other", "onepass", "captioned",
+                                                                 "dedup")),
     "CURATE_ALLOWED_DIRS": f"{INPUTS}{os.pathsep}{MODELS}",
     "CURATE_INBOX_SETTLE_S": "0",
 }

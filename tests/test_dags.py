@@ -466,3 +466,26 @@ def test_pipeline_captions_clips_when_a_captioner_is_given():
     assert rec["caption"] == rec["captions"]["hf"] and rec["source_caption"]
     card = (r.subset_dir("cap") / "README.md").read_text()
     assert "### captions/hf (the `caption` field)" in card and "- captioner: `hf`" in card
+
+
+def test_pipeline_runs_clustered_dedup_as_mapped_groups_of_clusters():
+    """With the dedup scorer clustered: score runs without it, dedup_plan plans once, dedup_group runs one mapped
+    task per group of clusters (own files), dedup_merge writes dup_sim/dup_of, filter uses them."""
+    from curate.store import Root
+
+    root = h.ROOTS / "dedup"
+    conf = h.pipeline_conf(root, subset="dd", scorers=["technical", "alignment", "dedup"],
+                           scorer_options={"dedup": {"method": "clustered", "k": "2"}}, dedup_groups=2,
+                           filters={"max_dup_sim": 0.999})
+    state, run_id = h.run_dag("curate_pipeline", conf)
+    assert state == "success"
+    tis = {(t, m): (label, st) for t, m, label, st in h.task_instances("curate_pipeline", run_id)}
+    assert tis[("dedup_plan", -1)][1] == "success" and tis[("dedup_merge", -1)][1] == "success"
+    assert [tis[("dedup_group", m)] for m in (0, 1)] == [("clusters 0/2", "success"), ("clusters 1/2", "success")]
+    r = Root(root)
+    scores = r.scores.read()
+    assert scores["dup_sim"].notna().all() and (scores["dup_sim"] == -1).sum() >= 1
+    plan = r.read_json("embeddings/clip/_dedup/plan.json")
+    assert plan["complete"] and plan["k"] == 2 and plan["groups"] == 2
+    assert sorted(r.ls(f"embeddings/clip/_dedup/parts/{plan['plan_id']}")) and \
+        len(r.ls(f"embeddings/clip/_dedup/parts/{plan['plan_id']}")) == 2

@@ -144,9 +144,9 @@ def test_threshold_rules_come_from_their_declarations():
 
 def test_declared_defaults_are_the_stage_functions_defaults():
     """Python callers of the stage functions get what the shells pass (the shells pass the declared ones)."""
-    from curate.stages import caption, embed, features, filter, ingest, process, publish, score, split
+    from curate.stages import caption, dedup, embed, features, filter, ingest, process, publish, score, split
 
-    functions = {"ingest": ingest.ingest, "split": split.split, "process": process.process,
+    functions = {"ingest": ingest.ingest, "split": split.split, "process": process.process, "dedup": dedup.dedup,
                  "caption": caption.caption, "embed": embed.embed, "score": score.score,
                  "filter": filter.filter_clips, "publish": publish.publish, "features": features.features}
     # positional in the function, a default only in `curate run` / the DAG; "source" is what None means

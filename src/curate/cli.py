@@ -242,6 +242,33 @@ def score(
     finish(r, json_out)
 
 
+@app.command()
+@guarded
+@stage_options("dedup")
+def dedup(
+    root: str = ROOT_OPT,
+    plan: bool = typer.Option(False, "--plan", help="Only rank, train the centroids and assign every clip "
+                                                    "(stored under embeddings/<name>/_dedup); a plan that still "
+                                                    "matches is kept."),
+    shard: str | None = typer.Option(None, "--shard", help="Only group I of N of the plan's clusters (e.g. 3/8; I "
+                                                           "from 0), written to its own file: N processes or "
+                                                           "machines run side by side, a group already written is "
+                                                           "skipped."),
+    merge: bool = typer.Option(False, "--merge", help="Merge the written groups into dup_sim/dup_of (refused while "
+                                                      "a group is missing)."),
+    json_out: bool = JSON_OPT,
+    **opts: Any,
+) -> None:
+    """Near-duplicates (dup_sim, dup_of) on one or several workers: --plan once, --shard I/N each, --merge once;
+    with no step, all of it here (as `curate score -s dedup`)."""
+    from curate.stages.dedup import dedup as run
+    from curate.stages.shard import parse_shard
+
+    sh = parse_shard(shard)
+    finish(run(root, plan=plan, shard=sh, merge=merge, groups=sh[1] if sh else 1, progress=RichProgress(),
+               **opts), json_out)
+
+
 def print_filter(r) -> None:
     """The filter summary: kept of total, then each rule with what it dropped in order and on its own."""
     d = r.as_dict()

@@ -233,6 +233,8 @@ def pipeline_params() -> dict[str, Param]:
         "captioner_options": stage_param("caption", "options", note=LOCAL_PATHS),
         "scorers": stage_param("score", "scorers"),
         "scorer_options": stage_param("score", "options", note=LOCAL_PATHS),
+        "dedup_groups": stage_param("dedup", "groups", note="(With the dedup scorer on a root where it is clustered; "
+                                                             "its options are scorer_options.dedup.)"),
         "filters": filters_param(),
     }
 
@@ -257,6 +259,13 @@ def filter_kwargs(params: dict[str, Any]) -> dict[str, Any]:
 
 def check_scorer_options(options: dict[str, Any], dirs: Sequence[str]) -> dict[str, dict[str, str]]:
     return {str(k): check_encoder_options(v or {}, dirs) for k, v in (options or {}).items()}
+
+
+def dedup_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of curate.stages.dedup.dedup from a run's params: the run's embedding set and the dedup
+    scorer's options (``scorer_options.dedup``)."""
+    opts = check_scorer_options(params.get("scorer_options") or {}, allowed_dirs(params["root"]))
+    return {"encoder": embedding_name(params), "options": opts.get("dedup") or {}}
 
 
 def refilter_params() -> dict[str, Param]:

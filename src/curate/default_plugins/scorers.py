@@ -27,7 +27,14 @@ def register_scorers(register):
              description="near-duplicates across the root: max cosine to any better-scored clip (SemDeDup rule)",
              options={"encoder": "embedding set to compare (default: the only one)",
                       "by": "score column that ranks clips (default <encoder>_sim)",
-                      "block": "rows per block (memory bound, default 4096)"})
+                      "block": "rows per block (memory bound, default 4096)",
+                      "method": "auto (exact below 20k clips, else clustered), exact (all pairs, N^2), clustered "
+                                "(k-means, pairs within clusters: docs/dedup.md)",
+                      "k": "clusters of the clustered method (default: about sqrt(clips))",
+                      "boundary": "a clip also joins its second-nearest cluster when its cosine to that centroid "
+                                  "is within this of the nearest's (default 0.01; none: off)",
+                      "device": "auto (cuda when torch sees one, else numpy), numpy, cpu (torch), cuda",
+                      "incremental": "compare only clips added since the stored plan (default true)"})
     register("text", _make("curate.scorers.text", "TextScorer"),
              columns=["text_area", "text_area_mean", "text_boxes", "ocr_text"],
              description="on-screen text with PP-OCR (rapidocr, ONNX in the wheel): fraction of the frame covered "

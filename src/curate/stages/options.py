@@ -146,6 +146,18 @@ STAGES: dict[str, tuple[Opt, ...]] = {
                                     "embeddings are this caption source (source, or "
                                     "captions:NAME embedded with `curate embed --caption`).", flag="--caption"),
     ),
+    "dedup": (
+        Opt("encoder", "str", None, "Embedding set to compare (default: the only one).", flag="--encoder", short="-e",
+            pattern=NAME_PATTERN),
+        Opt("options", "dict", None, "Dedup scorer option key=value, as `curate score -o dedup.KEY=VALUE`: "
+                                     "method (auto, exact, clustered), k (clusters; default ~sqrt(clips)), "
+                                     "boundary (second cluster within this cosine of the first; none: off), by, "
+                                     "device (auto, numpy, cpu, cuda), block, incremental.",
+            flag="--option", short="-o"),
+        Opt("groups", "int", 1, "Groups of clusters the plan deals the work into: mapped dedup_group tasks in "
+                                "curate_pipeline (the CLI gives N with --shard I/N).", minimum=1, maximum=4096,
+            cli=False),
+    ),
     "filter": (
         Opt("subset", "str", "default", "Name of the subset to create (ROOT/subsets/<name>).", flag="--subset",
             required=True, pattern=NAME_PATTERN),
