@@ -198,6 +198,25 @@ def stage_options(stage: str, after: str = "root"):
 
 
 JSON_OPT = typer.Option(False, "--json", help=JSON_HELP)
+
+
+def _worker_opt(name: str):
+    from curate.stages.options import WORKER
+
+    return _typer_param(next(o for o in WORKER if o.name == name)).default
+
+
+WORKER_OPT, BATCH_SOURCES_OPT, PREFETCH_OPT = (_worker_opt(n) for n in ("worker", "batch_sources", "prefetch"))
+
+
+def _worker(stage: str, root: str, opts: dict, source_ids: list[str] | None, batch_sources: int, prefetch: int,
+            json_out: bool) -> None:
+    """``--worker``: one resident worker on the root (:func:`curate.workers.worker_main`)."""
+    from curate.workers import worker_main
+
+    log = None if json_out else (lambda msg: console.print(escape(msg)))
+    finish(worker_main(stage, root, opts, source_ids=source_ids, batch_sources=batch_sources, prefetch=prefetch,
+                       log=log), json_out)
 SHARD_OPT = typer.Option(None, "--shard", help=SHARD_HELP)
 SOURCE_IDS_OPT = typer.Option(None, "--source-ids", help=SOURCE_IDS_HELP)
 
@@ -247,21 +266,29 @@ def embed(
     shard: str | None = SHARD_OPT,
     source_ids: Path | None = SOURCE_IDS_OPT,
     json_out: bool = JSON_OPT,
+    worker: bool = WORKER_OPT,
+    batch_sources: int = BATCH_SOURCES_OPT,
+    prefetch: int = PREFETCH_OPT,
     **opts: Any,
 ) -> None:
     """Embed every clip (sampled frames) and its caption with an encoder; writes ROOT/embeddings/<name>."""
     from curate.stages.embed import embed as run
 
+    if worker:
+        return _worker("embed", root, opts, _sources(root, shard, source_ids), batch_sources, prefetch, json_out)
     finish(run(root, source_ids=_sources(root, shard, source_ids), progress=RichProgress(), **opts), json_out)
 
 
 @app.command()
 @guarded
 @stage_options("caption")
-def caption(root: str = ROOT_OPT, json_out: bool = JSON_OPT, **opts: Any) -> None:
+def caption(root: str = ROOT_OPT, json_out: bool = JSON_OPT, worker: bool = WORKER_OPT,
+            batch_sources: int = BATCH_SOURCES_OPT, prefetch: int = PREFETCH_OPT, **opts: Any) -> None:
     """Caption every clip with a vision-language model (sampled frames + a prompt); writes ROOT/captions/<name>."""
     from curate.stages.caption import caption as run
 
+    if worker:
+        return _worker("caption", root, opts, None, batch_sources, prefetch, json_out)
     finish(run(root, progress=RichProgress(), **opts), json_out)
 
 
@@ -273,11 +300,16 @@ def process(
     shard: str | None = SHARD_OPT,
     source_ids: Path | None = SOURCE_IDS_OPT,
     json_out: bool = JSON_OPT,
+    worker: bool = WORKER_OPT,
+    batch_sources: int = BATCH_SOURCES_OPT,
+    prefetch: int = PREFETCH_OPT,
     **opts: Any,
 ) -> None:
     """Split and embed in ONE decode pass per source (= split, then embed -o decoder=ffmpeg)."""
     from curate.stages.process import process as run
 
+    if worker:
+        return _worker("process", root, opts, _sources(root, shard, source_ids), batch_sources, prefetch, json_out)
     finish(run(root, source_ids=_sources(root, shard, source_ids), progress=RichProgress(), **opts), json_out)
 
 
@@ -292,12 +324,17 @@ def score(
                                                                          "merges them."),
     source_ids: Path | None = SOURCE_IDS_OPT,
     json_out: bool = JSON_OPT,
+    worker: bool = WORKER_OPT,
+    batch_sources: int = BATCH_SOURCES_OPT,
+    prefetch: int = PREFETCH_OPT,
     **opts: Any,
 ) -> None:
     """Compute score columns into ROOT/scores: alignment (<encoder>_sim), technical, aesthetic, motion, dedup,
     text, nsfw, quality."""
     from curate.stages.score import score as run
 
+    if worker:
+        return _worker("score", root, opts, _sources(root, shard, source_ids), batch_sources, prefetch, json_out)
     r = run(root, source_ids=_sources(root, shard, source_ids), progress=RichProgress(), **opts)
     left = r.extra.get("root_scope") or []
     if left and not json_out:
@@ -485,13 +522,13 @@ def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON."
 @guarded
 def status(root: str = ROOT_OPT, json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Per stage, counts of ok / error / pending."""
-    from curate.status import stage_counts
+    from curate.status import status_dict
     from curate.store import Root
 
     if not Root(root).exists(""):
         raise CurateError(f"{root} does not exist.")
     if json_out:
-        out.print_json(json.dumps(stage_counts(root)))
+        out.print_json(json.dumps(status_dict(root)))
         return
     status_table(root)
 
@@ -504,6 +541,17 @@ def status_table(root: Any) -> None:
         extra = f" ({c['clips']} clips)" if "clips" in c else ""
         t.add_row(stage, f"{c['ok']}{extra}", str(c["error"]), str(c["pending"]))
     out.print(t)
+    from curate.status import worker_status
+
+    w = worker_status(root)
+    if w:
+        t = RichTable("workers: board/stage", "batches done", "running", "failed", "waiting", "workers", "model loads",
+                      "setup s", "busy")
+        for k, s in w.items():
+            t.add_row(k, f"{s['done']}/{s['batches']}", str(s["running"]), str(s["failed"]), str(s["waiting"]),
+                      str(s["workers"]), str(s["model_loads"]), f"{s['setup_s']:.1f}",
+                      "-" if s["busy"] is None else f"{s['busy']:.0%}")
+        out.print(t)
 
 
 def _register_plugin_commands() -> None:

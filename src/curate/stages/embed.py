@@ -36,6 +36,13 @@ def parse_options(pairs: Iterable[str]) -> dict[str, str]:
 
 #: options every encoder takes, handled here rather than by the plugin
 DECODERS = ("decord", "ffmpeg")
+#: encoders this process created (:func:`encoder_loads`): a resident worker reports the loads it caused
+_LOADS = [0]
+
+
+def encoder_loads() -> int:
+    """How many encoders :func:`load_encoder` has created in this process (model loads)."""
+    return _LOADS[0]
 
 
 def load_encoder(encoder: str, options: dict[str, Any] | None = None, device: str = "auto"):
@@ -49,6 +56,7 @@ def load_encoder(encoder: str, options: dict[str, Any] | None = None, device: st
     if decoder not in DECODERS:
         raise CurateError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
     enc = get_encoder(encoder).create(device=device, **options)
+    _LOADS[0] += 1
     if decoder != "decord" or not hasattr(enc, "decoder"):
         enc.decoder = decoder
     return enc
