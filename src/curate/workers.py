@@ -78,6 +78,7 @@ class Board:
         """Add batches of source ids not in a batch yet (one file each, created conditionally: concurrent
         planners agree); returns the indices of the batches added here. ``seal``: no batch is added after."""
         added: list[int] = []
+        self.batches(refresh=True)  # the ids already in a batch are skipped
         for ids in groups:
             ids = [s for s in ids if s not in self.source_index()]
             if not ids:
