@@ -414,7 +414,8 @@ def failed_batch(res: dict) -> bool:
 
 def run_worker(root: Root | str, work: StageWork, *, board: str = CLI_BOARD, prefetch: int = 1,
                worker_id: str | None = None, plan: Iterable[Sequence[str]] | None = None,
-               log: Callable[[str], None] | None = None, wait_s: float | None = None) -> dict[str, Any]:
+               log: Callable[[str], None] | None = None, wait_s: float | None = None,
+               idle_s: float | None = None) -> dict[str, Any]:
     """Set ``work`` up once, then claim, process and commit ready batches of ``board`` until none is left.
 
     ``plan``: batches of source ids to add to the board first (the CLI adds the root's sources not in a
@@ -519,6 +520,12 @@ def run_worker(root: Root | str, work: StageWork, *, board: str = CLI_BOARD, pre
             if left is None:
                 b.finish(work.stage)
                 break
+            if idle_s is not None and not st.batches_done and not st.batches_failed \
+                    and time.monotonic() - wait_from > idle_s:
+                st.state = "idle"
+                save()
+                log(f"{work.stage} worker: nothing ready for {idle_s:.0f} s ({left}): giving the slot back")
+                return st.as_dict()
             if time.monotonic() - wait_from > wait_s:
                 st.errors.append(f"gave up after waiting {wait_s:.0f} s for {left}")
                 log(f"{work.stage} worker: gave up waiting for {left}")
