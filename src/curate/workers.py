@@ -520,8 +520,7 @@ def run_worker(root: Root | str, work: StageWork, *, board: str = CLI_BOARD, pre
             if left is None:
                 b.finish(work.stage)
                 break
-            if idle_s is not None and not st.batches_done and not st.batches_failed \
-                    and time.monotonic() - wait_from > idle_s:
+            if idle_s is not None and time.monotonic() - wait_from > idle_s:
                 st.state = "idle"
                 save()
                 log(f"{work.stage} worker: nothing ready for {idle_s:.0f} s ({left}): giving the slot back")

@@ -406,17 +406,19 @@ def run_slot(root: str, work: Any, slot: dict) -> dict:
     its stats (batches done/failed, model loads, busy fraction) are the task's result."""
     from airflow.sdk.exceptions import AirflowRescheduleException
 
-    from curate.workers import run_worker
+    from curate.workers import Board, run_worker
 
     label(f"slot {slot['slot']}/{slot['of']}")
     idle = float(setting("CURATE_SLOT_IDLE_S", "120") or 120)
-    st = run_worker(root, work, board=board_name(), worker_id=f"slot{slot['slot']}-try{try_number()}-{os.getpid()}",
-                    log=lambda m: print(m, flush=True), idle_s=idle)
+    st = run_worker(root, work, board=board_name(), log=lambda m: print(m, flush=True), idle_s=idle,
+                    worker_id=f"slot{slot['slot']}-try{try_number()}-{hashlib.sha256(os.urandom(8)).hexdigest()[:6]}")
     if st["state"] == "idle":  # its upstream has nothing ready yet: free the gpu pool slot, come back later
         from datetime import datetime
 
         raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=max(1.0, idle)))
-    return {k: v for k, v in st.items() if k != "events"} | {"events": st["events"][-200:]}
+    # this attempt's stats, and the stage's batches done / running / failed and its workers' totals so far
+    return {k: v for k, v in st.items() if k != "events"} | {"events": st["events"][-200:],
+                                                              "summary": Board(root, board_name()).summary(work.stage)}
 
 
 def embedding_name(params: dict[str, Any]) -> str:
