@@ -143,6 +143,7 @@ def curate_pipeline():
         """With a ``captioner``: a resident worker slot that captions each batch's clips (``curate caption``), then
         embeds the generated captions with the run's encoder (clip vectors copied from the run's set)."""
         if not params["captioner"]:
+            ct.label(f"slot {slot['slot']}/{slot['of']} (no captioner)")
             return {"stage": "caption", "skipped": True}
         from curate.workers import CaptionWork
 
