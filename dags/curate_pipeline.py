@@ -1,16 +1,19 @@
 """curate_pipeline: a source list -> a published, curated video-text subset.
 
-register -> per batch of sources (one mapped task group): ingest -> split -> embed (GPU) -> score (GPU,
-per-clip scorers) -> maintain (once) -> caption (GPU, optional) -> score (root-scope scorers) -> filter ->
-cut (mapped, per group of WebDataset shards) -> publish (annotations, card, asset).
+register (plans the run's batches on its board, ROOT/.work/<board>) -> per batch of sources (mapped): ingest ->
+split (marks the batch ready) | GPU stages as resident worker slots, mapped over ``gpu_slots`` (not batches) on
+the ``gpu`` queue: embed (one_pass: split + embed in one decode, `curate process`) -> per-clip scorers and
+captioning (+ the caption embedding) -> maintain (once) -> score (root-scope scorers) -> filter -> cut (mapped,
+per group of WebDataset shards) -> publish (annotations, card, asset).
 
-Each batch runs on its own: its embed starts as soon as its split is done (no barrier after all splits),
-so N GPU workers (queue ``gpu``, pool ``gpu``) embed N batches at once. Per-batch tasks take no lock on
-the root: a batch owns its sources' rows and only appends them; table maintenance (compaction) and what
-needs the whole root (dedup, alignment, filter, the card, the asset) run once, after the batches. With
+A slot loads its model once, then claims ready batches by leases on the root (a batch is ready as soon as its own
+split is done: no barrier after all splits), commits their rows and goes on until no batch is left; a killed
+slot's batch is taken over by another slot or the retried task (see docs/workers.md). Per-batch tasks and slots
+take no lock on the root: a batch owns its sources' rows and only appends them; table maintenance (compaction)
+and what needs the whole root (dedup, alignment, filter, the card, the asset) run once, after the batches. With
 ``one_pass`` (the default, when the detector and encoder options allow it), the split tasks leave their batch
-alone and the batch's embed task splits and embeds in one decode per source (`curate process`) on the GPU
-worker; ``one_pass: false`` splits on the default workers first.
+alone and the embed slots split and embed in one decode per source; ``one_pass: false`` splits on the default
+workers first.
 
 Every task is a thin shell over one curate stage (``curate.stages.ingest.ingest`` ... ``curate.stages.publish.publish``);
 the stages are idempotent, so clearing and re-running any task (or Airflow retrying one whose worker died)
