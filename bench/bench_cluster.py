@@ -1,7 +1,10 @@
-"""Embed throughput of curate_pipeline on a real CeleryExecutor cluster with 1 and 2 gpu-queue workers,
-and the scheduling overhead per mapped task.
+"""Embed throughput of curate_pipeline on a real CeleryExecutor cluster with 1 and 2 gpu-queue workers
+(resident worker slots), and the scheduling overhead per mapped task; with ``--cli``, the same GPU phase
+without Airflow: one fresh process per batch (what a per-batch task pays: imports + model load) against
+resident ``curate process --worker`` processes, 1 and 2 at a time.
 
     PYTHONPATH=src .venv/bin/python bench/bench_cluster.py [--sources 8] [--shots 6] [--json out.json]
+    PYTHONPATH=src .venv/bin/python bench/bench_cluster.py --cli --sources 12 --shots 3
 
 Starts the local cluster of ``scripts/cluster.sh`` (PostgreSQL, Redis, scheduler, dag-processor, API
 server, one default worker with 2 slots, gpu workers with 1 slot and one torch thread each), runs the
@@ -22,6 +25,7 @@ import csv
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,16 +76,19 @@ def xcoms(c, run_id: str, task_id: str) -> dict[int, dict]:
     return out
 
 
-def measure(c, run_id: str) -> dict:
+def measure(c, run_id: str, root: str) -> dict:
+    from curate.workers import boards
+
     tis = [t for t in c.task_instances("curate_pipeline", run_id) if t["state"] == "success"]
     by = {(t["task_id"], t["map_index"]): t for t in tis}
-    emb = [t for t in tis if t["task_id"] == "batch.embed"]
-    res = xcoms(c, run_id, "batch.embed")
-    clips = sum(r.get("ok", 0) for r in res.values())
+    emb = [t for t in tis if t["task_id"] == "embed"]  # the resident slots
+    [board] = boards(root)
+    summary = board.summary("embed")
+    stats = board.stats("embed")
+    clips = sum(int(e.get("ok") or 0) for w in stats for e in w.get("events", []))
     span = (max(t["end_date"] for t in emb) - min(t["start_date"] for t in emb)).total_seconds()
     overhead, delay = [], []
-    for task, upstream in (("batch.split", "batch.ingest"), ("batch.embed", "batch.split"),
-                           ("batch.score", "batch.embed")):
+    for task, upstream in (("batch.split", "batch.ingest"),):
         out = xcoms(c, run_id, task)
         for t in (t for t in tis if t["task_id"] == task):
             dur = (t["end_date"] - t["start_date"]).total_seconds()
@@ -90,13 +97,67 @@ def measure(c, run_id: str) -> dict:
             up = by.get((upstream, t["map_index"]))
             if up is not None:
                 delay.append((t["start_date"] - up["end_date"]).total_seconds())
-    return {"clips": clips, "embed_tasks": len(emb), "embed_span_s": round(span, 1),
-            "clips_per_s": round(clips / span, 2) if span else None,
-            "embed_task_s_median": round(statistics.median((t["end_date"] - t["start_date"]).total_seconds()
-                                                           for t in emb), 2),
+    return {"clips": clips, "embed_slots": len(emb), "embed_span_s": round(span, 1),
+            "clips_per_s": round(clips / span, 2) if span else None, "batches": summary["batches"],
+            "model_loads": summary["model_loads"], "setup_share": round(summary["setup_s"] / summary["wall_s"], 4)
+            if summary["wall_s"] else None, "busy": summary["busy"],
             "hosts": sorted({t["hostname"] for t in emb}),
             "overhead_per_task_s_median": round(statistics.median(overhead), 2) if overhead else None,
             "queue_delay_s_median": round(statistics.median(delay), 2) if delay else None}
+
+
+def _curate(*args, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "curate.cli", *map(str, args), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def cli_compare(base: Path, inputs: dict, sources: int) -> dict:
+    """The GPU phase (`curate process`) over one batch per source, from shells: a fresh process per batch (as
+    a per-batch task: imports + model load each time) vs resident ``--worker`` processes; 1 and 2 at a time."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "NO_COLOR": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    opts = [a for k, v in inputs["options"].items() for a in ("-o", f"{k}={v}")]
+    common = ["--device", "cpu", "--batch-size", "16", "--min-clip-s", "0.5", "--max-clip-s", "3", *opts]
+    out: dict = {}
+    for n in (1, 2):
+        for mode in ("per_batch", "resident"):
+            root = base / f"{mode}-{n}"
+            subprocess.run([sys.executable, "-m", "curate.cli", "ingest", inputs["list"], "--root", str(root)],
+                           check=True, capture_output=True, env=env)
+            from curate.workers import pending_sources
+
+            ids = pending_sources(root)
+            t0 = time.perf_counter()
+            if mode == "resident":
+                procs = [_curate("process", "--root", root, *common, "--worker", "--batch-sources", 1, env=env)
+                         for _ in range(n)]
+                res = [json.loads(p.communicate()[0]) for p in procs]
+                wall = time.perf_counter() - t0
+                out[f"{mode}_{n}"] = {"wall_s": round(wall, 1), "batches": sum(r["batches"] for r in res),
+                                      "model_loads": sum(r["model_loads"] for r in res),
+                                      "startup_share": round(sum(r["setup_s"] for r in res) / sum(r["wall_s"] for r in res), 4),
+                                      "busy": round(sum(r["forward_s"] for r in res) / sum(r["wall_s"] for r in res), 4)}
+            else:
+                todo, running, walls, stage_s = list(ids), [], [], []
+                while todo or running:
+                    while todo and len(running) < n:
+                        f = base / f"ids-{mode}-{n}-{len(todo)}.txt"
+                        f.write_text(todo.pop(0) + "\n")
+                        running.append((time.perf_counter(), _curate("process", "--root", root, *common,
+                                                                     "--source-ids", f, env=env)))
+                    t, p = running.pop(0)
+                    r = json.loads(p.communicate()[0])
+                    walls.append(time.perf_counter() - t)
+                    stage_s.append(float(r.get("seconds", 0)))
+                wall = time.perf_counter() - t0
+                out[f"{mode}_{n}"] = {"wall_s": round(wall, 1), "batches": len(walls), "model_loads": len(walls),
+                                      "process_s_median": round(statistics.median(walls), 2),
+                                      "stage_s_median": round(statistics.median(stage_s), 2),
+                                      "startup_share": round(1 - sum(stage_s) / sum(walls), 4)}
+            print(json.dumps({f"{mode}_{n}": out[f"{mode}_{n}"]}), flush=True)
+    for mode in ("per_batch", "resident"):
+        out[f"{mode}_speedup_2_vs_1"] = round(out[f"{mode}_1"]["wall_s"] / out[f"{mode}_2"]["wall_s"], 2)
+    return out
 
 
 def main() -> None:
@@ -104,7 +165,18 @@ def main() -> None:
     ap.add_argument("--sources", type=int, default=8)
     ap.add_argument("--shots", type=int, default=6)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--cli", action="store_true", help="per-batch processes vs resident --worker processes, no Airflow")
     a = ap.parse_args()
+    if a.cli:
+        base = Path(tempfile.mkdtemp(prefix="curate-bench-workers-"))
+        inputs = make_inputs(base / "inputs", a.sources, a.shots)
+        out = {"machine": f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.1f}",
+               "sources": a.sources, "shots": a.shots, **cli_compare(base, inputs, a.sources)}
+        out["load_average_end"] = round(os.getloadavg()[0], 1)
+        print(json.dumps(out, indent=2))
+        if a.json:
+            Path(a.json).write_text(json.dumps(out, indent=2))
+        return
 
     from curate.airflow.localcluster import LocalCluster
 
@@ -125,11 +197,13 @@ def main() -> None:
                 c.airflow("pools", "set", "gpu", "2", "GPU slots")
             conf = {"sources": inputs["list"], "root": str(roots / name), "subset": "s", "encoder": "clip",
                     "encoder_options": inputs["options"], "device": "cpu", "embed_batch_size": 16,
-                    "min_sim": -1.0, "min_clip_s": 0.5, "max_clip_s": 3.0, "batch_size": 1, "shard_size": 50}
+                    "min_sim": -1.0, "min_clip_s": 0.5, "max_clip_s": 3.0, "batch_size": 1, "shard_size": 50,
+                    "gpu_slots": n}
             t1 = time.time()
             run_id = c.trigger("curate_pipeline", conf, f"bench-{n}")
             state = c.wait_run("curate_pipeline", run_id, timeout_s=1800)
-            out[f"gpu_workers_{n}"] = {"state": state, "run_wall_s": round(time.time() - t1, 1), **measure(c, run_id)}
+            out[f"gpu_workers_{n}"] = {"state": state, "run_wall_s": round(time.time() - t1, 1),
+                                       **measure(c, run_id, str(roots / name))}
             print(json.dumps({f"gpu_workers_{n}": out[f"gpu_workers_{n}"]}), flush=True)
     out["load_average_end"] = round(os.getloadavg()[0], 1)
     print(json.dumps(out, indent=2))

@@ -1,17 +1,20 @@
 """curate_pipeline: a source list -> a published, curated video-text subset.
 
-register -> per batch of sources (one mapped task group): ingest -> split -> embed (GPU) -> score (GPU,
-per-clip scorers) -> maintain (once) -> caption (GPU, optional) -> score (root-scope scorers) -> dedup_plan ->
-dedup_group (mapped, per group of k-means clusters) -> dedup_merge -> filter ->
-cut (mapped, per group of WebDataset shards) -> publish (annotations, card, asset).
+register (plans the run's batches on its board, ROOT/.work/<board>) -> per batch of sources (mapped): ingest ->
+split (marks the batch ready) | GPU stages as resident worker slots, mapped over ``gpu_slots`` (not batches) on
+the ``gpu`` queue: embed (one_pass: split + embed in one decode, `curate process`) -> per-clip scorers and
+captioning (+ the caption embedding) -> maintain (once) -> score (root-scope scorers) -> dedup_plan ->
+dedup_group (mapped, per group of k-means clusters) -> dedup_merge -> filter -> cut (mapped, per group of
+WebDataset shards) -> publish (annotations, card, asset).
 
-Each batch runs on its own: its embed starts as soon as its split is done (no barrier after all splits),
-so N GPU workers (queue ``gpu``, pool ``gpu``) embed N batches at once. Per-batch tasks take no lock on
-the root: a batch owns its sources' rows and only appends them; table maintenance (compaction) and what
-needs the whole root (dedup, alignment, filter, the card, the asset) run once, after the batches. With
+A slot loads its model once, then claims ready batches by leases on the root (a batch is ready as soon as its own
+split is done: no barrier after all splits), commits their rows and goes on until no batch is left; a killed
+slot's batch is taken over by another slot or the retried task (see docs/workers.md). Per-batch tasks and slots
+take no lock on the root: a batch owns its sources' rows and only appends them; table maintenance (compaction)
+and what needs the whole root (dedup, alignment, filter, the card, the asset) run once, after the batches. With
 ``one_pass`` (the default, when the detector and encoder options allow it), the split tasks leave their batch
-alone and the batch's embed task splits and embeds in one decode per source (`curate process`) on the GPU
-worker; ``one_pass: false`` splits on the default workers first.
+alone and the embed slots split and embed in one decode per source; ``one_pass: false`` splits on the default
+workers first.
 
 Every task is a thin shell over one curate stage (``curate.stages.ingest.ingest`` ... ``curate.stages.publish.publish``);
 the stages are idempotent, so clearing and re-running any task (or Airflow retrying one whose worker died)
@@ -40,9 +43,11 @@ PARALLEL = int(ct.setting("CURATE_PARALLEL_BATCHES", "4") or 4)
 def curate_pipeline():
     @task
     def register(params=None) -> list[dict]:
-        """Add the list's sources to ROOT/sources (pending) and cut their ids into batches."""
+        """Add the list's sources to ROOT/sources (pending), cut their ids into batches and put them on this run's
+        board (ROOT/.work/<board>/batches: what the GPU slots claim)."""
         from curate.stages.ingest import register_sources
         from curate.store import Root
+        from curate.workers import Board
 
         root = ct.check_root(params["root"])
         sources = ct.check_source_list(root, params["sources"])
@@ -55,7 +60,11 @@ def curate_pipeline():
         batches = ct.make_batches(ct.locked(_register), params["batch_size"])
         if not batches:
             raise AirflowFailException(f"{sources} lists no sources")
-        return batches
+        board = Board(r, ct.board_name())
+        if not board.sealed():  # (a cleared register finds its board planned)
+            board.add_batches([b["source_ids"] for b in batches], seal=True)
+        index = {tuple(ids): i for i, ids in board.batches().items()}
+        return [{**b, "index": index.get(tuple(b["source_ids"]), b["index"])} for b in batches]
 
     @task_group
     def batch(b: dict):
@@ -73,46 +82,84 @@ def curate_pipeline():
 
         @task(map_index_template="{{ curate_label }}", max_active_tis_per_dagrun=PARALLEL)
         def split(b: dict, ingested: dict, params=None) -> dict:
+            """Split this batch (unless one_pass: the GPU slots split it in the decode of the embedding), then mark it
+            ready for the GPU slots."""
             from curate.stages.split import split as run
 
             ct.label(f"batch {b['index']} ({ct.plural(ingested['sources_ok'], 'source')} ingested)")
-            if ct.use_one_pass(params):  # the embed task splits, in the same decode as the embedding
-                return {"stage": "split", "one_pass": True, "sources": ingested["sources_ok"]}
-            res = ct.locked(run, ct.check_root(params["root"]), source_ids=b["source_ids"],
-                            detector=params["detector"], min_clip_s=params["min_clip_s"],
-                            max_clip_s=params["max_clip_s"]).as_dict()
-            return ct.require_some(res, f"split of batch {b['index']}")
-
-        @task(**GPU, map_index_template="{{ curate_label }}")
-        def embed(b: dict, split_done: dict, params=None) -> dict:
-            """This batch's clips (per-batch work: no root lock, appends only)."""
-            ct.label(f"batch {b['index']}")
             root = ct.check_root(params["root"])
-            options = ct.check_encoder_options(params["encoder_options"], ct.allowed_dirs(root))
-            common = dict(options=options, name=params["embedding_name"], device=params["device"],
-                          batch_size=params["embed_batch_size"], source_ids=b["source_ids"])
-            if ct.use_one_pass(params):
-                from curate.stages.process import process
+            if ct.use_one_pass(params):  # the embed slots split, in the same decode as the embedding
+                res = {"stage": "split", "one_pass": True, "sources": ingested["sources_ok"]}
+            else:
+                res = ct.require_some(ct.locked(run, root, source_ids=b["source_ids"], detector=params["detector"],
+                                                min_clip_s=params["min_clip_s"],
+                                                max_clip_s=params["max_clip_s"]).as_dict(), f"split of batch {b['index']}")
+            ct.mark_batch(root, b["index"], "split", "done", {"sources": ingested["sources_ok"]})
+            return res
 
-                res = process(root, params["encoder"], detector=params["detector"], min_clip_s=params["min_clip_s"],
-                              max_clip_s=params["max_clip_s"], workers=params["decode_workers"], **common).as_dict()
-                return ct.require_some(res, f"process of batch {b['index']}")
-            from curate.stages.embed import embed as run
+        return split(b, ingest(b))
 
-            return ct.require_some(run(root, params["encoder"], **common).as_dict(), f"embed of batch {b['index']}")
+    @task(trigger_rule="all_done")
+    def splits_done(params=None) -> dict:
+        """Every batch's ingest/split ended (a failed one never becomes ready): the GPU slots may end."""
+        from curate.workers import Board
 
-        @task(**GPU, task_id="score", map_index_template="{{ curate_label }}")
-        def score_clips(b: dict, embedded: dict, params=None) -> dict:
-            """The per-clip scorers (aesthetic, motion, ...) over this batch's clips, staged for the root step."""
-            from curate.stages.score import score as run
+        board = Board(ct.check_root(params["root"]), ct.board_name())
+        board.finish("split")
+        return board.summary("split")
 
-            ct.label(f"batch {b['index']}")
-            root = ct.check_root(params["root"])
-            options = ct.check_scorer_options(params["scorer_options"], ct.allowed_dirs(root))
-            return run(root, scorers=params["scorers"], encoder=embedded["name"], options=options,
-                       source_ids=b["source_ids"]).as_dict()
+    @task
+    def slots(batches: list[dict], params=None) -> list[dict]:
+        """The worker slots of each GPU stage (``gpu_slots``, default the gpu pool's size)."""
+        return ct.gpu_slots(params)
 
-        return score_clips(b, embed(b, split(b, ingest(b))))
+    @task(**GPU, map_index_template="{{ curate_label }}")
+    def embed(slot: dict, params=None) -> dict:
+        """A resident worker slot: load the encoder (and splitter) once, then embed (one_pass: split and embed in
+        one decode, `curate process`) every batch it claims as soon as that batch is split."""
+        from curate.workers import EmbedWork, ProcessWork
+
+        root = ct.check_root(params["root"])
+        options = ct.check_encoder_options(params["encoder_options"], ct.allowed_dirs(root))
+        common = dict(options=options, name=params["embedding_name"], device=params["device"],
+                      batch_size=params["embed_batch_size"])
+        if ct.use_one_pass(params):
+            work = ProcessWork(params["encoder"], detector=params["detector"], min_clip_s=params["min_clip_s"],
+                               max_clip_s=params["max_clip_s"], workers=params["decode_workers"], **common)
+        else:
+            work = EmbedWork(params["encoder"], **common)
+        work.upstream = "split"
+        return ct.run_slot(root, work, slot)
+
+    @task(**GPU, task_id="score_clips", map_index_template="{{ curate_label }}", trigger_rule="all_done")
+    def score_clips(slot: dict, params=None) -> dict:
+        """A resident worker slot of the per-clip scorers (aesthetic, motion, ...), staged for the root step."""
+        from curate.workers import ScoreWork
+
+        root = ct.check_root(params["root"])
+        options = ct.check_scorer_options(params["scorer_options"], ct.allowed_dirs(root))
+        work = ScoreWork(params["scorers"], encoder=ct.embedding_name(params), options=options)
+        work.upstream = "embed"
+        return ct.run_slot(root, work, slot)
+
+    @task(**GPU, task_id="caption_clips", map_index_template="{{ curate_label }}", trigger_rule="all_done")
+    def caption_clips(slot: dict, params=None) -> dict:
+        """With a ``captioner``: a resident worker slot that captions each batch's clips (``curate caption``), then
+        embeds the generated captions with the run's encoder (clip vectors copied from the run's set)."""
+        if not params["captioner"]:
+            ct.label(f"slot {slot['slot']}/{slot['of']} (no captioner)")
+            return {"stage": "caption", "skipped": True}
+        from curate.workers import CaptionWork
+
+        root = ct.check_root(params["root"])
+        dirs = ct.allowed_dirs(root)
+        work = CaptionWork(params["captioner"], options=ct.check_encoder_options(params["captioner_options"], dirs),
+                           device=params["device"], encoder=params["encoder"],
+                           encoder_options=ct.check_encoder_options(params["encoder_options"], dirs),
+                           embedding_name=f"{ct.embedding_name(params)}_{params['captioner']}",
+                           embed_batch_size=params["embed_batch_size"])
+        work.upstream = "embed"
+        return ct.run_slot(root, work, slot)
 
     # all_done: one failed batch does not stop the others from being scored and published
     @task(trigger_rule="all_done")
@@ -128,25 +175,20 @@ def curate_pipeline():
             raise AirflowFailException("no source of this run produced a clip (see the failed batches)")
         return {"tables": run(root), "clips": ct.run_clip_count(root, ids)}
 
-    @task(**GPU)
+    @task
     def caption(maintained: dict, params=None) -> dict:
-        """With a ``captioner``: caption every clip (``curate caption``), then embed the generated captions with
-        the run's encoder (clip vectors copied from the batches' embedding set: ``curate embed --caption``)."""
+        """The captioning slots' outcome: which captions and which embedding set of them the later steps use."""
         if not params["captioner"]:
             return {"stage": "caption", "skipped": True}
-        from curate.stages.caption import caption as run
-        from curate.stages.embed import embed as run_embed
+        from curate.workers import Board
 
         root = ct.check_root(params["root"])
-        dirs = ct.allowed_dirs(root)
-        res = ct.require_some(ct.locked(run, root, params["captioner"], device=params["device"],
-                                        options=ct.check_encoder_options(params["captioner_options"], dirs)).as_dict(),
-                              "caption")
-        emb = ct.locked(run_embed, root, params["encoder"], name=f"{ct.embedding_name(params)}_{res['name']}",
-                        caption=f"captions:{res['name']}", device=params["device"],
-                        options=ct.check_encoder_options(params["encoder_options"], dirs),
-                        batch_size=params["embed_batch_size"]).as_dict()
-        return {**res, "caption": f"captions:{res['name']}", "embedding_name": emb["name"]}
+        name = params["captioner"]
+        summary = Board(root, ct.board_name()).summary("caption")
+        if summary["done"] == 0 and summary["failed"]:
+            raise AirflowFailException(f"caption: every batch failed ({summary['failed']})")
+        return {**summary, "name": name, "caption": f"captions:{name}",
+                "embedding_name": f"{ct.embedding_name(params)}_{name}"}
 
     @task
     def score(captioned: dict, params=None) -> dict:
@@ -233,8 +275,15 @@ def curate_pipeline():
 
     batches = register()
     done = batch.expand(b=batches)
+    sealed = splits_done()
+    done >> sealed
+    gpu = slots(batches)
+    embedded = embed.expand(slot=gpu)
+    scored_clips = score_clips.expand(slot=gpu)
+    captioned_clips = caption_clips.expand(slot=gpu)
+    embedded >> [scored_clips, captioned_clips]  # (after the embed slots: a waiting slot never holds the pool)
     maintained = maintain(batches)
-    done >> maintained
+    [sealed, scored_clips, captioned_clips] >> maintained
     captioned = caption(maintained)
     scored = score(captioned)
     merged = dedup_merge(scored)
@@ -242,6 +291,5 @@ def curate_pipeline():
     summary = filter_clips(merged, captioned)
     cuts = cut.expand(part=plan_cut(summary))
     cuts >> publish(summary)
-
 
 curate_pipeline()

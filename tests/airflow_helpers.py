@@ -57,6 +57,8 @@ ENV = {
                                                                  "dedup")),
     "CURATE_ALLOWED_DIRS": f"{INPUTS}{os.pathsep}{MODELS}",
     "CURATE_INBOX_SETTLE_S": "0",
+    "CURATE_GPU_SLOTS": "2",
+    "CURATE_SLOT_IDLE_S": "2",  # dag.test runs one task at a time: a slot run before any split gives way at once
 }
 os.environ.update(ENV)
 for _k in ("CURATE_GPU_QUEUE", "CURATE_GPU_POOL", "CURATE_GPU_POOL_SLOTS", "CURATE_ROOT", "CURATE_REFILTER_ON",

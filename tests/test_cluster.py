@@ -205,6 +205,7 @@ def cluster(inputs, s3, tmp_path_factory):
     roots = base / "roots"
     roots.mkdir()
     env = {"CURATE_ROOTS": f"{s3}/run,{roots / 'fault'}",  # commas around URLs (they hold ':')
+           "CURATE_GPU_SLOTS": "2",  # one resident slot per gpu worker (the gpu pool's size)
            "CURATE_ALLOWED_DIRS": str(inputs["dir"]), "CURATE_RETRY_DELAY_S": "1",
            "CURATE_INBOX_SCHEDULE": "none",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
@@ -233,6 +234,24 @@ def _logs(c) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in sorted(c.logs.glob("*.log")))
 
 
+def _assert_slots(root, n_batches: int, retried: bool = False) -> list[dict]:
+    """From the run's board: every batch embedded once, none running or failed, every slot attempt loaded its
+    encoder once (model loads = slots + retries, not batches), no lease left; the workers' stats."""
+    from curate.store import Root
+    from curate.workers import boards
+
+    [board] = boards(root)
+    s = board.summary("embed")
+    assert (s["batches"], s["done"], s["failed"], s["running"]) == (n_batches, n_batches, 0, 0), s
+    stats = board.stats("embed")
+    assert all(w["model_loads"] == 1 for w in stats) and s["model_loads"] == len(stats) >= 2, stats
+    if not retried:  # one load per slot attempt, not one per batch
+        assert len(stats) < n_batches, stats
+    assert len({w["worker"].split("-")[0] for w in stats}) == 2  # both slots
+    assert not [n for n in Root(root).ls(".locks", dirs=False) if n.startswith("work.")]  # every lease released
+    return stats
+
+
 # the cluster's start (migrate, parse) counts against the first test: give both room on a busy machine
 @pytest.mark.timeout(1800)
 def test_cluster_spreads_batches_over_gpu_workers_and_equals_one_process(cluster, inputs, reference):
@@ -243,15 +262,16 @@ def test_cluster_spreads_batches_over_gpu_workers_and_equals_one_process(cluster
     state = cluster.wait_run("curate_pipeline", run_id, timeout_s=1200)
     tis = cluster.task_instances("curate_pipeline", run_id)
     assert state == "success", [(t["task_id"], t["map_index"], t["state"], t["hostname"]) for t in tis]
-    embeds = [t for t in tis if t["task_id"] == "batch.embed"]
-    assert len(embeds) == len(SHOTS) >= 6 and {t["state"] for t in embeds} == {"success"}
-    assert {t["hostname"] for t in embeds} == {"gpu1", "gpu2"}  # both gpu workers embedded batches
+    embeds = [t for t in tis if t["task_id"] == "embed"]  # resident slots, mapped over slots, not batches
+    assert len({t["map_index"] for t in embeds}) == 2 and {t["state"] for t in embeds} == {"success"}
+    assert {t["hostname"] for t in embeds} == {"gpu1", "gpu2"}  # both gpu workers ran an embed slot
     assert any(_overlap(a, b) for a in embeds for b in embeds if a["hostname"] != b["hostname"]), \
-        "no two embed tasks ran at the same time"
+        "no two embed slots ran at the same time"
     for t in tis:  # gpu-queue tasks only on gpu workers, the rest only on the default worker
         assert (t["queue"] == "gpu") == (t["hostname"] in ("gpu1", "gpu2")), t
         assert t["hostname"] in ("default", "gpu1", "gpu2"), t
-    assert {t["task_id"] for t in tis if t["queue"] == "gpu"} == {"batch.embed", "batch.score", "caption"}
+    assert {t["task_id"] for t in tis if t["queue"] == "gpu"} == {"embed", "score_clips", "caption_clips"}
+    _assert_slots(cluster.bucket_root, len(SHOTS))
     assert sum(t["task_id"] == "maintain" for t in tis) == 1 and sum(t["task_id"] == "score" for t in tis) == 1
     assert_same_tables(cluster.bucket_root, reference)  # read from the bucket (Lance over S3, fsspec)
     bucket = Root(cluster.bucket_root)
@@ -273,10 +293,19 @@ def test_cluster_survives_a_gpu_worker_killed_mid_embed(cluster, inputs, referen
         if killed:
             return
         rows = cluster.query("select map_index from task_instance where dag_id = 'curate_pipeline' and run_id = %s "
-                             "and task_id = 'batch.embed' and state = 'running' and hostname = 'gpu2'", (run_id,))
-        if rows:
+                             "and task_id = 'embed' and state = 'running' and hostname = 'gpu2'", (run_id,))
+        locks = cluster.roots / "fault" / ".locks"
+        holders = set()
+        for n in (os.listdir(locks) if locks.is_dir() else []):
+            if n.startswith("work.") and ".embed." in n:
+                try:
+                    holders.add(json.loads((locks / n).read_text())["pid"])
+                except (OSError, ValueError, KeyError):
+                    pass
+        if rows and holders:  # a slot holds a batch: kill gpu2 (mid-batch when the holder is gpu2's slot)
             killed["map_index"] = rows[0][0]
             killed["pids"] = cluster.kill_worker("gpu2")
+            killed["mid_batch"] = bool(holders & set(killed["pids"]))
             cluster.start_worker("gpu3", "gpu")  # a replacement machine joins (as an autoscaler would)
 
     run_id = cluster.trigger("curate_pipeline", _conf(inputs, cluster.roots / "fault"), "fault")
@@ -284,11 +313,14 @@ def test_cluster_survives_a_gpu_worker_killed_mid_embed(cluster, inputs, referen
     tis = cluster.task_instances("curate_pipeline", run_id)
     assert killed, "gpu2 never ran an embed task (nothing was killed)"
     assert state == "success", _logs(cluster)
-    tries = [t for t in tis if t["task_id"] == "batch.embed" and t["map_index"] == killed["map_index"]]
+    tries = [t for t in tis if t["task_id"] == "embed" and t["map_index"] == killed["map_index"]]
     assert [t["hostname"] for t in tries][0] == "gpu2" and tries[0]["state"] == "failed"
     assert tries[-1]["state"] == "success" and tries[-1]["hostname"] in ("gpu1", "gpu3") and len(tries) >= 2
     for t in tis:  # still: gpu-queue tasks only on gpu workers
         assert (t["queue"] == "gpu") == (t["hostname"] in ("gpu1", "gpu2", "gpu3")), t
+    stats = _assert_slots(cluster.roots / "fault", len(SHOTS), retried=True)
+    if killed["mid_batch"]:  # the killed slot's batch was finished by another slot or by its retry
+        assert any(w["took_over"] for w in stats), "no worker took the killed slot's batch over"
     assert_same_tables(cluster.roots / "fault", reference)  # nothing lost, nothing twice
 
 

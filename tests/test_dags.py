@@ -11,7 +11,7 @@ import airflow_helpers as h  # first: it configures Airflow before anything impo
 import pytest
 
 DAG_IDS = {"curate_pipeline", "curate_inbox", "curate_refilter"}
-GPU_TASKS = {"batch.embed", "batch.score", "caption"}  # per batch on the GPU workers; caption once, optional
+GPU_TASKS = {"embed", "score_clips", "caption_clips"}  # resident worker slots on the GPU workers, mapped over slots
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_gpu_queue_and_pool_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("CURATE_GPU_POOL_SLOTS", "2")
     dag = h.dagbag().get_dag("curate_pipeline")
     got = {t.task_id: (t.queue, t.pool, t.pool_slots) for t in dag.tasks}
-    assert got["batch.embed"] == got["batch.score"] == ("a100", "gpus", 2)
+    assert got["embed"] == got["score_clips"] == got["caption_clips"] == ("a100", "gpus", 2)
     assert got["filter"][1] == "default_pool"
 
 
@@ -126,10 +126,15 @@ def test_pipeline_end_to_end():
     assert tis[("batch.ingest", 2)] == ("batch 2 (1 source)", "failed")
     assert tis[("batch.split", 0)] == ("batch 0 (1 source ingested)", "success")
     assert tis[("batch.split", 2)][1] == "upstream_failed"
-    for m in (0, 1):  # each batch embeds (and scores) its own clips as soon as it is split
-        assert tis[("batch.embed", m)] == (f"batch {m}", "success")
-        assert tis[("batch.score", m)][1] == "success"
-    assert tis[("batch.embed", 2)][1] == "upstream_failed"
+    # the GPU stages run as resident slots (gpu_slots=2): each loads its model once, claims batches as soon as
+    # they are split; batch 2 never got split, so it is never claimed
+    for m in (0, 1):
+        assert tis[("embed", m)] == (f"slot {m}/2", "success") and tis[("score_clips", m)][1] == "success"
+    slots = h.xcom_values("curate_pipeline", run["run_id"], "embed")
+    assert all(s["model_loads"] == 1 for s in slots)  # once per slot attempt, however many batches it took
+    summary = slots[-1]["summary"]  # batch 2 was never split: never ready, not failed here
+    assert (summary["batches"], summary["done"], summary["failed"], summary["running"]) == (3, 2, 0, 0)
+    assert 0 < summary["busy"] <= 1
     for task_id in ("register", "maintain", "score", "filter", "publish"):
         assert tis[(task_id, -1)][1] == "success", task_id
     assert tis[("cut", 0)] == ("shards 0/2", "success") and tis[("cut", 1)][1] == "success"  # one per shard
@@ -421,9 +426,8 @@ def test_pipeline_one_pass_splits_and_embeds_on_the_gpu_task():
     assert (r.subset_dir("one") / "annotations.parquet").exists()
     split_out = h.xcom_values("curate_pipeline", run_id, "batch.split")
     assert split_out and all(x["one_pass"] for x in split_out)  # the split tasks did not split
-    embedded = h.xcom_values("curate_pipeline", run_id, "batch.embed")  # one per batch that got through
-    assert len(embedded) == 2 and all(e["stage"] == "process" and e["embedded_separately"] == 0 for e in embedded)
-    assert sum(e["clips"] for e in embedded) == len(clips)
+    slots = h.xcom_values("curate_pipeline", run_id, "embed")  # one per slot: its stats and the stage's summary
+    assert all(x["model_loads"] == 1 for x in slots) and max(x["summary"]["done"] for x in slots) == 2
 
 
 def test_pipeline_captions_clips_when_a_captioner_is_given():

@@ -132,6 +132,26 @@ def stage_options(stage: str, after: str = "root"):
     return deco
 
 
+def _worker_opt(name: str):
+    from curate.stages.options import WORKER
+
+    return _typer_param(next(o for o in WORKER if o.name == name)).default
+
+
+WORKER_OPT, BATCH_SOURCES_OPT, PREFETCH_OPT = (_worker_opt(n) for n in ("worker", "batch_sources", "prefetch"))
+
+
+def _worker(stage: str, root: str, opts: dict, source_ids: list[str] | None, batch_sources: int, prefetch: int,
+            json_out: bool) -> None:
+    """``--worker``: one resident worker on the root (:func:`curate.workers.worker_main`)."""
+    from curate.workers import worker_main
+
+    log = None if json_out else (lambda msg: console.print(escape(msg)))
+    finish(worker_main(stage, root, opts, source_ids=source_ids, batch_sources=batch_sources, prefetch=prefetch,
+                       log=log), json_out)
+
+# The stage commands below get their stage's options from curate.stages.options (@stage_options): only what
+# the command line adds (--root, --shard, --source-ids, --json, --worker) is declared here.
 
 
 @app.command()
@@ -176,11 +196,16 @@ def embed(
     shard: str | None = SHARD_OPT,
     source_ids: Path | None = SOURCE_IDS_OPT,
     json_out: bool = JSON_OPT,
+    worker: bool = WORKER_OPT,
+    batch_sources: int = BATCH_SOURCES_OPT,
+    prefetch: int = PREFETCH_OPT,
     **opts: Any,
 ) -> None:
     """Embed every clip (sampled frames) and its caption with an encoder; writes ROOT/embeddings/<name>."""
     from curate.stages.embed import embed as run
 
+    if worker:
+        return _worker("embed", root, opts, _sources(root, shard, source_ids), batch_sources, prefetch, json_out)
     finish(run(root, source_ids=_sources(root, shard, source_ids), progress=RichProgress(), **opts), json_out)
 
 
@@ -192,12 +217,18 @@ def caption(
     shard: str | None = SHARD_OPT,
     source_ids: Path | None = SOURCE_IDS_OPT,
     json_out: bool = JSON_OPT,
+    worker: bool = WORKER_OPT,
+    batch_sources: int = BATCH_SOURCES_OPT,
+    prefetch: int = PREFETCH_OPT,
     **opts: Any,
 ) -> None:
     """Caption every clip with a vision-language model (sampled frames + a prompt); writes ROOT/captions/<name>."""
     from curate.stages.caption import caption as run
 
-    finish(run(root, source_ids=_sources(root, shard, source_ids), progress=RichProgress(), **opts), json_out)
+    ids = _sources(root, shard, source_ids)
+    if worker:
+        return _worker("caption", root, opts, ids, batch_sources, prefetch, json_out)
+    finish(run(root, source_ids=ids, progress=RichProgress(), **opts), json_out)
 
 
 @app.command()
@@ -208,11 +239,16 @@ def process(
     shard: str | None = SHARD_OPT,
     source_ids: Path | None = SOURCE_IDS_OPT,
     json_out: bool = JSON_OPT,
+    worker: bool = WORKER_OPT,
+    batch_sources: int = BATCH_SOURCES_OPT,
+    prefetch: int = PREFETCH_OPT,
     **opts: Any,
 ) -> None:
     """Split and embed in ONE decode pass per source (= split, then embed -o decoder=ffmpeg)."""
     from curate.stages.process import process as run
 
+    if worker:
+        return _worker("process", root, opts, _sources(root, shard, source_ids), batch_sources, prefetch, json_out)
     finish(run(root, source_ids=_sources(root, shard, source_ids), progress=RichProgress(), **opts), json_out)
 
 
@@ -227,12 +263,17 @@ def score(
                                                                          "merges them."),
     source_ids: Path | None = SOURCE_IDS_OPT,
     json_out: bool = JSON_OPT,
+    worker: bool = WORKER_OPT,
+    batch_sources: int = BATCH_SOURCES_OPT,
+    prefetch: int = PREFETCH_OPT,
     **opts: Any,
 ) -> None:
     """Compute score columns into ROOT/scores: alignment (<encoder>_sim), technical, aesthetic, motion, dedup,
     text, nsfw, quality."""
     from curate.stages.score import score as run
 
+    if worker:
+        return _worker("score", root, opts, _sources(root, shard, source_ids), batch_sources, prefetch, json_out)
     r = run(root, source_ids=_sources(root, shard, source_ids), progress=RichProgress(), **opts)
     left = r.extra.get("root_scope") or []
     if left and not json_out:
@@ -448,13 +489,13 @@ def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON."
 @guarded
 def status(root: str = ROOT_OPT, json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Per stage, counts of ok / error / pending."""
-    from curate.status import stage_counts
+    from curate.status import status_dict
     from curate.store import Root
 
     if not Root(root).exists(""):
         raise CurateError(f"{root} does not exist.")
     if json_out:
-        out.print_json(json.dumps(stage_counts(root)))
+        out.print_json(json.dumps(status_dict(root)))
         return
     status_table(root)
 

@@ -119,10 +119,19 @@ def print_result(r) -> None:
 
 def status_table(root: Any) -> None:
     """`curate status`'s table: per stage, ok / error / pending."""
-    from curate.status import stage_counts
+    from curate.status import stage_counts, worker_status
 
     t = RichTable("stage", "ok", "error", "pending", title=f"curate status {root}")
     for stage, c in stage_counts(root).items():
         extra = f" ({c['clips']} clips)" if "clips" in c else ""
         t.add_row(stage, f"{c['ok']}{extra}", str(c["error"]), str(c["pending"]))
     out.print(t)
+    w = worker_status(root)
+    if w:
+        t = RichTable("workers: board/stage", "batches done", "running", "failed", "waiting", "workers", "model loads",
+                      "setup s", "busy")
+        for k, s in w.items():
+            t.add_row(k, f"{s['done']}/{s['batches']}", str(s["running"]), str(s["failed"]), str(s["waiting"]),
+                      str(s["workers"]), str(s["model_loads"]), f"{s['setup_s']:.1f}",
+                      "-" if s["busy"] is None else f"{s['busy']:.0%}")
+        out.print(t)

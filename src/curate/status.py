@@ -7,6 +7,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from curate.store import Root
+from curate.workers import stage_summaries
 
 
 def _count(values, status: str) -> int:
@@ -62,4 +63,20 @@ def stage_counts(root: Root | str) -> dict[str, dict[str, Any]]:
         elif root.exists(f"{d}/selection.parquet"):
             out[f"publish:{name}"] = {"ok": 0, "error": 0,
                                       "pending": root.read_parquet(f"{d}/selection.parquet", columns=["clip_id"]).num_rows}
+    return out
+
+
+def worker_status(root: Root | str) -> dict[str, dict[str, Any]]:
+    """Per ``<board>/<stage>`` that resident workers ran (:mod:`curate.workers`): batches done / running /
+    failed / waiting, workers, model loads, setup / forward / wall seconds and the GPU-busy fraction."""
+    return stage_summaries(root)
+
+
+def status_dict(root: Root | str) -> dict[str, Any]:
+    """What `curate status --json` prints: :func:`stage_counts`, and ``workers`` (:func:`worker_status`) when
+    resident workers ran on the root."""
+    out: dict[str, Any] = stage_counts(root)
+    workers = worker_status(root)
+    if workers:
+        out["workers"] = workers
     return out

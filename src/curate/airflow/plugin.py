@@ -167,10 +167,26 @@ def _counts_table(counts: dict[str, dict[str, Any]]) -> str:
             f"{rows}</table>")
 
 
+def _busy(b: float | None) -> str:
+    return "-" if b is None else f"{b:.0%}"
+
+
+def _workers_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """Resident GPU workers per ``<board>/<stage>`` (:func:`curate.status.worker_status`): batches done / running /
+    failed / waiting, model loads and the GPU-busy fraction."""
+    rows = "".join(
+        f"<tr><td>{_e(k)}</td><td>{_e(w['done'])}/{_e(w['batches'])}</td><td>{_e(w['running'])}</td>"
+        f"<td>{_e(w['failed'])}</td><td>{_e(w['waiting'])}</td><td>{_e(w['workers'])}</td>"
+        f"<td>{_e(w['model_loads'])}</td><td>{_e(_busy(w['busy']))}</td></tr>"
+        for k, w in summaries.items())
+    return ("<h3>GPU workers</h3><table><tr><th>run/stage</th><th>batches done</th><th>running</th><th>failed</th>"
+            f"<th>waiting</th><th>workers</th><th>model loads</th><th>GPU busy</th></tr>{rows}</table>")
+
+
 # ----------------------------------------------------------------------------- pages
 @app.get("/", response_class=HTMLResponse)
 def index(request: Request) -> HTMLResponse:
-    from curate.status import stage_counts
+    from curate.status import stage_counts, worker_status
     from curate.store import Root
 
     prefix = request.scope.get("root_path", "")
@@ -186,6 +202,9 @@ def index(request: Request) -> HTMLResponse:
             continue
         try:
             parts.append(_counts_table(stage_counts(path)))
+            workers = worker_status(path)
+            if workers:
+                parts.append(_workers_table(workers))
         except Exception as e:  # noqa: BLE001  (a half-written or foreign directory must not break the page)
             parts.append(f"<p>Cannot read stage counts: {_e(type(e).__name__)}: {_e(e)}</p>")
         subsets = Root(path).subset_names()

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -226,6 +226,10 @@ def pipeline_params() -> dict[str, Param]:
         "publish_tasks": Param(None, type=["null", "integer"], minimum=1,
                                description="Mapped cut tasks that write the WebDataset shards side by side "
                                            "(null: one per shard, at most [core] max_map_length)."),
+        "gpu_slots": Param(None, type=["null", "integer"], minimum=1, maximum=1024,
+                           description="Resident worker slots per GPU stage (mapped tasks on the gpu queue; each loads "
+                                       "its model once and claims batches until none is left). null: "
+                                       "CURATE_GPU_SLOTS, else 2; set it to the size of the gpu pool."),
         "captioner": stage_param("caption", "captioner", default=None, type=["null", "string"],
                                  note="Runs the optional caption task on the GPU queue: every clip gets a generated "
                                       "caption, embedded with the run's encoder; min_sim then applies to it and it "
@@ -381,6 +385,49 @@ def use_one_pass(params: dict[str, Any]) -> bool:
 
     cfg = {"one_pass": bool(params.get("one_pass")), "split": {"detector": params.get("detector") or "auto"}}
     return one_pass_embed(cfg, [{"options": dict(params.get("encoder_options") or {})}]) is not None
+
+
+def board_name() -> str:
+    """The board (``ROOT/.work/<board>``, :class:`curate.workers.Board`) of this DAG run: its batches and what
+    each stage did with them (a cleared or retried task of the run finds it again)."""
+    from airflow.sdk import get_current_context
+
+    return "run-" + hashlib.sha256(str(get_current_context()["run_id"]).encode()).hexdigest()[:16]
+
+
+def gpu_slots(params: dict[str, Any]) -> list[dict[str, int]]:
+    """``{"slot": i, "of": n}`` for the mapped slot tasks of each GPU stage: ``gpu_slots``, else
+    ``CURATE_GPU_SLOTS`` (the size of the gpu pool), else 2."""
+    n = int(params.get("gpu_slots") or setting("CURATE_GPU_SLOTS", "2") or 2)
+    return [{"slot": i, "of": n} for i in range(max(1, n))]
+
+
+def mark_batch(root: str, index: int, stage: str, state: str, info: dict | None = None) -> None:
+    """Record on the run's board that ``stage`` is ``done``/``failed`` for batch ``index`` (the GPU slots
+    take a batch as soon as its upstream marker is there)."""
+    from curate.workers import Board
+
+    Board(root, board_name()).mark(stage, index, state, info)
+
+
+def run_slot(root: str, work: Any, slot: dict) -> dict:
+    """One resident worker slot of a GPU stage over this run's board; its per-batch lines go to the task log,
+    its stats (batches done/failed, model loads, busy fraction) are the task's result."""
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    from curate.workers import Board, run_worker
+
+    label(f"slot {slot['slot']}/{slot['of']}")
+    idle = float(setting("CURATE_SLOT_IDLE_S", "120") or 120)
+    st = run_worker(root, work, board=board_name(), log=lambda m: print(m, flush=True), idle_s=idle,
+                    worker_id=f"slot{slot['slot']}-try{try_number()}-{hashlib.sha256(os.urandom(8)).hexdigest()[:6]}")
+    if st["state"] == "idle":  # its upstream has nothing ready yet: free the gpu pool slot, come back later
+        from datetime import datetime
+
+        raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=max(1.0, idle)))
+    # this attempt's stats, and the stage's batches done / running / failed and its workers' totals so far
+    return {k: v for k, v in st.items() if k != "events"} | {"events": st["events"][-200:],
+                                                              "summary": Board(root, board_name()).summary(work.stage)}
 
 
 def embedding_name(params: dict[str, Any]) -> str:

@@ -17,10 +17,17 @@ from curate.encoders.base import Encoder
 from curate.errors import CurateError
 from curate.plugins import get_encoder
 
-__all__ = ["DECODERS", "cached_encoder", "encoder_lock", "load_encoder", "overrides_similarity"]
+__all__ = ["DECODERS", "cached_encoder", "encoder_loads", "encoder_lock", "load_encoder", "overrides_similarity"]
 
 #: options every encoder takes, handled here rather than by the plugin
 DECODERS = ("decord", "ffmpeg")
+#: encoders this process created (:func:`encoder_loads`): a resident worker reports the loads it caused
+_LOADS = [0]
+
+
+def encoder_loads() -> int:
+    """How many encoders :func:`load_encoder` has created in this process (model loads)."""
+    return _LOADS[0]
 
 
 def load_encoder(encoder: str, options: dict[str, Any] | None = None, device: str = "auto"):
@@ -32,6 +39,7 @@ def load_encoder(encoder: str, options: dict[str, Any] | None = None, device: st
     if decoder not in DECODERS:
         raise CurateError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
     enc = get_encoder(encoder).create(device=device, **options)
+    _LOADS[0] += 1
     if decoder != "decord" or not hasattr(enc, "decoder"):
         enc.decoder = decoder
     return enc

@@ -250,6 +250,20 @@ STAGES: dict[str, tuple[Opt, ...]] = {
     ),
 }
 
+#: what `curate process|embed|caption|score --worker` adds: a resident worker (:mod:`curate.workers`); not stage
+#: arguments, so neither YAML keys nor DAG params (the DAG maps its slot tasks itself)
+WORKER: tuple[Opt, ...] = (
+    Opt("worker", "bool", False, "Run as a resident worker: load the model once, then claim batches of sources "
+                                 "on the root (leases) until none is left. Start one per GPU, in as many shells, "
+                                 "pods or Slurm tasks as you like: they share the root with no scheduler.",
+        yaml=False),
+    Opt("batch_sources", "int", 8, "With --worker: sources per batch (the unit a worker claims, commits and "
+                                   "loses when it dies).", minimum=1, yaml=False),
+    Opt("prefetch", "int", 1, "With --worker: batches claimed ahead of the one in the model (their decode "
+                              "overlaps its forward).", minimum=0, maximum=8, yaml=False),
+)
+WORKER_STAGES = ("process", "embed", "caption", "score")
+
 #: the stages `curate run` has a YAML section for, in the order it runs them
 YAML_STAGES = ("ingest", "split", "process", "caption", "embed", "score", "filter", "publish")
 

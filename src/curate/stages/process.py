@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import CurateError
+from curate.faults import crashpoint
 from curate.media.frames import decode_streams, read_ahead, sample_stream
 from curate.media.video import yuv_to_rgb
 from curate.plugins import get_encoder, get_splitter
@@ -130,19 +131,21 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
             detector: str = "auto", detector_options: dict[str, Any] | None = None, min_clip_s: float = 1.0,
             max_clip_s: float | None = 60.0, device: str = "auto", batch_size: int = 32, flush_every: int = 512,
             workers: int = 1, source_ids: Iterable[str] | None = None, progress: Progress | None = None,
-            encoder_obj=None) -> StageResult:
+            encoder_obj=None, splitter_obj=None) -> StageResult:
     """Split and embed every ingested source not split yet, decoding each source once.
 
     ``workers`` sources are decoded at a time (each by its own ffmpeg, its detector in a thread): one
     decode of one source rarely keeps a many-core GPU node busy. ``source_ids`` makes it per-batch work
     (as :func:`curate.stages.embed.embed`): only those sources, no ``embed-<name>`` lock, appends only, no table
-    maintenance; without it the whole root, under the lock, maintained at the end."""
+    maintenance; without it the whole root, under the lock, maintained at the end. ``encoder_obj`` /
+    ``splitter_obj``: an encoder (from :func:`curate.encoders.load_encoder`) and a splitter created before
+    (a resident worker loads them once for many batches)."""
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     options = {**{k: str(v) for k, v in (options or {}).items()}, "decoder": "ffmpeg"}
     name = name or encoder
     get_encoder(encoder)
-    splitter = get_splitter(detector).create(**(detector_options or {}))
+    splitter = splitter_obj or get_splitter(detector).create(**(detector_options or {}))
     if not feeds_one_pass(splitter):
         raise_msg = (f"splitter {detector!r} cannot be fed frame by frame (it has no tracker): use `curate split` "
                      "then `curate embed`")
@@ -217,6 +220,7 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
                 dropped.add(sid)
                 waiting.pop(sid, None)
                 continue
+            crashpoint("process-source")  # (tests: a source's clips written, its embeddings not yet)
             if clip_rows and clip_rows[0]["status"] == "error":  # embeddings of its clips would be orphans
                 dropped.add(sid)
                 waiting.pop(sid, None)

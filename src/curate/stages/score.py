@@ -47,7 +47,7 @@ def staged(root: Root, scorer: str):
 def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder: str | None = None,
           options: dict[str, dict[str, Any]] | None = None, caption: str | None = None,
           source_ids: Iterable[str] | None = None, scope: str | None = None,
-          progress: Progress | None = None) -> StageResult:
+          progress: Progress | None = None, scorer_objs: list | None = None) -> StageResult:
     """Run ``scorers`` (``alignment`` limited to ``encoder`` when given) and merge their columns.
 
     ``caption`` (``source`` or ``captions:NAME``) limits ``alignment`` to the embedding sets whose text
@@ -61,7 +61,8 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
     sources' clips, appended to ``ROOT/score_parts/<scorer>`` without any lock; root-scope scorers are
     left for the whole-root run (listed in ``extra["root_scope"]``). A whole-root run first merges what
     batches staged, then runs the scorers (``scope="root"``: only the root-scope ones, e.g. on a machine
-    without the models of the per-clip scorers)."""
+    without the models of the per-clip scorers). ``scorer_objs``: ``[(name, scorer)]`` made before by
+    :func:`make_scorers` (a resident worker keeps their models loaded across batches)."""
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     if scope is not None and scope not in SCOPES:
@@ -70,7 +71,7 @@ def score(root: Root | str, *, scorers: Iterable[str] = DEFAULT_SCORERS, encoder
     if caption is not None and "alignment" in names:  # one alignment run per set of that caption source
         i = names.index("alignment")
         names[i:i + 1] = [("alignment", n) for n in alignment_sets(root, encoder, caption)]
-    made = _make_scorers(names, encoder, options)
+    made = scorer_objs if scorer_objs is not None else make_scorers(names, encoder, options)
     if source_ids is not None:
         return _score_batch(root.ensure(), made, set(source_ids), progress)
     result = StageResult("score")
@@ -109,7 +110,8 @@ def alignment_sets(root: Root, encoder: str | None, caption: str) -> list[str]:
     return sets
 
 
-def _make_scorers(names: list[str], encoder: str | None, options: dict[str, dict[str, Any]] | None) -> list:
+def make_scorers(names: list, encoder: str | None, options: dict[str, dict[str, Any]] | None) -> list:
+    """``[(name, scorer)]`` created from their plugins (cheap: scorers load their models on first use)."""
     out = []
     for sname in names:
         sname, only = sname if isinstance(sname, tuple) else (sname, None)  # ("alignment", one embedding set)
