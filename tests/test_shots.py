@@ -90,7 +90,7 @@ def test_real_weights_find_the_cuts_and_keep_the_dissolve_out(shots_video, split
     assert (gradual["start_frame"], gradual["end_frame"]) == (b1, c0) and gradual["score"] > 0.5
 
 
-@pytest.mark.parametrize("target", ["rgbtestsrc", "blue", "testsrc2"])
+@pytest.mark.parametrize("target", ["rgbtestsrc", "red", "blue", "testsrc2"])
 def test_the_dissolve_ends_do_not_move_with_the_colours(tmp_path, splitter, target):
     """The same dissolve into other pictures: the same promise (the ends of a transition are where the pictures
     mix, not where the network's confidence happens to fall for these colours)."""

@@ -251,7 +251,7 @@ SIDE = 3
 
 #: options of the transnetv2 splitter (-o key=value) with their types
 OPTION_TYPES = {"threshold": float, "low": float, "second_look": float, "content_threshold": float,
-                "merge_gap": int, "sure": float, "device": str, "batch_size": int, "weights": str, "mode": str}
+                "merge_gap": int, "sure": float, "margin": int, "device": str, "batch_size": int, "weights": str, "mode": str}
 
 
 class TransNetV2Splitter:
@@ -268,8 +268,8 @@ class TransNetV2Splitter:
     the picture differs across it: every frame of the 3 before differs from every frame of the 3 after
     by ``content_threshold`` (a flash, or a bright frame, changes nothing). A run of one frame is a hard
     cut (the frame is the last of its shot), and so is a run of two frames with a content jump of
-    ``content_threshold`` (at the jump); longer runs are gradual transitions, whose frames belong to no
-    clip.
+    ``content_threshold`` (at the jump); longer runs, widened by ``margin`` frames on each side, are
+    gradual transitions, whose frames belong to no clip.
     """
 
     def __init__(self, **options) -> None:
@@ -288,6 +288,7 @@ class TransNetV2Splitter:
         self.content_threshold = o.get("content_threshold", 30.0)
         self.merge_gap = o.get("merge_gap", 10)
         self.sure = o.get("sure", 0.8)
+        self.margin = 0 if ref else o.get("margin", 1)
         self.device = o.get("device", "auto")
         self.batch_size = o.get("batch_size", 8)
         self.weights = o.get("weights")
@@ -405,8 +406,10 @@ class TransNetV2Tracker:
         elif b - a == 2 and max(self.content[a + 1:b + 1], default=0.0) >= s.content_threshold:
             k = a + 1 + int(np.argmax(self.content[a + 1:b + 1]))  # two frames, one picture jump: a hard cut there
             span = (k, k)
-        else:  # a gradual transition: no frame of it in a clip
-            span = (a, b)
+        else:  # a gradual transition: no frame of it in a clip. The network's level crosses `low` a frame or so after
+            # the first faint mixed frame (how late depends on the colours of the two pictures): `margin` frames more
+            # on each side keep those out of the clips
+            span = (max(0, a - s.margin), min(b + s.margin, self.predictor.n))
         self.transitions.append({"start_frame": span[0], "end_frame": span[1],
                                  "kind": "cut" if b - a <= 2 else "gradual", "score": score})
         return [span]
