@@ -28,25 +28,26 @@ SLACK = 3
 N = 150
 
 
-def shots_graph(target: str = "gradient") -> list[str]:
+def shots_graph(target: str = "gradient", transition: str = "fade") -> list[str]:
     """ffmpeg arguments (inputs, filter graph, -map) drawing the test video: testsrc2 with a flash | cut | mandelbrot
-    dissolving into ``target`` (a source of :data:`curate.samples.SHOTS`) | cut | smptebars."""
+    dissolving (xfade ``transition``: ``fade`` a dissolve, ``fadeblack`` a fade through black) into ``target`` (a
+    source of :data:`curate.samples.SHOTS`) | cut | smptebars."""
     src = ["testsrc2=size=160x120:rate=25", "mandelbrot=size=160x120:rate=25",
            SHOTS[target].format(w=160, h=120, fps=25), "smptebars=size=160x120:rate=25"]
     chain = ",setpts=PTS-STARTPTS,format=yuv420p,settb=1/25"
     flash = "eq=brightness=0.5:enable='between(n\\,15\\,16)'"
     graph = (f"[0:v]trim=end_frame=35{chain},{flash}[a];[1:v]trim=end_frame=50{chain}[b];[2:v]trim=end_frame=50{chain}[c];"
              f"[3:v]trim=end_frame=30{chain}[d];[a][b]concat=n=2:v=1:a=0,settb=1/25[ab];"
-             f"[ab][c]xfade=transition=fade:duration=0.6:offset=2.8[abc];[abc][d]concat=n=2:v=1:a=0[v]")
+             f"[ab][c]xfade=transition={transition}:duration=0.6:offset=2.8[abc];[abc][d]concat=n=2:v=1:a=0[v]")
     args = []
     for s in src:
         args += ["-f", "lavfi", "-i", s]
     return [*args, "-filter_complex", graph, "-map", "[v]"]
 
 
-def make_shots_video(path, target: str = "gradient"):
+def make_shots_video(path, target: str = "gradient", transition: str = "fade"):
     """Encode the test video, after checking that ffmpeg draws the same frames on every run."""
-    args = shots_graph(target)
+    args = shots_graph(target, transition)
     assert_draws_the_same(args, f"the shots video (dissolving into {target})")
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", *args, "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
            "-r", "25", "-pix_fmt", "yuv420p", str(path)]
@@ -90,11 +91,12 @@ def test_real_weights_find_the_cuts_and_keep_the_dissolve_out(shots_video, split
     assert (gradual["start_frame"], gradual["end_frame"]) == (b1, c0) and gradual["score"] > 0.5
 
 
-@pytest.mark.parametrize("target", ["rgbtestsrc", "red", "blue", "testsrc2"])
-def test_the_dissolve_ends_do_not_move_with_the_colours(tmp_path, splitter, target):
-    """The same dissolve into other pictures: the same promise (the ends of a transition are where the pictures
-    mix, not where the network's confidence happens to fall for these colours)."""
-    video = make_shots_video(tmp_path / f"{target}.mp4", target)
+@pytest.mark.parametrize("target,transition", [("rgbtestsrc", "fade"), ("red", "fade"), ("blue", "fade"),
+                                               ("testsrc2", "fade"), ("rgbtestsrc", "fadeblack")])
+def test_the_dissolve_ends_do_not_move_with_the_colours(tmp_path, splitter, target, transition):
+    """The same dissolve into other pictures, or a fade through black: the same promise (the ends of a transition
+    are where the pictures mix, not where the network's confidence happens to fall for these colours)."""
+    video = make_shots_video(tmp_path / f"{target}.mp4", target, transition)
     ranges, transitions = track_source(splitter, video, 25.0, N)
     assert [t["kind"] for t in transitions] == ["cut", "gradual", "cut"]
     b1, c0 = ranges[1][1], ranges[2][0]
