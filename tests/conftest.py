@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from curate.samples import make_video
+from curate.samples import SHOTS, make_video
 
 
 def curate(*args, check=True, **kw) -> subprocess.CompletedProcess:
@@ -68,9 +68,30 @@ def cuts(shots):
     return out
 
 
+def frames_md5(args) -> str:
+    """MD5 of the raw RGB frames ffmpeg draws from ``args`` (inputs, filters, ``-map``), before any encoder."""
+    p = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", *map(str, args), "-c:v", "rawvideo", "-pix_fmt", "rgb24",
+                        "-f", "md5", "-"], capture_output=True, text=True, check=True, timeout=300)
+    return p.stdout.strip()
+
+
+def assert_draws_the_same(args, what: str) -> None:
+    """Fail unless ffmpeg draws the same frames from ``args`` twice: a fixture video must be the same video on every
+    run and machine (lavfi's ``gradients``, ``life``, ``cellauto`` draw random colours or cells on each run, even with
+    a seed, and a test over them tests another video every time)."""
+    first, second = frames_md5(args), frames_md5(args)
+    if first != second:
+        pytest.fail(f"{what}: ffmpeg drew different frames in two runs ({first} != {second}); use a deterministic "
+                    "lavfi source (testsrc2, smptebars, mandelbrot, color, a geq expression)")
+
+
 @pytest.fixture(scope="session")
 def videos(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("videos")
+    for name in sorted({s for shots in VIDEOS.values() for s, _ in shots}):
+        n = max(k for shots in VIDEOS.values() for s, k in shots if s == name)
+        assert_draws_the_same(["-f", "lavfi", "-i", SHOTS[name].format(w=320, h=240, fps=FPS), "-frames:v", n],
+                              f"lavfi source {name!r}")
     out = {}
     for name, shots in VIDEOS.items():
         out[name] = d / f"{name}.mp4"

@@ -8,9 +8,10 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import curate, read_table
+from conftest import assert_draws_the_same, curate, read_table
 
 from curate.errors import CurateError
+from curate.samples import SHOTS
 from curate.stages.ingest import ingest
 from curate.stages.process import process
 from curate.stages.split import split, track_source
@@ -19,26 +20,56 @@ from curate.stages.split import split, track_source
 #: into a gradient | cut | 30 of colour bars
 CUTS = (35, 120)
 DISSOLVE = (70, 85)
+#: the dissolve's mixed frames [71, 85): frame 70 is still the whole first picture (its weight 0)
+MIXED = (71, 85)
+#: what the splitter promises about a dissolve: no clip holds a mixed frame, and the transition takes at most
+#: SLACK clean frames from each shot, whatever the colours of the pictures on either side
+SLACK = 3
 N = 150
 
 
-@pytest.fixture(scope="module")
-def shots_video(tmp_path_factory):
-    path = tmp_path_factory.mktemp("shots") / "cuts_and_dissolve.mp4"
+def shots_graph(target: str = "gradient", transition: str = "fade") -> list[str]:
+    """ffmpeg arguments (inputs, filter graph, -map) drawing the test video: testsrc2 with a flash | cut | mandelbrot
+    dissolving (xfade ``transition``: ``fade`` a dissolve, ``fadeblack`` a fade through black) into ``target`` (a
+    source of :data:`curate.samples.SHOTS`) | cut | smptebars."""
     src = ["testsrc2=size=160x120:rate=25", "mandelbrot=size=160x120:rate=25",
-           "gradients=size=160x120:rate=25:speed=0.05", "smptebars=size=160x120:rate=25"]
+           SHOTS[target].format(w=160, h=120, fps=25), "smptebars=size=160x120:rate=25"]
     chain = ",setpts=PTS-STARTPTS,format=yuv420p,settb=1/25"
     flash = "eq=brightness=0.5:enable='between(n\\,15\\,16)'"
     graph = (f"[0:v]trim=end_frame=35{chain},{flash}[a];[1:v]trim=end_frame=50{chain}[b];[2:v]trim=end_frame=50{chain}[c];"
              f"[3:v]trim=end_frame=30{chain}[d];[a][b]concat=n=2:v=1:a=0,settb=1/25[ab];"
-             f"[ab][c]xfade=transition=fade:duration=0.6:offset=2.8[abc];[abc][d]concat=n=2:v=1:a=0[v]")
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
+             f"[ab][c]xfade=transition={transition}:duration=0.6:offset=2.8[abc];[abc][d]concat=n=2:v=1:a=0[v]")
+    args = []
     for s in src:
-        cmd += ["-f", "lavfi", "-i", s]
-    cmd += ["-filter_complex", graph, "-map", "[v]", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
-            "-r", "25", "-pix_fmt", "yuv420p", str(path)]
+        args += ["-f", "lavfi", "-i", s]
+    return [*args, "-filter_complex", graph, "-map", "[v]"]
+
+
+def make_shots_video(path, target: str = "gradient", transition: str = "fade"):
+    """Encode the test video, after checking that ffmpeg draws the same frames on every run."""
+    args = shots_graph(target, transition)
+    assert_draws_the_same(args, f"the shots video (dissolving into {target})")
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", *args, "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
+           "-r", "25", "-pix_fmt", "yuv420p", str(path)]
     subprocess.run(cmd, check=True, capture_output=True)
     return path
+
+
+@pytest.mark.parametrize("name", sorted(SHOTS))
+def test_every_sample_source_draws_the_same_frames_on_every_run(name):
+    """The fixtures' and the demo's shots (curate.samples.SHOTS) are the same pictures on every run."""
+    assert_draws_the_same(["-f", "lavfi", "-i", SHOTS[name].format(w=160, h=120, fps=25), "-frames:v", 60], name)
+
+
+def test_the_check_fails_on_a_source_that_draws_at_random():
+    """lavfi's `gradients` draws random colours on each run (even with a seed): the fixtures' check catches it."""
+    with pytest.raises(pytest.fail.Exception, match="different frames"):
+        assert_draws_the_same(["-f", "lavfi", "-i", "gradients=size=64x48:rate=25:seed=1", "-frames:v", 5], "gradients")
+
+
+@pytest.fixture(scope="module")
+def shots_video(tmp_path_factory):
+    return make_shots_video(tmp_path_factory.mktemp("shots") / "cuts_and_dissolve.mp4")
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +85,22 @@ def test_real_weights_find_the_cuts_and_keep_the_dissolve_out(shots_video, split
     assert [t["kind"] for t in transitions] == ["cut", "gradual", "cut"]  # the flash is no transition
     (a0, a1), (b0, b1), (c0, c1), (d0, d1) = ranges
     assert (a0, a1, b0) == (0, CUTS[0], CUTS[0]) and (c1, d0, d1) == (CUTS[1], CUTS[1], N)
-    # the second shot ends before the dissolve, the third starts after it: no clip holds a mixed frame
-    # (the dissolve's first frame is still the whole first picture, its weight 0)
-    assert DISSOLVE[0] - 3 <= b1 <= DISSOLVE[0] + 1 and DISSOLVE[1] <= c0 <= DISSOLVE[1] + 3
+    # the second shot ends before the dissolve, the third starts after it, each within SLACK frames
+    assert MIXED[0] - SLACK <= b1 <= MIXED[0] and MIXED[1] <= c0 <= MIXED[1] + SLACK, (b1, c0)
     gradual = transitions[1]
     assert (gradual["start_frame"], gradual["end_frame"]) == (b1, c0) and gradual["score"] > 0.5
+
+
+@pytest.mark.parametrize("target,transition", [("rgbtestsrc", "fade"), ("red", "fade"), ("blue", "fade"),
+                                               ("testsrc2", "fade"), ("rgbtestsrc", "fadeblack")])
+def test_the_dissolve_ends_do_not_move_with_the_colours(tmp_path, splitter, target, transition):
+    """The same dissolve into other pictures, or a fade through black: the same promise (the ends of a transition
+    are where the pictures mix, not where the network's confidence happens to fall for these colours)."""
+    video = make_shots_video(tmp_path / f"{target}.mp4", target, transition)
+    ranges, transitions = track_source(splitter, video, 25.0, N)
+    assert [t["kind"] for t in transitions] == ["cut", "gradual", "cut"]
+    b1, c0 = ranges[1][1], ranges[2][0]
+    assert MIXED[0] - SLACK <= b1 <= MIXED[0] and MIXED[1] <= c0 <= MIXED[1] + SLACK, (b1, c0)
 
 
 @pytest.fixture(scope="module")

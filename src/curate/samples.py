@@ -12,6 +12,8 @@ from pathlib import Path
 
 #: lavfi sources that differ strongly from each other (each makes a visually distinct shot). Each is calm
 #: within itself (ContentDetector score < 5 between its frames; `life`/`cellauto` are not: ~27, a cut per frame)
+#: and draws the same frames on every run: lavfi's `gradients`, `life` and `cellauto` do not (their colours or cells
+#: are random, `gradients` even with a `seed`), so the gradient is a `geq` expression of the pixel and frame number.
 SHOTS = {
     "testsrc2": "testsrc2=size={w}x{h}:rate={fps}",
     "mandelbrot": "mandelbrot=size={w}x{h}:rate={fps}",
@@ -19,7 +21,7 @@ SHOTS = {
     "rgbtestsrc": "rgbtestsrc=size={w}x{h}:rate={fps}",
     "red": "color=c=red:size={w}x{h}:rate={fps}",
     "blue": "color=c=blue:size={w}x{h}:rate={fps}",
-    "gradient": "gradients=size={w}x{h}:rate={fps}:speed=0.05",
+    "gradient": "nullsrc=size={w}x{h}:rate={fps},geq=r='255*X/W':g='255*Y/H':b='255*abs(mod(N/100+X/W\\,2)-1)'",
 }
 
 CAPTIONS = {

@@ -36,6 +36,9 @@ def register_splitters(register):
                       "second_look": "peaks over this but under threshold count when the content score jumps (default 0.1); "
                                      "below sure, the picture must also differ across the run (not a flash)",
                       "content_threshold": "content jump (mean HSV difference, 0-255) for the second look (default 30)",
+                      "margin": "frames a gradual transition takes on each side beyond the network's run (default 1)",
+                      "fade_step": "a run reaching black spans the brightness ramps into and out of it, frames this much "
+                                   "brighter than the next towards black (default 0.05; 0: off)",
                       "mode": "combined (default) or reference (the reference rule: single-frame probability over threshold)",
                       "device": "auto (GPU when there is one), cpu, cuda, cuda:1 ...",
                       "batch_size": "100-frame windows per forward pass (default 8)",

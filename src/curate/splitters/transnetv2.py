@@ -248,10 +248,17 @@ def _empty() -> tuple[np.ndarray, np.ndarray]:
 
 #: frames on each side of a transition the second look compares
 SIDE = 3
+#: a transition whose darkest frame (mean HSV value, 0-255, of the 48x27 frame) is under this is a fade through black
+BLACK = 20.0
+#: the most frames a fade's span grows by on each side (a fade out or in of xfade's longest 1 s at 25 fps is 25)
+FADE_REACH = 25
+#: a frame this much brighter (relatively) than the next one towards black is part of the fade
+FADE_STEP = 0.05
 
 #: options of the transnetv2 splitter (-o key=value) with their types
 OPTION_TYPES = {"threshold": float, "low": float, "second_look": float, "content_threshold": float,
-                "merge_gap": int, "sure": float, "device": str, "batch_size": int, "weights": str, "mode": str}
+                "merge_gap": int, "sure": float, "margin": int,
+                "fade_step": float, "device": str, "batch_size": int, "weights": str, "mode": str}
 
 
 class TransNetV2Splitter:
@@ -268,8 +275,11 @@ class TransNetV2Splitter:
     the picture differs across it: every frame of the 3 before differs from every frame of the 3 after
     by ``content_threshold`` (a flash, or a bright frame, changes nothing). A run of one frame is a hard
     cut (the frame is the last of its shot), and so is a run of two frames with a content jump of
-    ``content_threshold`` (at the jump); longer runs are gradual transitions, whose frames belong to no
-    clip.
+    ``content_threshold`` (at the jump); longer runs, widened by ``margin`` frames on each side, are
+    gradual transitions, whose frames belong to no clip. A run whose darkest frame is near black
+    (mean brightness under :data:`BLACK`) is a fade through black, whatever its length: it spans the
+    black frames and, on either side, the frames each ``fade_step`` (relatively) brighter than the
+    next one towards black.
     """
 
     def __init__(self, **options) -> None:
@@ -288,6 +298,8 @@ class TransNetV2Splitter:
         self.content_threshold = o.get("content_threshold", 30.0)
         self.merge_gap = o.get("merge_gap", 10)
         self.sure = o.get("sure", 0.8)
+        self.margin = 0 if ref else o.get("margin", 1)
+        self.fade_step = 0.0 if ref else o.get("fade_step", FADE_STEP)  # 0: no fade rule
         self.device = o.get("device", "auto")
         self.batch_size = o.get("batch_size", 8)
         self.weights = o.get("weights")
@@ -331,6 +343,7 @@ class TransNetV2Tracker:
         self.content: list[float] = []  # content[i]: score between frames i - 1 and i
         self.hsv: list[np.ndarray] = []  # HSV frames from hsv_base on (those the second look may still compare)
         self.hsv_base = 0
+        self.value: list[float] = []  # value[i]: mean brightness (HSV V) of frame i, every frame (a float each)
         self.cursor = 0  # frames before it are decided
         self.transitions: list[dict] = []
 
@@ -342,6 +355,7 @@ class TransNetV2Tracker:
             hsv = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2HSV).astype(np.int16)
             self.content.append(0.0 if not self.hsv else float(np.abs(hsv - self.hsv[-1]).mean()))
             self.hsv.append(hsv)
+            self.value.append(float(hsv[..., 2].mean()))
         return self._decide(*self.predictor.push(frame), final=False)
 
     def finish(self) -> list[tuple[int, int]]:
@@ -398,15 +412,48 @@ class TransNetV2Tracker:
                 return []
             if self.change(a, b) < s.content_threshold:  # the same picture on both sides: a flash, not a transition
                 return []
+        fade = self._fade(a, b) if s.fade_step > 0 else None
         if s.mode == "reference":  # its scene ends with the first transition frame; the next starts after the run
             span = (a + 1, b)
+        elif fade is not None:  # a fade through black: the whole ramp down and up, wherever the network's run lies
+            span = (max(0, min(a - s.margin, fade[0])), min(max(b + s.margin, fade[1]), self.predictor.n))
         elif b - a == 1:  # one frame: a hard cut after it (the last frame of its shot)
             span = (a + 1, a + 1)
         elif b - a == 2 and max(self.content[a + 1:b + 1], default=0.0) >= s.content_threshold:
             k = a + 1 + int(np.argmax(self.content[a + 1:b + 1]))  # two frames, one picture jump: a hard cut there
             span = (k, k)
-        else:  # a gradual transition: no frame of it in a clip
-            span = (a, b)
+        else:  # a gradual transition: no frame of it in a clip. The network's level crosses `low` a frame or so after
+            # the first faint mixed frame (how late depends on the colours of the two pictures): `margin` frames more
+            # on each side keep those out of the clips
+            span = (max(0, a - s.margin), min(b + s.margin, self.predictor.n))
+        gradual = (b - a > 2) if fade is None else True
         self.transitions.append({"start_frame": span[0], "end_frame": span[1],
-                                 "kind": "cut" if b - a <= 2 else "gradual", "score": score})
+                                 "kind": "gradual" if gradual else "cut", "score": score})
         return [span]
+
+    def _fade(self, a: int, b: int) -> tuple[int, int] | None:
+        """Frames [start, end) of a fade through black around the run [a, b), or None when the picture does not
+        go (nearly) black there. The network often marks only a frame or two of a fade (the darkest), which
+        would make it a cut with the darkening and brightening frames in the clips on either side: the span
+        is the black frames and the ramps of brightness down into them and up out of them."""
+        v = self.value
+        lo, hi = max(0, a - SIDE), min(len(v), b + SIDE)
+        if hi <= lo:
+            return None
+        m = lo + int(np.argmin(v[lo:hi]))
+        if v[m] >= BLACK:
+            return None
+        # a fade scales the picture's brightness by its weight: out from the black frames (under BLACK / 4), every
+        # frame of a fade is FADE_STEP brighter than its neighbour towards black; the first that is not is its shot's
+        # (a level rule would take a whole dark shot next to the fade for part of it)
+        step, black, start, end = 1.0 + self.s.fade_step, BLACK / 4, m, m
+        lo, hi = max(0, m - FADE_REACH), min(len(v) - 1, m + FADE_REACH)
+        while start > lo and v[start - 1] < black:
+            start -= 1
+        while start > lo and v[start - 1] > v[start] * step + 0.5:
+            start -= 1
+        while end < hi and v[end + 1] < black:
+            end += 1
+        while end < hi and v[end + 1] > v[end] * step + 0.5:
+            end += 1
+        return start, end + 1
