@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from curate.stages.embed import load_encoder
+    from curate.encoders import load_encoder
 
     out = {}
     for name in args.encoders:

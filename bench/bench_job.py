@@ -90,7 +90,7 @@ def forward_s(model: str, frames: int, clips: int, device: str) -> float:
     """Pure forward time of ``clips`` clips of ``frames`` frames through the clip encoder (random weights)."""
     import torch
 
-    from curate.stages.embed import load_encoder
+    from curate.encoders import load_encoder
 
     enc = load_encoder("clip", {"model": model, "weights": "random", "frames": str(frames)}, device)
     size = enc.info.frame_size

@@ -108,8 +108,9 @@ def main() -> None:
 
     import torch
 
+    from curate.encoders import load_encoder
     from curate.media.video import get_frames, open_video
-    from curate.stages.embed import embed, load_encoder
+    from curate.stages.embed import embed
     from curate.stages.ingest import ingest
     from curate.stages.split import split
 

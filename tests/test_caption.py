@@ -165,7 +165,7 @@ def test_degenerate_outputs_are_named():
 
 def test_caption_sources_are_parsed_and_checked():
     from curate.errors import CurateError
-    from curate.stages.caption import parse_caption_source
+    from curate.store.names import parse_caption_source
 
     assert parse_caption_source(None) is None and parse_caption_source("source") is None
     assert parse_caption_source("captions:qwen-7b") == "qwen-7b"
@@ -383,7 +383,8 @@ def test_hf_captioner_captions_clips_with_a_real_architecture(colour_root, tiny_
 def test_hf_captioner_video_input_batches_and_determinism(colour_root, tiny_vlm):
     """The model's native video input works too; greedy captions do not depend on the batch size (left
     padding) and rerun identically."""
-    from curate.stages.caption import caption, caption_texts
+    from curate.captions import caption_texts
+    from curate.stages.caption import caption
 
     opts = {"weights": str(tiny_vlm), "frames": "2", "max_new_tokens": "6", "size": "64"}
     for name, bs, extra in (("vid-1", 1, {"input": "video"}), ("vid-6", 6, {"input": "video"}), ("img-6", 6, {})):

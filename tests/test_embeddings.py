@@ -10,17 +10,11 @@ import pytest
 from conftest import read_table
 
 from curate import hookimpl
-from curate.embeddings import (
-    EmbeddingSet,
-    check_set_name,
-    cosine_matrix,
-    name_from_column,
-    names_from_columns,
-    score_column,
-)
+from curate.embeddings import EmbeddingSet, check_set_name, name_from_column, names_from_columns, score_column
 from curate.encoders.base import Encoder, EncoderInfo, l2_normalize
 from curate.errors import CurateError
 from curate.store import Root, embedding_schema, rows_to_table, write_bytes_atomic
+from curate.vectors import cosine_matrix
 
 WORDS = ("test", "pattern", "fractal", "color", "bars", "gradient", "stripes", "then")
 

@@ -235,7 +235,7 @@ def real_root(tmp_path_factory, source_list, tiny_clip):
 def expected(root: Root, tiny_clip, query, k, allowed=None):
     """Top-k computed here: the query embedded in this process with the recorded options, every stored vector."""
 
-    from curate.stages.embed import load_encoder
+    from curate.encoders import load_encoder
 
     q = load_encoder("clip", tiny_clip, "cpu").embed_texts([query])[0]
     e = read_table(root.path / "embeddings" / "clip")

@@ -68,8 +68,9 @@ def _typer_param(o) -> inspect.Parameter:
 def _from_cli(stage: str, raw: dict[str, Any]) -> dict[str, Any]:
     """The typer values of a stage's declared options -> the stage's keyword arguments (checked and coerced
     by the declarations: the command line, YAML and the DAG params take the same values)."""
+    from curate.optspec import coerce
     from curate.stages.embed import parse_options
-    from curate.stages.options import coerce, merge_into, stage_options
+    from curate.stages.options import merge_into, stage_options
 
     opts = stage_options(stage)
     out: dict[str, Any] = {}

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.encoders import cached_encoder, encoder_lock, overrides_similarity
+from curate.encoders import cached_encoder, encoder_lock
 from curate.errors import CurateError
 from curate.plugins import get_scorers
 from curate.store import Root
@@ -43,12 +43,9 @@ __all__ = [
     "VectorBatch",
     "caption_source",
     "check_set_name",
-    "cosine",
-    "cosine_matrix",
     "embedding_sets_for_caption",
     "name_from_column",
     "names_from_columns",
-    "overrides_similarity",
     "reserved_columns",
     "score_column",
     "sets",

@@ -94,7 +94,7 @@ def one_pass_embed(cfg: dict[str, Any], embeds: list[dict]) -> dict | None:
 
     if not cfg.get("one_pass", True) or "split" not in cfg or not embeds:
         return None
-    from curate.stages.caption import parse_caption_source
+    from curate.store.names import parse_caption_source
 
     e, s = embeds[0], cfg.get("split") or {}
     if parse_caption_source(e.get("caption")) is not None:  # generated captions: embed them the usual way

@@ -25,7 +25,8 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias, ExceptionRetryPolicy, Param, RetryAction, RetryRule
 from airflow.sdk.exceptions import AirflowFailException
 
-from curate.stages.options import json_schema, option, stage_options
+from curate.optspec import json_schema
+from curate.stages.options import option, stage_options
 from curate.store import NAME_PATTERN  # what curate.store.safe_name accepts, as a JSON-Schema pattern
 from curate.store.storage import is_remote
 

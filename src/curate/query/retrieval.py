@@ -34,11 +34,12 @@ from typing import Any
 import numpy as np
 
 from curate.captions import caption_texts
-from curate.embeddings import EmbeddingSet, cosine_matrix, embedding_sets_for_caption, sets
+from curate.embeddings import EmbeddingSet, embedding_sets_for_caption, sets
 from curate.errors import CurateError
 from curate.query.search import published_clip_ids
 from curate.store import Root
 from curate.store.names import caption_source_label
+from curate.vectors import cosine_matrix
 
 __all__ = [
     "METRIC_KEYS",

@@ -29,18 +29,12 @@ from typing import Any
 
 # the imports `X as X` re-export names that moved down a floor (curate.captions, curate.store.names), for their
 # old path, until the merge
-from curate.captions import caption_errors as caption_errors
-from curate.captions import caption_texts as caption_texts
-from curate.captions import require_captions as require_captions
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.media.frames import batches, clip_groups, decode_clips
 from curate.plugins import get_captioner
 from curate.progress import NullProgress, Progress, StageResult
 from curate.store import Root, caption_schema, rows_to_table
-from curate.store.names import SOURCE as SOURCE
-from curate.store.names import caption_source_label as caption_source_label
-from curate.store.names import parse_caption_source as parse_caption_source
 
 
 # ----------------------------------------------------------------------------- degenerate outputs

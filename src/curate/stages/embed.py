@@ -18,11 +18,8 @@ import pyarrow.dataset as ds
 
 # the imports `X as X` re-export names that moved down a floor, for their old path, until the merge
 from curate.captions import caption_texts, require_captions
-from curate.embeddings import caption_source as caption_source
 from curate.embeddings import check_set_name
-from curate.embeddings import embedding_sets_for_caption as embedding_sets_for_caption
-from curate.encoders import load_encoder as load_encoder
-from curate.encoders import overrides_similarity
+from curate.encoders import load_encoder, overrides_similarity
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.media.frames import batches, clip_groups, decode_clips

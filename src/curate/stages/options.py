@@ -28,10 +28,7 @@ from typing import Any
 from curate.errors import CurateError
 
 # the imports `X as X` re-export the option machinery (now curate.optspec's) for its old path until the merge
-from curate.optspec import Opt as Opt
-from curate.optspec import coerce as coerce
-from curate.optspec import json_schema as json_schema
-from curate.optspec import parse_size as parse_size
+from curate.optspec import Opt, coerce
 from curate.store.names import NAME_PATTERN
 
 #: the preset files `curate filter --preset NAME` reads (``configs/presets`` links here)

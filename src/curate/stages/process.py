@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from curate.encoders import load_encoder
 from curate.errors import CurateError
 from curate.faults import crashpoint
 from curate.media.frames import decode_streams, read_ahead, sample_stream
 from curate.media.video import yuv_to_rgb
 from curate.plugins import get_encoder, get_splitter
 from curate.progress import NullProgress, Progress, StageResult
-from curate.stages.embed import check_meta, embed, embed_batch, embedding_meta, load_encoder
+from curate.stages.embed import check_meta, embed, embed_batch, embedding_meta
 from curate.stages.split import ClipAppender, clip_row, error_row, failure_message, shape_scenes, transition_rows, transitions_table
 from curate.store import Root, embedding_schema, maintain, rows_to_table
 from curate.store.storage import scratch_dir
