@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 OFFLINE ?= 0
 DEMO_ROOT ?= demo_root
 
-.PHONY: install system-deps demo test lint bench clean cluster
+.PHONY: install system-deps demo test lint bench clean cluster docs
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@$(MAKE) --no-print-directory system-deps
@@ -37,6 +37,10 @@ test: install
 # a local CeleryExecutor cluster (PostgreSQL, Redis, scheduler, API server, default + gpu workers) on 127.0.0.1
 cluster: install
 	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/cluster.sh --dir $(or $(CLUSTER_DIR),/tmp/curate-cluster) $(CLUSTER_ARGS)
+
+# the generated reference pages (docs/cli.md, docs/airflow-params.md, docs/tables.md); tests/test_docs.py checks them
+docs: install
+	$(PY) scripts/gen_docs.py
 
 lint: install
 	$(VENV)/bin/ruff check src tests dags plugins bench

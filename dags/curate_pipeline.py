@@ -20,8 +20,8 @@ Every task is a thin shell over one curate stage (``curate.stages.ingest.ingest`
 the stages are idempotent, so clearing and re-running any task (or Airflow retrying one whose worker died)
 only finishes what is missing. Bad sources end as error rows and the run goes on; a batch fails only when
 none of its sources got through. The published subset is the asset ``curate://<subset>`` (announced
-through the alias ``curate_subsets``) with counts and thresholds in the event's extra. See the README's
-Airflow section for params and settings.
+through the alias ``curate_subsets``) with counts and thresholds in the event's extra. See docs/airflow.md and
+docs/airflow-params.md for params and settings.
 """
 
 from __future__ import annotations

@@ -507,6 +507,14 @@ def _register_plugin_commands() -> None:
     load_plugins().hook.register_commands(cli=app)
 
 
+def command_group():
+    """The `curate` command as a click group, plugin commands included (what the CLI reference documents)."""
+    import typer.main
+
+    _register_plugin_commands()
+    return typer.main.get_command(app)
+
+
 def main(argv: list[str] | None = None) -> None:
     _register_plugin_commands()
     app(args=argv if argv is not None else sys.argv[1:], prog_name="curate")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["FEATURES_SCHEMA", "KEYS", "SCHEMAS", "TRANSITIONS_SCHEMA", "caption_schema", "embedding_schema"]
+__all__ = ["FEATURES_SCHEMA", "KEYS", "SCHEMAS", "TRANSITIONS_SCHEMA", "caption_schema", "embedding_schema", "tables"]
 
 STR = pa.string()
 F64 = pa.float64()
@@ -62,3 +62,19 @@ FEATURES_SCHEMA = pa.schema([
     ("source_id", STR), ("features", pa.list_(pa.float32())), ("shape", pa.list_(I64)),
     ("timestamps_ms", pa.list_(F64)), ("fps", F64), ("status", STR), ("error", STR), ("updated_at", F64),
 ])
+
+
+def tables() -> dict[str, tuple[str, pa.Schema, str]]:
+    """Every built-in table: kind -> (where under the root, its shape, what a row is). ``scores`` is not here: its
+    columns are the scorers' (``curate plugins`` lists them). The reference page docs/tables.md is generated from
+    this (``scripts/gen_docs.py``)."""
+    return {
+        "sources": ("sources", SCHEMAS["sources"], "one row per source video: where it came from, its download and probe"),
+        "clips": ("clips", SCHEMAS["clips"], "one row per clip: a shot's frame range in its source"),
+        "transitions": ("transitions", TRANSITIONS_SCHEMA,
+                        "what split found between shots: cuts and gradual transitions (whose frames are in no clip)"),
+        "embeddings": ("embeddings/<name>", embedding_schema(),
+                       "one row per clip of an embedding set: its clip vector and its caption's vector"),
+        "captions": ("captions/<name>", caption_schema(), "one row per clip of a captions set: the generated caption"),
+        "features": ("features/<name>", FEATURES_SCHEMA, "one row per source: per-frame features (`curate features`)"),
+    }
