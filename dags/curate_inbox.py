@@ -14,23 +14,26 @@ from datetime import UTC, datetime
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
+from curate.airflow import inbox as ci
+from curate.airflow import params as cp
+from curate.airflow import settings as cs
 from curate.airflow import tasks as ct
 
-SCHEDULE = ct.setting("CURATE_INBOX_SCHEDULE", "*/10 * * * *")
+SCHEDULE = cs.setting("CURATE_INBOX_SCHEDULE", "*/10 * * * *")
 
 
 @dag(dag_id="curate_inbox", schedule=None if SCHEDULE.lower() in ("none", "off") else SCHEDULE,
      start_date=datetime(2025, 1, 1, tzinfo=UTC), catchup=False, max_active_runs=1,
-     params=ct.inbox_params(), tags=["curate"], doc_md=__doc__, default_args=ct.default_args(retries=1))
+     params=cp.inbox_params(), tags=["curate"], doc_md=__doc__, default_args=ct.default_args(retries=1))
 def curate_inbox():
     @task
     def claim(params=None) -> list[dict]:
-        root = ct.check_root(params["root"])
-        return ct.claim_inbox(root, params["subset"], params["pipeline_conf"], params["settle_s"])
+        root = cs.check_root(params["root"])
+        return ci.claim_inbox(root, params["subset"], params["pipeline_conf"], params["settle_s"])
 
     @task(trigger_rule="none_failed")  # a run that already existed is a skipped trigger: still done
     def mark_done(claims: list[dict], params=None) -> list[str]:
-        return ct.mark_inbox_done(ct.check_root(params["root"]), list(claims))
+        return ci.mark_inbox_done(cs.check_root(params["root"]), list(claims))
 
     claims = claim()
     runs = TriggerDagRunOperator.partial(

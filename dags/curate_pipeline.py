@@ -31,14 +31,16 @@ from datetime import timedelta
 from airflow.sdk import Metadata, dag, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
+from curate.airflow import params as cp
+from curate.airflow import settings as cs
 from curate.airflow import tasks as ct
 
-GPU = ct.gpu_task_kwargs()
+GPU = cs.gpu_task_kwargs()
 #: mapped ingest/split tasks of one run active at once (GPU tasks are bounded by the gpu pool instead)
-PARALLEL = int(ct.setting("CURATE_PARALLEL_BATCHES", "4") or 4)
+PARALLEL = int(cs.setting("CURATE_PARALLEL_BATCHES", "4") or 4)
 
 
-@dag(dag_id="curate_pipeline", schedule=None, catchup=False, params=ct.pipeline_params(), tags=["curate"],
+@dag(dag_id="curate_pipeline", schedule=None, catchup=False, params=cp.pipeline_params(), tags=["curate"],
      doc_md=__doc__, default_args=ct.default_args())
 def curate_pipeline():
     @task
@@ -49,12 +51,12 @@ def curate_pipeline():
         from curate.store import Root
         from curate.workers import Board
 
-        root = ct.check_root(params["root"])
-        sources = ct.check_source_list(root, params["sources"])
+        root = cs.check_root(params["root"])
+        sources = cs.check_source_list(root, params["sources"])
         r = Root(root).ensure()
 
         def _register():
-            with r.lock("ingest"), ct.source_list_file(root, sources) as path:
+            with r.lock("ingest"), cs.source_list_file(root, sources) as path:
                 return register_sources(r, str(path))
 
         batches = ct.make_batches(ct.locked(_register), params["batch_size"])
@@ -75,8 +77,8 @@ def curate_pipeline():
             from curate.stages.ingest import ingest as run
 
             ct.label(f"batch {b['index']} ({ct.plural(len(b['source_ids']), 'source')})")
-            root = ct.check_root(params["root"])
-            res = ct.locked(run, root, source_ids=b["source_ids"], **ct.local_access(root),
+            root = cs.check_root(params["root"])
+            res = ct.locked(run, root, source_ids=b["source_ids"], **cs.local_access(root),
                             retry_errors=ct.try_number() > 1).as_dict()
             return ct.require_ingested(root, b, res)
 
@@ -87,7 +89,7 @@ def curate_pipeline():
             from curate.stages.split import split as run
 
             ct.label(f"batch {b['index']} ({ct.plural(ingested['sources_ok'], 'source')} ingested)")
-            root = ct.check_root(params["root"])
+            root = cs.check_root(params["root"])
             if ct.use_one_pass(params):  # the embed slots split, in the same decode as the embedding
                 res = {"stage": "split", "one_pass": True, "sources": ingested["sources_ok"]}
             else:
@@ -104,7 +106,7 @@ def curate_pipeline():
         """Every batch's ingest/split ended (a failed one never becomes ready): the GPU slots may end."""
         from curate.workers import Board
 
-        board = Board(ct.check_root(params["root"]), ct.board_name())
+        board = Board(cs.check_root(params["root"]), ct.board_name())
         board.finish("split")
         return board.summary("split")
 
@@ -119,8 +121,8 @@ def curate_pipeline():
         one decode, `curate process`) every batch it claims as soon as that batch is split."""
         from curate.workers import EmbedWork, ProcessWork
 
-        root = ct.check_root(params["root"])
-        options = ct.check_encoder_options(params["encoder_options"], ct.allowed_dirs(root))
+        root = cs.check_root(params["root"])
+        options = cs.check_encoder_options(params["encoder_options"], cs.allowed_dirs(root))
         common = dict(options=options, name=params["embedding_name"], device=params["device"],
                       batch_size=params["embed_batch_size"])
         if ct.use_one_pass(params):
@@ -136,9 +138,9 @@ def curate_pipeline():
         """A resident worker slot of the per-clip scorers (aesthetic, motion, ...), staged for the root step."""
         from curate.workers import ScoreWork
 
-        root = ct.check_root(params["root"])
-        options = ct.check_scorer_options(params["scorer_options"], ct.allowed_dirs(root))
-        work = ScoreWork(params["scorers"], encoder=ct.embedding_name(params), options=options)
+        root = cs.check_root(params["root"])
+        options = cp.check_scorer_options(params["scorer_options"], cs.allowed_dirs(root))
+        work = ScoreWork(params["scorers"], encoder=cp.embedding_name(params), options=options)
         work.upstream = "embed"
         return ct.run_slot(root, work, slot)
 
@@ -151,12 +153,12 @@ def curate_pipeline():
             return {"stage": "caption", "skipped": True}
         from curate.workers import CaptionWork
 
-        root = ct.check_root(params["root"])
-        dirs = ct.allowed_dirs(root)
-        work = CaptionWork(params["captioner"], options=ct.check_encoder_options(params["captioner_options"], dirs),
+        root = cs.check_root(params["root"])
+        dirs = cs.allowed_dirs(root)
+        work = CaptionWork(params["captioner"], options=cs.check_encoder_options(params["captioner_options"], dirs),
                            device=params["device"], encoder=params["encoder"],
-                           encoder_options=ct.check_encoder_options(params["encoder_options"], dirs),
-                           embedding_name=f"{ct.embedding_name(params)}_{params['captioner']}",
+                           encoder_options=cs.check_encoder_options(params["encoder_options"], dirs),
+                           embedding_name=f"{cp.embedding_name(params)}_{params['captioner']}",
                            embed_batch_size=params["embed_batch_size"])
         work.upstream = "embed"
         return ct.run_slot(root, work, slot)
@@ -169,7 +171,7 @@ def curate_pipeline():
 
         if not batches:  # all_done also fires when register failed: its XCom is then missing
             raise AirflowFailException("register did not produce batches of sources: nothing to score")
-        root = ct.check_root(params["root"])
+        root = cs.check_root(params["root"])
         ids = [s for b in batches for s in b["source_ids"]]
         if ct.run_clip_count(root, ids) == 0:
             raise AirflowFailException("no source of this run produced a clip (see the failed batches)")
@@ -182,13 +184,13 @@ def curate_pipeline():
             return {"stage": "caption", "skipped": True}
         from curate.workers import Board
 
-        root = ct.check_root(params["root"])
+        root = cs.check_root(params["root"])
         name = params["captioner"]
         summary = Board(root, ct.board_name()).summary("caption")
         if summary["done"] == 0 and summary["failed"]:
             raise AirflowFailException(f"caption: every batch failed ({summary['failed']})")
         return {**summary, "name": name, "caption": f"captions:{name}",
-                "embedding_name": f"{ct.embedding_name(params)}_{name}"}
+                "embedding_name": f"{cp.embedding_name(params)}_{name}"}
 
     @task
     def score(captioned: dict, params=None) -> dict:
@@ -196,10 +198,10 @@ def curate_pipeline():
         after it in dedup_plan -> dedup_group (mapped) -> dedup_merge."""
         from curate.stages.score import score as run
 
-        root = ct.check_root(params["root"])
-        options = ct.check_scorer_options(params["scorer_options"], ct.allowed_dirs(root))
+        root = cs.check_root(params["root"])
+        options = cp.check_scorer_options(params["scorer_options"], cs.allowed_dirs(root))
         res = ct.locked(run, root, scorers=[x for x in params["scorers"] if x != "dedup"],  # dedup: its own tasks
-                        encoder=ct.embedding_name(params), options=options, scope="root").as_dict()
+                        encoder=cp.embedding_name(params), options=options, scope="root").as_dict()
         if captioned.get("embedding_name"):  # alignment with the generated captions too
             ct.locked(run, root, scorers=["alignment"], encoder=captioned["embedding_name"])
         return ct.require_some(res, "score")
@@ -212,8 +214,8 @@ def curate_pipeline():
             return []
         from curate.stages.dedup import dedup as run
 
-        res = ct.locked(run, ct.check_root(params["root"]), plan=True, groups=params["dedup_groups"],
-                        **ct.dedup_kwargs(params)).as_dict()
+        res = ct.locked(run, cs.check_root(params["root"]), plan=True, groups=params["dedup_groups"],
+                        **cp.dedup_kwargs(params)).as_dict()
         return res["groups"]
 
     @task(map_index_template="{{ curate_label }}")
@@ -222,8 +224,8 @@ def curate_pipeline():
         from curate.stages.dedup import dedup as run
 
         ct.label(f"clusters {group['index']}/{group['of']}")
-        return run(ct.check_root(params["root"]), shard=(group["index"], group["of"]),
-                   **ct.dedup_kwargs(params)).as_dict()
+        return run(cs.check_root(params["root"]), shard=(group["index"], group["of"]),
+                   **cp.dedup_kwargs(params)).as_dict()
 
     # none_failed: runs when dedup_group was mapped over no group (skipped), not when a group failed
     @task(trigger_rule="none_failed")
@@ -233,23 +235,23 @@ def curate_pipeline():
             return scored
         from curate.stages.dedup import dedup as run
 
-        res = ct.locked(run, ct.check_root(params["root"]), merge=True, **ct.dedup_kwargs(params)).as_dict()
+        res = ct.locked(run, cs.check_root(params["root"]), merge=True, **cp.dedup_kwargs(params)).as_dict()
         return {**scored, "dedup": res}
 
     @task(task_id="filter")
     def filter_clips(scored: dict, captioned: dict, params=None) -> dict:
         from curate.stages.filter import filter_clips as run
 
-        return run(ct.check_root(params["root"]), params["subset"],
-                   encoder=captioned.get("embedding_name") or ct.embedding_name(params),
-                   caption=captioned.get("caption"), **ct.filter_kwargs(params)).as_dict()
+        return run(cs.check_root(params["root"]), params["subset"],
+                   encoder=captioned.get("embedding_name") or cp.embedding_name(params),
+                   caption=captioned.get("caption"), **cp.filter_kwargs(params)).as_dict()
 
     @task
     def plan_cut(summary: dict, params=None) -> list[dict]:
         """The groups of WebDataset shards that the mapped cut tasks write, one group each."""
         from curate.stages.publish import shard_count
 
-        n = shard_count(ct.check_root(params["root"]), params["subset"], params["shard_size"])
+        n = shard_count(cs.check_root(params["root"]), params["subset"], params["shard_size"])
         return ct.cut_tasks(n, params["publish_tasks"])
 
     @task(map_index_template="{{ curate_label }}")
@@ -258,7 +260,7 @@ def curate_pipeline():
         from curate.stages.publish import publish as run
 
         ct.label(f"shards {part['index']}/{part['of']}")
-        res = run(ct.check_root(params["root"]), params["subset"], shard_size=params["shard_size"],
+        res = run(cs.check_root(params["root"]), params["subset"], shard_size=params["shard_size"],
                   shard=(part["index"], part["of"])).as_dict()
         return ct.require_some(res, f"cut of shards {part['index']}/{part['of']}")
 
@@ -267,7 +269,7 @@ def curate_pipeline():
         """Once: shards a cut task did not write, annotations.parquet, the card, the asset event."""
         from curate.stages.publish import publish as run
 
-        root = ct.check_root(params["root"])
+        root = cs.check_root(params["root"])
         res = ct.require_some(ct.locked(run, root, params["subset"], shard_size=params["shard_size"]).as_dict(),
                               "publish")
         yield Metadata(ct.subset_asset(params["subset"]), ct.asset_extra(root, summary, res), alias=ct.SUBSETS)

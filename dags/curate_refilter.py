@@ -14,13 +14,15 @@ import operator
 from airflow.sdk import Metadata, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from curate.airflow import params as cp
+from curate.airflow import settings as cs
 from curate.airflow import tasks as ct
 
-WATCH = [ct.subset_asset(s) for s in ct.split_list(ct.setting("CURATE_REFILTER_ON"))]
+WATCH = [ct.subset_asset(s) for s in cs.split_list(cs.setting("CURATE_REFILTER_ON"))]
 
 
 @dag(dag_id="curate_refilter", schedule=functools.reduce(operator.or_, WATCH) if WATCH else None, catchup=False,
-     params=ct.refilter_params(), tags=["curate"], doc_md=__doc__, default_args=ct.default_args(retries=1))
+     params=cp.refilter_params(), tags=["curate"], doc_md=__doc__, default_args=ct.default_args(retries=1))
 def curate_refilter():
     @task
     def target(params=None) -> str:
@@ -28,13 +30,13 @@ def curate_refilter():
         event_root, event_subset = ct.triggering_root(get_current_context())
         if event_subset and event_subset == params["subset"]:
             raise AirflowFailException(f"subset {params['subset']!r} would re-trigger this DAG: pick another name")
-        return ct.check_root(event_root or params["root"])
+        return cs.check_root(event_root or params["root"])
 
     @task(task_id="filter")
     def filter_clips(root: str, params=None) -> dict:
         from curate.stages.filter import filter_clips as run
 
-        return run(root, params["subset"], encoder=params["encoder"], **ct.filter_kwargs(params)).as_dict()
+        return run(root, params["subset"], encoder=params["encoder"], **cp.filter_kwargs(params)).as_dict()
 
     @task(outlets=[ct.SUBSETS])
     def publish(root: str, summary: dict, params=None):

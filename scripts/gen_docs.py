@@ -57,21 +57,21 @@ def cli_page() -> str:
 
 def params_page() -> str:
     """The params of every DAG, as the trigger form shows them."""
-    from curate.airflow import tasks as ct
+    from curate.airflow import params as cp
 
     lines = [HEADER, "# DAG params\n\n",
              "The params of each DAG (JSON Schema: a run's conf is validated when it is triggered), generated from "
              "the stage option declarations that `curate <stage> --help` shows. How runs behave: "
              "[airflow.md](airflow.md).\n"]
-    for dag, params in (("curate_pipeline", ct.pipeline_params()), ("curate_refilter", ct.refilter_params()),
-                        ("curate_inbox", ct.inbox_params())):
+    for dag, params in (("curate_pipeline", cp.pipeline_params()), ("curate_refilter", cp.refilter_params()),
+                        ("curate_inbox", cp.inbox_params())):
         lines.append(f"\n## `{dag}`\n\n| param | type | default | meaning |\n|---|---|---|---|\n")
         for name, p in params.items():
             lines.append(f"| `{name}` | {cell(_schema_type(p.schema))} | {cell(_param_default(p))} | "
                          f"{cell(p.description or '')} |\n")
     lines.append("\n## `filters`\n\nThe keys of the `filters` param (as the `curate filter` options of the same "
                  "name):\n\n| key | type | meaning |\n|---|---|---|\n")
-    for name, schema in ct.FILTER_SCHEMA.items():
+    for name, schema in cp.FILTER_SCHEMA.items():
         lines.append(f"| `{name}` | {cell(_schema_type(schema))} | {cell(schema.get('description', ''))} |\n")
     return "".join(lines)
 

@@ -227,7 +227,7 @@ def test_report_has_a_histogram_and_a_contact_sheet_for_each_new_column(content_
 def test_filter_thresholds_are_in_step_across_cli_yaml_and_airflow():
     import typer.main
 
-    from curate.airflow import tasks
+    from curate.airflow import params
     from curate.cli import app
     from curate.pipeline import SECTIONS
     from curate.stages.filter import THRESHOLDS
@@ -236,7 +236,7 @@ def test_filter_thresholds_are_in_step_across_cli_yaml_and_airflow():
     flags = {o for p in typer.main.get_command(app).commands["filter"].params for o in p.opts}
     for name in THRESHOLDS:
         assert f"--{name.replace('_', '-')}" in flags, f"curate filter lacks --{name.replace('_', '-')}"
-        assert name in tasks.FILTER_SCHEMA or name in tasks.FILTER_PARAMS, name
+        assert name in params.FILTER_SCHEMA or name in params.FILTER_PARAMS, name
 
 
 def test_the_drawtext_clip_really_has_text(content_root):

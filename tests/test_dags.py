@@ -327,7 +327,7 @@ def test_pipeline_reads_the_claimed_list_from_the_bucket_and_writes_every_table_
     from airflow.sdk.exceptions import AirflowFailException
     from fastapi.testclient import TestClient
 
-    from curate.airflow import tasks as ct
+    from curate.airflow import settings as cs
     from curate.airflow.plugin import app
 
     root, r = bucket_inbox["root"], bucket_inbox["r"]
@@ -347,13 +347,13 @@ def test_pipeline_reads_the_claimed_list_from_the_bucket_and_writes_every_table_
 
     for bad in (f"{root}-elsewhere/inbox/x.csv", f"{root}/inbox/../../x.csv", f"{root}/x.csv"):
         with pytest.raises(AirflowFailException, match="source list"):
-            ct.check_source_list(root, bad)
+            cs.check_source_list(root, bad)
     state, run_id = h.run_dag("curate_pipeline", {**run_conf, "sources": f"{root}/sources/x.csv"})
     assert state == "failed" and {t: s for t, _, _, s in h.task_instances("curate_pipeline", run_id)}["register"] \
         == "failed"
     old = os.environ.pop("CURATE_ALLOWED_DIRS")
     try:  # no allowed directories: a run on a bucket root reads no local file at all
-        assert ct.local_access(root) == {"allow_local": False, "local_dirs": []}
+        assert cs.local_access(root) == {"allow_local": False, "local_dirs": []}
     finally:
         os.environ["CURATE_ALLOWED_DIRS"] = old
 

@@ -49,7 +49,7 @@ def test_listing_commands_and_parsing_dag_glue_load_nothing_heavy():
     code = ("import sys\n"
             "from curate.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "import curate.airflow.tasks, curate.pipeline, curate.store.storage\n"
+            "import curate.airflow.tasks, curate.airflow.params, curate.airflow.inbox, curate.pipeline, curate.store.storage\n"
             "heavy = sorted(m for m in ('pyarrow', 'lance', 'torch', 'pandas', 'numpy') if m in sys.modules)\n"
             "print('HEAVY', heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -104,7 +104,7 @@ def test_min_sim_reaches_the_rule_the_same_way_from_every_shell(scored, tmp_path
 
 def test_every_shell_follows_a_changed_declaration(scored, tmp_path, monkeypatch):
     import curate.cli
-    from curate.airflow import tasks
+    from curate.airflow import params as cp
 
     old = options.option("filter", "min_sim")
     new = replace(old, default=0.25, help="Keep clips whose alignment is at least this (as declared).", minimum=0.15)
@@ -122,7 +122,7 @@ def test_every_shell_follows_a_changed_declaration(scored, tmp_path, monkeypatch
         with pytest.raises(CurateError, match=r"filter\.min_sim: must be >= 0.15"):
             yaml_filter(scored, tmp_path, {"subset": "yamllow", "min_sim": 0.1})
 
-        for params in (tasks.pipeline_params(), tasks.refilter_params()):
+        for params in (cp.pipeline_params(), cp.refilter_params()):
             assert params["min_sim"].value == 0.25 and new.help in params["min_sim"].description
             assert params["min_sim"].schema["minimum"] == 0.15
         assert min_sim_rule(dag_filter(scored, {"subset": "dag"}))["value"] == 0.25
@@ -201,21 +201,21 @@ def test_yaml_sections_come_from_the_declarations(tmp_path):
 
 
 def test_dag_params_are_the_declarations():
-    from curate.airflow import tasks
+    from curate.airflow import params
     from curate.store import NAME_PATTERN
 
-    assert tasks.NAME_PATTERN is NAME_PATTERN
-    p = tasks.pipeline_params()
+    assert params.NAME_PATTERN is NAME_PATTERN
+    p = params.pipeline_params()
     assert p["min_sim"].value is None and p["min_sim"].schema["type"] == ["null", "number"]
     assert p["embed_batch_size"].value == options.option("embed", "batch_size").default
     assert p["embed_batch_size"].schema["maximum"] == options.option("embed", "batch_size").maximum
     assert p["subset"].schema["pattern"] == NAME_PATTERN and p["scorers"].value == ["technical", "alignment"]
     assert set(p["detector"].schema["enum"]) == set(options.SPLITTERS)
     presets = sorted(x.stem for x in (REPO / "configs" / "presets").glob("*.yaml"))
-    assert tasks.FILTER_SCHEMA["preset"]["enum"] == presets == options.preset_names()
-    rules = set(options.stage_options("filter")) - {"subset", "encoder", "caption", *tasks.FILTER_PARAMS}
-    assert set(tasks.FILTER_SCHEMA) == rules
-    assert tasks.refilter_params()["subset"].value == "refiltered"
+    assert params.FILTER_SCHEMA["preset"]["enum"] == presets == options.preset_names()
+    rules = set(options.stage_options("filter")) - {"subset", "encoder", "caption", *params.FILTER_PARAMS}
+    assert set(params.FILTER_SCHEMA) == rules
+    assert params.refilter_params()["subset"].value == "refiltered"
 
 
 def test_a_process_section_runs_split_and_embed_in_one_decode(tmp_path, source_list, tiny_clip):

@@ -341,11 +341,11 @@ def test_a_subset_published_before_licences_gets_them_on_the_next_publish(hub):
 
 
 def test_license_is_one_declared_option_of_every_shell():
-    from curate.airflow import tasks as ct
+    from curate.airflow import params as cp
     from curate.optspec import json_schema
     from curate.stages.options import check_section, option
 
     assert check_section("filter", {"license": "cc-by-4.0"}) == {"license": ["cc-by-4.0"]}
     assert check_section("filter", {"license": ["cc-by-4.0", "unknown"]}) == {"license": ["cc-by-4.0", "unknown"]}
     assert json_schema(option("filter", "license"))["type"] == "array"
-    assert "license" in ct.FILTER_SCHEMA
+    assert "license" in cp.FILTER_SCHEMA

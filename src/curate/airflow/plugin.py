@@ -44,12 +44,12 @@ app = FastAPI(title="curate", docs_url=None, redoc_url=None, openapi_url=None)
 # ----------------------------------------------------------------------------- roots
 def configured_roots() -> list[str]:
     """Local paths (resolved) or URLs (``s3://bucket/prefix``) of the roots the pages show: the DAGs' roots
-    (:func:`curate.airflow.tasks.configured_roots`: ``CURATE_ROOTS``, else the Variable ``curate_roots``).
+    (:func:`curate.airflow.settings.configured_roots`: ``CURATE_ROOTS``, else the Variable ``curate_roots``).
 
     The pages are served by the API server, a server process: there the Task SDK's ``Variable.get`` reads
     the metadata DB. ``airflow api-server`` marks its process so (``_AIRFLOW_PROCESS_CONTEXT=server``); an app
     mounted without it (a test client) is marked for the lookup only."""
-    from curate.airflow.tasks import configured_roots as roots
+    from curate.airflow.settings import configured_roots as roots
 
     if os.environ.get(_CONTEXT):
         return roots()

@@ -9,7 +9,7 @@ and nowhere else:
 - ``curate run`` YAML: :data:`curate.pipeline.SECTIONS` is ``{stage: keys}`` of :data:`STAGES`, and
   :func:`check_section` refuses unknown keys and coerces values by type (``"1e-3"`` -> 0.001, ``500M``
   -> bytes) with an error that names the key;
-- Airflow: :mod:`curate.airflow.tasks` builds each ``Param`` from :func:`json_schema`.
+- Airflow: :mod:`curate.airflow.params` builds each ``Param`` from :func:`json_schema`.
 
 The machinery (:class:`Opt`, :func:`coerce`, :func:`json_schema`) is :mod:`curate.optspec`'s, so that
 plugins can declare their options the same way. A filter threshold is one line: ``Opt("min_x", "float", help=..., column="x", op=">=")``;
