@@ -47,7 +47,7 @@ def curate_pipeline():
     def register(params=None) -> list[dict]:
         """Add the list's sources to ROOT/sources (pending), cut their ids into batches and put them on this run's
         board (ROOT/.work/<board>/batches: what the GPU slots claim)."""
-        from curate.stages.ingest import register_sources
+        from curate.stages.sources import register_sources
         from curate.store import Root
         from curate.workers import Board
 

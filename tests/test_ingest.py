@@ -9,7 +9,9 @@ import pytest
 from conftest import read_table
 
 from curate.errors import CurateError
-from curate.stages.ingest import RETRYABLE_KINDS, classify_download_error, ingest, read_source_list, register_sources
+from curate.media.fetch import RETRYABLE_KINDS, classify_download_error
+from curate.stages.ingest import ingest
+from curate.stages.sources import read_source_list, register_sources
 
 
 def test_http_sources_download_through_ytdlp_with_info_json(tmp_path, http_server):

@@ -171,7 +171,7 @@ def source_status(root: str, ids: Sequence[str]) -> dict[str, int]:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from curate.stages.ingest import RETRYABLE_KINDS
+    from curate.media.fetch import RETRYABLE_KINDS
     from curate.store import Root
 
     t = Root(root).sources.read_arrow(columns=["status", "error_kind"], filter=ds.field("source_id").isin(list(ids)))

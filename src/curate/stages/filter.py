@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 from curate.embeddings import embedding_sets_for_caption, names_from_columns, score_column
 from curate.errors import CurateError
 from curate.progress import StageResult
-from curate.stages.ingest import license_key, source_provenance
 from curate.stages.options import PRESETS_DIR, STAGES, THRESHOLDS, preset_names
+from curate.stages.sources import license_key, source_provenance
 from curate.stages.where import Where
 from curate.store import Root, write_row_groups
 from curate.store.names import caption_source_label, parse_caption_source
@@ -134,7 +134,7 @@ def caption_rule(root: Root, options: dict[str, Any], columns: list[str]) -> Rul
 
 def license_rule(root: Root, licenses: str | list[str] | None, columns: list[str]) -> Rule | None:
     """The rule of ``--license``: keep the clips of the sources whose licence (:func:`curate.stages.ingest.
-    source_provenance`) is one of ``licenses``, compared by :func:`curate.stages.ingest.license_key`."""
+    source_provenance`) is one of ``licenses``, compared by :func:`curate.stages.sources.license_key`."""
     if not licenses:
         return None
     wanted = sorted({license_key(v) for v in ([licenses] if isinstance(licenses, str) else licenses)})

@@ -43,7 +43,7 @@ from curate.faults import crashpoint
 from curate.media.video import CRF, CUT_MODES, PRESET, Encoding, MediaError, cut_clip, keyframes
 from curate.progress import NullProgress, Progress, StageResult
 from curate.query.report import embed_in_card
-from curate.stages.ingest import PROVENANCE, clip_url, license_key, source_provenance
+from curate.stages.sources import PROVENANCE, clip_url, license_key, source_provenance
 from curate.store import Root
 from curate.store.names import caption_source_label, parse_caption_source
 from curate.store.storage import scratch_dir
@@ -468,7 +468,7 @@ def dataset_card(root: Root, subset: str, summary: dict, annotations: list[dict]
 # ----------------------------------------------------------------------------- licence and provenance
 def provenance_fields(r: dict, offset: float) -> dict[str, str | None]:
     """A clip's ``license``, ``uploader``, ``channel``, ``webpage_url`` (its source's: see
-    :func:`curate.stages.ingest.source_provenance`) and ``clip_url``: the page (else the source URL) with the
+    :func:`curate.stages.sources.source_provenance`) and ``clip_url``: the page (else the source URL) with the
     clip's time range on it."""
     out = {k: r.get(k) for k in PROVENANCE}
     out["clip_url"] = clip_url(out["webpage_url"] or r.get("url"), offset + r["start_s"], offset + r["end_s"])
