@@ -151,18 +151,10 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
     splitter = get_splitter(detector).create(**(options or {}))
     detector = getattr(splitter, "name", detector)  # what `auto` picked: the clips record it
     with root.ensure().shared_run("split") as run:
-        sources = root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames", "caption"])
         appender = ClipAppender(root)
-        done = appender.done
         wanted = set(source_ids) if source_ids is not None else None
-        todo = []
-        for row in sources.to_pylist():
-            if row["status"] != "ok" or (wanted is not None and row["source_id"] not in wanted):
-                continue
-            if row["source_id"] in done:
-                result.skipped += 1
-                continue
-            todo.append(row)
+        todo, result.skipped = pending_sources(root, appender.done, wanted,
+                                               ["source_id", "status", "media_path", "fps", "num_frames", "caption"])
         result.total = len(todo)
         if todo and hasattr(splitter, "load"):
             splitter.load()  # a bad weights file stops here, not as an error row on every source
@@ -189,6 +181,21 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
             progress.advance()
         result.extra["clips"] = clips_total
     return result.done()
+
+
+def pending_sources(root: Root, done: set[str], wanted: set[str] | None,
+                    columns: list[str]) -> tuple[list[dict], int]:
+    """The ingested sources (``columns`` of their rows) still to split: status ok, not in ``done``, and in
+    ``wanted`` unless it is None; and how many of the ok and wanted ones are done already."""
+    todo, already = [], 0
+    for row in root.sources.read_arrow(columns=columns).to_pylist():
+        if row["status"] != "ok" or (wanted is not None and row["source_id"] not in wanted):
+            continue
+        if row["source_id"] in done:
+            already += 1
+            continue
+        todo.append(row)
+    return todo, already
 
 
 def clip_row(src: dict, a: int, b: int, index: int, detector: str, now: float) -> dict:
