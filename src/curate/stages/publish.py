@@ -31,6 +31,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -741,6 +742,38 @@ def _remote_matches(info: dict, size: int, local: Path, sha256: str, recorded: d
     return bool(recorded) and recorded.get("sha256") == sha256 and recorded.get("size") == size
 
 
+def _open_destination(to: str) -> tuple[Any, str, bool]:
+    """(the fsspec filesystem of URL ``to``, the path in it, whether it is local: a local one's folder is made)."""
+    import fsspec
+    import fsspec.implementations.local
+
+    try:
+        fs, base = fsspec.core.url_to_fs(to)
+    except (ImportError, ValueError) as e:
+        raise CurateError(f"Cannot open {to!r}: {e} (install the fsspec package for that scheme: s3fs, gcsfs, "
+                          "adlfs; hf:// comes with huggingface_hub).") from None
+    base = base.rstrip("/")
+    local_fs = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
+    if local_fs:
+        fs.makedirs(base, exist_ok=True)
+    return fs, base, local_fs
+
+
+def _at_destination(fs: Any, base: str) -> tuple[dict, dict[str, dict]]:
+    """What a copy finds at ``base``: the record of what was copied before (``{}`` if none or unreadable) and
+    the files there (path relative to ``base`` -> fsspec info)."""
+    try:
+        record = json.loads(fs.cat_file(f"{base}/{COPY_RECORD}"))
+    except (FileNotFoundError, OSError, ValueError):
+        record = {}
+    try:
+        there = {PurePosixPath(i["name"]).relative_to(PurePosixPath(base)).as_posix(): i
+                 for i in fs.find(base, detail=True).values()}
+    except FileNotFoundError:
+        there = {}
+    return record, there
+
+
 def copy_subset(root: Root | str, subset: str, to: str, *, workers: int = 4,
                 progress: Progress | None = None) -> StageResult:
     """Copy the published subset's folder to ``to``, any fsspec URL or local directory: a bucket
@@ -753,24 +786,13 @@ def copy_subset(root: Root | str, subset: str, to: str, *, workers: int = 4,
     ``.curate-copy.json`` at the destination lists what was copied (size, SHA-256), for destinations that
     state no checksum. Shards and the card are copied last, so that a reader never sees a card whose data is
     not there yet."""
-    import fsspec
-    import fsspec.implementations.local
-
     root = Root(root) if not isinstance(root, Root) else root
     progress = progress or NullProgress()
     out = root.subset_rel(subset)
     if not root.exists(f"{out}/README.md"):
         raise CurateError(f"Subset {subset!r} is not published: run `curate publish --root {root} --subset {subset}` "
                           "first.")
-    try:
-        fs, base = fsspec.core.url_to_fs(to)
-    except (ImportError, ValueError) as e:
-        raise CurateError(f"Cannot open {to!r}: {e} (install the fsspec package for that scheme: s3fs, gcsfs, "
-                          "adlfs; hf:// comes with huggingface_hub).") from None
-    base = base.rstrip("/")
-    local_fs = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
-    if local_fs:
-        fs.makedirs(base, exist_ok=True)
+    fs, base, local_fs = _open_destination(to)
     result = StageResult("publish-copy", extra={"subset": subset, "to": to})
     if root.remote:
         raise CurateError(f"publish --to copies a subset of a local root; {root} is remote: copy its folder "
@@ -780,15 +802,7 @@ def copy_subset(root: Root | str, subset: str, to: str, *, workers: int = 4,
             part.startswith(COPY_SKIP) or part.endswith(COPY_SKIP) for part in p.relative_to(src).parts))
         # data first, the card (which announces it) last
         files.sort(key=lambda p: (p.name == "README.md", str(p.relative_to(src))))
-        try:
-            record = json.loads(fs.cat_file(f"{base}/{COPY_RECORD}"))
-        except (FileNotFoundError, OSError, ValueError):
-            record = {}
-        try:
-            there = {PurePosixPath(i["name"]).relative_to(PurePosixPath(base)).as_posix(): i
-                     for i in fs.find(base, detail=True).values()}
-        except FileNotFoundError:
-            there = {}
+        record, there = _at_destination(fs, base)
         result.total = len(files)
         progress.start(len(files), f"copy {subset} -> {to}")
         lock = threading.Lock()

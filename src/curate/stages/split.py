@@ -20,7 +20,7 @@ from curate.media.video import Stream
 from curate.plugins import get_splitter
 from curate.progress import NullProgress, Progress, StageResult
 from curate.splitters.base import track_source
-from curate.store import SCHEMAS, Root, Table, rows_to_table
+from curate.store import SCHEMAS, Root, rows_to_table
 from curate.store.schemas import TRANSITIONS_SCHEMA
 
 #: detector constructor arguments accepted as -o key=value (with their types)
@@ -151,18 +151,10 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
     splitter = get_splitter(detector).create(**(options or {}))
     detector = getattr(splitter, "name", detector)  # what `auto` picked: the clips record it
     with root.ensure().shared_run("split") as run:
-        sources = root.sources.read_arrow(columns=["source_id", "status", "media_path", "fps", "num_frames", "caption"])
         appender = ClipAppender(root)
-        done = appender.done
         wanted = set(source_ids) if source_ids is not None else None
-        todo = []
-        for row in sources.to_pylist():
-            if row["status"] != "ok" or (wanted is not None and row["source_id"] not in wanted):
-                continue
-            if row["source_id"] in done:
-                result.skipped += 1
-                continue
-            todo.append(row)
+        todo, result.skipped = pending_sources(root, appender.done, wanted,
+                                               ["source_id", "status", "media_path", "fps", "num_frames", "caption"])
         result.total = len(todo)
         if todo and hasattr(splitter, "load"):
             splitter.load()  # a bad weights file stops here, not as an error row on every source
@@ -191,6 +183,21 @@ def split(root: Root | str, *, source_ids: Iterable[str] | None = None, detector
     return result.done()
 
 
+def pending_sources(root: Root, done: set[str], wanted: set[str] | None,
+                    columns: list[str]) -> tuple[list[dict], int]:
+    """The ingested sources (``columns`` of their rows) still to split: status ok, not in ``done``, and in
+    ``wanted`` unless it is None; and how many of the ok and wanted ones are done already."""
+    todo, already = [], 0
+    for row in root.sources.read_arrow(columns=columns).to_pylist():
+        if row["status"] != "ok" or (wanted is not None and row["source_id"] not in wanted):
+            continue
+        if row["source_id"] in done:
+            already += 1
+            continue
+        todo.append(row)
+    return todo, already
+
+
 def clip_row(src: dict, a: int, b: int, index: int, detector: str, now: float) -> dict:
     """The clips-table row of frames [a, b) of a source."""
     fps, sid = float(src["fps"]), src["source_id"]
@@ -203,11 +210,6 @@ def error_row(sid: str, kind: str, message: str, detector: str, now: float) -> d
     """The one row of a source that could not be split (clip_id ``<source_id>-error`` or ``-none``)."""
     return {"clip_id": f"{sid}-{kind}", "source_id": sid, "status": "error", "error": message,
             "splitter": detector, "updated_at": now}
-
-
-def transitions_table(root: Root) -> Table:
-    """ROOT/transitions (:attr:`curate.store.Root.transitions`; kept for its callers until the merge)."""
-    return root.transitions
 
 
 def transition_rows(src: dict, transitions: list[dict], detector: str, now: float) -> list[dict]:
@@ -240,7 +242,7 @@ class ClipAppender:
         if source_id in self.done:
             return False
         if transitions:
-            transitions_table(self.root).insert_missing(rows_to_table(transitions, TRANSITIONS_SCHEMA))
+            self.root.transitions.insert_missing(rows_to_table(transitions, TRANSITIONS_SCHEMA))
         inserted = self.root.clips.insert_missing(rows_to_table(rows, SCHEMAS["clips"]))
         self.done.add(source_id)
         return inserted > 0
