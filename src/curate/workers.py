@@ -170,7 +170,7 @@ def worker_totals(stats: list[dict]) -> dict[str, Any]:
     out: dict[str, Any] = {"workers": len(stats), "model_loads": sum(int(s.get("model_loads", 0)) for s in stats)}
     for k in ("setup_s", "forward_s", "wall_s"):
         out[k] = round(sum(float(s.get(k, 0.0)) for s in stats), 3)
-    out["busy"] = round(out["forward_s"] / out["wall_s"], 4) if out["wall_s"] else None
+    out["busy"] = round(out["forward_s"] / out["wall_s"], 6) if out["wall_s"] else None
     out["batches_done"] = sum(len(s.get("batches_done", [])) for s in stats)
     return out
 
@@ -440,9 +440,9 @@ class _Worker:
         """Write the stats (a report: never what fails a batch)."""
         st, work = self.st, self.work
         with self.lock:
-            st.forward_s = round(work.clock.busy_s, 4)
+            st.forward_s = round(work.clock.busy_s, 6)
             st.wall_s = round(time.perf_counter() - self.t0, 4)
-            st.busy = round(st.forward_s / st.wall_s, 4) if st.wall_s else None
+            st.busy = round(st.forward_s / st.wall_s, 6) if st.wall_s else None
             st.model_loads = work.loads + encoder_loads() - self.loads0
             data = st.as_dict()
         with contextlib.suppress(Exception):
