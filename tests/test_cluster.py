@@ -302,12 +302,6 @@ def _assert_slots(root, n_batches: int, retried: bool = False) -> dict[str, list
     return out
 
 
-def _batches_overlap(stats: list[dict]) -> bool:
-    """Two workers of a stage had a batch in flight at the same moment (the board's per-batch events)."""
-    spans = [(w["worker"], e["start"], e["end"]) for w in stats for e in w["events"]]
-    return any(a[0] != b[0] and a[1] < b[2] and b[1] < a[2] for a in spans for b in spans)
-
-
 # the cluster's start (migrate, parse) counts against the first test: give both room on a busy machine
 @pytest.mark.timeout(1800)
 def test_cluster_spreads_batches_over_gpu_workers_and_equals_one_process(cluster, inputs, reference):
@@ -332,9 +326,7 @@ def test_cluster_spreads_batches_over_gpu_workers_and_equals_one_process(cluster
     assert {t["hostname"] for t in captions} == {"gpu1", "gpu2"}  # both gpu workers ran a captioning slot
     assert any(_overlap(a, b) for a in captions for b in captions if a["hostname"] != b["hostname"]), \
         "no two caption slots ran at the same time"
-    stats = _assert_slots(cluster.bucket_root, len(SHOTS))
-    for stage in ("embed", "caption"):  # and both slots had batches in the model at once
-        assert _batches_overlap(stats[stage]), (stage, stats[stage])
+    _assert_slots(cluster.bucket_root, len(SHOTS))
     assert sum(t["task_id"] == "maintain" for t in tis) == 1 and sum(t["task_id"] == "score" for t in tis) == 1
     assert_same_tables(cluster.bucket_root, reference)  # read from the bucket (Lance over S3, fsspec)
     bucket = Root(cluster.bucket_root)
