@@ -129,7 +129,7 @@ def _raw(root, name: str) -> pa.Table:
 
 
 def _rows(table: pa.Table, key: str) -> list[dict]:
-    t = table.drop_columns([c for c in ("updated_at",) if c in table.column_names])
+    t = table.drop_columns([c for c in ("updated_at", "seconds") if c in table.column_names])  # (timings)
     return sorted(t.to_pylist(), key=lambda r: r[key])
 
 
