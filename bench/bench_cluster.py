@@ -5,6 +5,13 @@ resident ``curate process --worker`` processes, 1 and 2 at a time.
 
     PYTHONPATH=src .venv/bin/python bench/bench_cluster.py [--sources 8] [--shots 6] [--json out.json]
     PYTHONPATH=src .venv/bin/python bench/bench_cluster.py --cli --sources 12 --shots 3
+    PYTHONPATH=src .venv/bin/python bench/bench_cluster.py --cli --sources 12 --shots 2 --forward-s 2
+
+``--forward-s S`` runs the bench's own encoder plugin ``slowclip`` (registered like a third-party package: an
+entry point in a dist-info directory put on PYTHONPATH): the tiny CLIP whose ``embed_video_batch`` also waits
+S seconds per clip, off the CPU, as a GPU forward does. A tiny model's forward is milliseconds, so without it
+the GPU phase is start-up and decode alone and neither the start-up share nor the 2-worker speed-up of
+real model work can be seen.
 
 Starts the local cluster of ``scripts/cluster.sh`` (PostgreSQL, Redis, scheduler, dag-processor, API
 server, one default worker with 2 slots, gpu workers with 1 slot and one torch thread each), runs the
@@ -65,6 +72,43 @@ def make_inputs(d: Path, sources: int, shots: int) -> dict:
                                                         "frames": "4"}}
 
 
+SLOW_PLUGIN = '''"""The bench's encoder: the tiny CLIP, plus FORWARD_S seconds per clip in embed_video_batch (a GPU forward's
+time, spent off the CPU as on a GPU)."""
+import time
+
+from curate import hookimpl
+from curate.encoders.clip import ClipEncoder
+
+
+class SlowClip(ClipEncoder):
+    def __init__(self, forward_s="0", **options):
+        super().__init__(**options)
+        self.forward_s = float(forward_s)
+
+    def embed_video_batch(self, inputs):
+        time.sleep(self.forward_s * len(inputs))
+        return super().embed_video_batch(inputs)
+
+
+@hookimpl
+def register_encoders(register):
+    register("slowclip", lambda **options: SlowClip(**options), description="bench: tiny CLIP + a slow forward",
+             options={"forward_s": "seconds per clip spent in the forward, off the CPU"})
+'''
+
+
+def slow_plugin(d: Path) -> Path:
+    """Install the ``slowclip`` encoder plugin into ``d`` (a module + a dist-info with its entry point): put ``d``
+    on PYTHONPATH and curate finds it as it finds any installed plugin."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "bench_slowclip.py").write_text(SLOW_PLUGIN)
+    info = d / "bench_slowclip-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bench-slowclip\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[curate]\nslowclip = bench_slowclip\n")
+    return d
+
+
 def xcoms(c, run_id: str, task_id: str) -> dict[int, dict]:
     """The JSON return values of a mapped task, by map index (the stage's own seconds are in them)."""
     rows = c.query("select map_index, value from xcom where dag_id = 'curate_pipeline' and run_id = %s "
@@ -106,37 +150,65 @@ def measure(c, run_id: str, root: str) -> dict:
             "queue_delay_s_median": round(statistics.median(delay), 2) if delay else None}
 
 
+def _clips(root: Path) -> int:
+    """Clips embedded on the root (rows of its one embedding set)."""
+    import lance
+
+    [name] = [p.name for p in (root / "embeddings").iterdir() if p.is_dir()]
+    return lance.dataset(str(root / "embeddings" / name)).count_rows()
+
+
 def _curate(*args, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "curate.cli", *map(str, args), "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
-def cli_compare(base: Path, inputs: dict, sources: int) -> dict:
+def cli_compare(base: Path, inputs: dict, sources: int, forward_s: float = 0.0,
+                modes: tuple | list = ("per_batch", "resident")) -> dict:
     """The GPU phase (`curate process`) over one batch per source, from shells: a fresh process per batch (as
-    a per-batch task: imports + model load each time) vs resident ``--worker`` processes; 1 and 2 at a time."""
+    a per-batch task: imports + model load each time) vs resident ``--worker`` processes; 1 and 2 at a time.
+    Start-up: from a process's launch to its first batch in the model (imports, model load); busy: time in
+    the forward / the workers' summed wall (per-batch processes: the emulated forward, known by construction)."""
+    paths = [str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
+    options, encoder = dict(inputs["options"]), "clip"
+    if forward_s > 0:
+        paths.insert(0, str(slow_plugin(base / "plugin")))
+        options["forward_s"], encoder = str(forward_s), "slowclip"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "NO_COLOR": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    opts = [a for k, v in inputs["options"].items() for a in ("-o", f"{k}={v}")]
-    common = ["--device", "cpu", "--batch-size", "16", "--min-clip-s", "0.5", "--max-clip-s", "3", *opts]
+           "PYTHONPATH": os.pathsep.join(paths)}
+    opts = [a for k, v in options.items() for a in ("-o", f"{k}={v}")]
+    common = ["-e", encoder, "--device", "cpu", "--batch-size", "16", "--min-clip-s", "0.5", "--max-clip-s", "3",
+              *opts]
     out: dict = {}
     for n in (1, 2):
-        for mode in ("per_batch", "resident"):
+        for mode in modes:
             root = base / f"{mode}-{n}"
             subprocess.run([sys.executable, "-m", "curate.cli", "ingest", inputs["list"], "--root", str(root)],
                            check=True, capture_output=True, env=env)
             from curate.workers import pending_sources
 
             ids = pending_sources(root)
-            t0 = time.perf_counter()
+            t0, epoch0 = time.perf_counter(), time.time()
             if mode == "resident":
                 procs = [_curate("process", "--root", root, *common, "--worker", "--batch-sources", 1, env=env)
                          for _ in range(n)]
-                res = [json.loads(p.communicate()[0]) for p in procs]
+                res = []
+                for p in procs:
+                    o, e = p.communicate()
+                    res.append(json.loads(o) if p.returncode == 0 else sys.exit(f"curate process --worker: {e}"))
                 wall = time.perf_counter() - t0
-                out[f"{mode}_{n}"] = {"wall_s": round(wall, 1), "batches": sum(r["batches"] for r in res),
+                # a worker's wall: launch -> its loop ended; start-up: launch -> its first batch (or its end, if it got none)
+                walls = [r["stats"]["started_at"] + r["stats"]["wall_s"] - epoch0 for r in res]
+                starts = [min((e["start"] for e in r["stats"]["events"]), default=w + epoch0) - epoch0
+                          for r, w in zip(res, walls)]
+                out[f"{mode}_{n}"] = {"wall_s": round(wall, 1), "clips": _clips(root),
+                                      "batches": sum(r["batches"] for r in res),
+                                      "batches_per_worker": [r["batches"] for r in res],
                                       "model_loads": sum(r["model_loads"] for r in res),
-                                      "startup_share": round(sum(r["setup_s"] for r in res) / sum(r["wall_s"] for r in res), 4),
-                                      "busy": round(sum(r["forward_s"] for r in res) / sum(r["wall_s"] for r in res), 4)}
+                                      "setup_s": [round(r["setup_s"], 2) for r in res],
+                                      "startup_s": [round(x, 2) for x in starts],
+                                      "startup_share": round(sum(starts) / sum(walls), 4),
+                                      "busy": round(sum(r["forward_s"] for r in res) / sum(walls), 4)}
             else:
                 todo, running, walls, stage_s = list(ids), [], [], []
                 while todo or running:
@@ -151,11 +223,12 @@ def cli_compare(base: Path, inputs: dict, sources: int) -> dict:
                     stage_s.append(float(r.get("seconds", 0)))
                 wall = time.perf_counter() - t0
                 out[f"{mode}_{n}"] = {"wall_s": round(wall, 1), "batches": len(walls), "model_loads": len(walls),
-                                      "process_s_median": round(statistics.median(walls), 2),
+                                      "clips": (clips := _clips(root)), "process_s_median": round(statistics.median(walls), 2),
                                       "stage_s_median": round(statistics.median(stage_s), 2),
-                                      "startup_share": round(1 - sum(stage_s) / sum(walls), 4)}
+                                      "startup_share": round(1 - sum(stage_s) / sum(walls), 4),
+                                      "busy_emulated": round(clips * forward_s / sum(walls), 4)}
             print(json.dumps({f"{mode}_{n}": out[f"{mode}_{n}"]}), flush=True)
-    for mode in ("per_batch", "resident"):
+    for mode in modes:
         out[f"{mode}_speedup_2_vs_1"] = round(out[f"{mode}_1"]["wall_s"] / out[f"{mode}_2"]["wall_s"], 2)
     return out
 
@@ -166,12 +239,16 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=6)
     ap.add_argument("--json", default=None)
     ap.add_argument("--cli", action="store_true", help="per-batch processes vs resident --worker processes, no Airflow")
+    ap.add_argument("--forward-s", type=float, default=0.0,
+                    help="--cli: seconds per clip of emulated GPU forward (the bench's slowclip encoder plugin)")
+    ap.add_argument("--modes", default="per_batch,resident", help="--cli: which of per_batch,resident to run")
     a = ap.parse_args()
     if a.cli:
         base = Path(tempfile.mkdtemp(prefix="curate-bench-workers-"))
         inputs = make_inputs(base / "inputs", a.sources, a.shots)
         out = {"machine": f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.1f}",
-               "sources": a.sources, "shots": a.shots, **cli_compare(base, inputs, a.sources)}
+               "sources": a.sources, "shots": a.shots, "forward_s_per_clip": a.forward_s,
+               **cli_compare(base, inputs, a.sources, a.forward_s, a.modes.split(","))}
         out["load_average_end"] = round(os.getloadavg()[0], 1)
         print(json.dumps(out, indent=2))
         if a.json:

@@ -3,9 +3,11 @@ dag-processor, API server, one default-queue worker and two gpu-queue workers, a
 root in an S3 bucket (moto's server on loopback), and the same split of work from the CLI (``--shard i/n``)
 in several processes.
 
-Both must give exactly the tables one process gives over the same inputs; the cluster must spread the
-embed tasks over both gpu workers at once, keep gpu-queue tasks off the default worker, and survive a gpu
-worker SIGKILLed in the middle of an embed task (Airflow retries it on the other one).
+Both must give exactly the tables one process gives over the same inputs; the cluster runs eight batches
+with captioning on (the ``hf`` captioner on a tiny random Qwen2.5-VL) through resident worker slots: each
+slot attempt loads its model once (not once per batch), both gpu workers run embed and caption slots at the
+same time, gpu-queue tasks stay off the default worker, and a gpu worker SIGKILLed in the middle of a batch
+costs nothing (another slot or the retried task finishes the batch, nothing twice, no lease left).
 """
 
 from __future__ import annotations
@@ -21,18 +23,23 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import S3_ENV_KEYS, TINY_CLIP_CONFIG, curate
+from tiny_vlm import build_tiny_qwen2_5_vl
 
 REPO = Path(__file__).resolve().parents[1]
-#: six sources of two shots each (one batch per source: six batches)
+#: eight sources of two shots each (one batch per source: eight batches)
 SHOTS = [[("testsrc2", 20), ("mandelbrot", 20)], [("smptebars", 20), ("red", 16)], [("gradient", 20), ("rgbtestsrc", 18)],
-         [("mandelbrot", 18), ("testsrc2", 20)], [("rgbtestsrc", 20), ("smptebars", 20)], [("red", 18), ("gradient", 20)]]
+         [("mandelbrot", 18), ("testsrc2", 20)], [("rgbtestsrc", 20), ("smptebars", 20)], [("red", 18), ("gradient", 20)],
+         [("smptebars", 18), ("mandelbrot", 20)], [("testsrc2", 18), ("red", 20)]]
 SCORERS = ["technical", "alignment", "motion"]  # motion decodes clips: per batch, on the gpu workers
 ENC_OPTS = {"frames": "2", "decoder": "ffmpeg"}  # ffmpeg frames: what the one-pass default decodes
+#: the hf captioner's options besides its weights (greedy: the same captions in any batch, on any worker)
+CAP_OPTS = {"frames": "2", "max_new_tokens": "8", "size": "64"}
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """Six tiny videos, their source list and a tiny random CLIP (model_config + weights)."""
+    """Eight tiny videos, their source list, a tiny random CLIP (model_config + weights) and a tiny random VLM
+    (all under one directory: the cluster's CURATE_ALLOWED_DIRS)."""
     import csv
 
     import open_clip
@@ -57,7 +64,9 @@ def inputs(tmp_path_factory):
     torch.manual_seed(0)
     weights = d / "tiny_clip.pt"
     torch.save(open_clip.create_model(cfg.stem, pretrained=None).state_dict(), weights)
-    return {"dir": d, "list": lst, "options": {**ENC_OPTS, "model_config": str(cfg), "weights": str(weights)}}
+    vlm = build_tiny_qwen2_5_vl(d / "tiny-qwen2.5-vl")
+    return {"dir": d, "list": lst, "options": {**ENC_OPTS, "model_config": str(cfg), "weights": str(weights)},
+            "captioner_options": {**CAP_OPTS, "weights": str(vlm)}}
 
 
 def _opts(options: dict) -> list[str]:
@@ -65,14 +74,43 @@ def _opts(options: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(inputs, tmp_path_factory):
-    """One process, the whole root, stage after stage: what every split of the work must equal."""
-    root = tmp_path_factory.mktemp("reference") / "root"
+def scored(inputs, tmp_path_factory):
+    """One process, the whole root, stage after stage up to the scores (copied by the references below)."""
+    root = tmp_path_factory.mktemp("reference") / "scored"
     curate("ingest", inputs["list"], "--root", root)
     curate("split", "--root", root, "--min-clip-s", "0.5", "--max-clip-s", "3")
     curate("embed", "--root", root, *_opts(inputs["options"]), "--device", "cpu", "--batch-size", "8")
     curate("score", "--root", root, *[a for s in SCORERS for a in ("-s", s)])
+    return root
+
+
+def _copy(root: Path, name: str) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(root, root.parent / name))
+
+
+@pytest.fixture(scope="module")
+def plain_reference(scored):
+    """The one-process run without captioning: what the sharded CLI must equal."""
+    root = _copy(scored, "plain")
     curate("filter", "--root", root, "--subset", "s", "--min-sim", "-1", "--min-duration", "0.5")
+    curate("publish", "--root", root, "--subset", "s", "--shard-size", "2")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(scored, inputs):
+    """The one-process run of what the cluster runs: captions by the tiny VLM (greedy), embedded with the run's
+    encoder (``clip_hf``), their alignment, and the subset with the generated captions."""
+    root = _copy(scored, "captioned")
+    curate("caption", "--root", root, "-c", "hf", *_opts(inputs["captioner_options"]), "--device", "cpu",
+           "--batch-size", "8")
+    curate("embed", "--root", root, *_opts(inputs["options"]), "--device", "cpu", "--batch-size", "8",
+           "--caption", "captions:hf")
+    curate("score", "--root", root, "-s", "alignment", "--encoder", "clip_hf")
+    curate("filter", "--root", root, "--subset", "s", "--min-sim", "-1", "--min-duration", "0.5",
+           "--encoder", "clip_hf", "--caption", "captions:hf")
     curate("publish", "--root", root, "--subset", "s", "--shard-size", "2")
     return root
 
@@ -91,7 +129,7 @@ def _raw(root, name: str) -> pa.Table:
 
 
 def _rows(table: pa.Table, key: str) -> list[dict]:
-    t = table.drop_columns([c for c in ("updated_at",) if c in table.column_names])
+    t = table.drop_columns([c for c in ("updated_at", "seconds") if c in table.column_names])  # (timings)
     return sorted(t.to_pylist(), key=lambda r: r[key])
 
 
@@ -108,16 +146,18 @@ def _close(a, b, path: str) -> None:
         assert a == b, (path, a, b)
 
 
-def assert_same_tables(root, ref, subset: str = "s") -> None:
-    """sources, clips, embeddings (1e-6), scores, the published subset: equal to the reference's, no key twice.
-    Either root may be a local directory or a URL (``s3://...``): both are read through Lance and the root's
-    file API."""
+def assert_same_tables(root, ref, subset: str = "s", captions: bool = True) -> None:
+    """sources, clips, embeddings (1e-6), scores, the generated captions (greedy: identical) and their embeddings,
+    the published subset: equal to the reference's, no key twice. Either root may be a local directory or a URL
+    (``s3://...``): both are read through Lance and the root's file API."""
     import io
 
     from curate.store import Root
 
-    for name, key in [("sources", "source_id"), ("clips", "clip_id"), ("embeddings/clip", "clip_id"),
-                      ("scores", "clip_id")]:
+    tables = [("sources", "source_id"), ("clips", "clip_id"), ("embeddings/clip", "clip_id"), ("scores", "clip_id")]
+    if captions:
+        tables += [("captions/hf", "clip_id"), ("embeddings/clip_hf", "clip_id")]
+    for name, key in tables:
         got, want = _raw(root, name), _raw(ref, name)
         assert got.num_rows == len(set(got[key].to_pylist())), f"{name}: a key stored twice"
         assert sorted(got.column_names) == sorted(want.column_names), name
@@ -157,7 +197,7 @@ def _parallel(commands: list[list]) -> list[dict]:
     return [json.loads(o) for o, _ in outs]
 
 
-def test_sharded_cli_processes_equal_one_process(inputs, reference, tmp_path):
+def test_sharded_cli_processes_equal_one_process(inputs, plain_reference, tmp_path):
     """2 processes split, embed and score one root together (--shard i/2), 2 cut the subset (--shard i/2):
     the same tables as one process, each source in exactly one shard."""
     root = tmp_path / "root"
@@ -168,6 +208,7 @@ def test_sharded_cli_processes_equal_one_process(inputs, reference, tmp_path):
     assert sum(s["total"] for s in split) == len(SHOTS)  # every source in one shard
     emb = _parallel([["embed", "--root", root, *_opts(inputs["options"]), "--device", "cpu", "--batch-size", "8",
                       "--shard", f"{i}/{n}"] for i in range(n)])
+    reference = plain_reference
     n_clips = len(_raw(reference, "clips"))
     assert sum(e["ok"] for e in emb) == n_clips and all(e["skipped"] == 0 for e in emb)
     _parallel([["score", "--root", root, "-s", "motion", "--shard", f"{i}/{n}"] for i in range(n)])
@@ -178,7 +219,7 @@ def test_sharded_cli_processes_equal_one_process(inputs, reference, tmp_path):
     assert not (root / "subsets" / "s" / "annotations.parquet").exists()
     last = json.loads(curate("publish", "--root", root, "--subset", "s", "--shard-size", "2", "--json").stdout)
     assert last["skipped"] == last["total"] > 0  # the shard processes cut everything; this run only finalises
-    assert_same_tables(root, reference)
+    assert_same_tables(root, reference, captions=False)
 
     ids = root / "ids.txt"  # --source-ids: an explicit batch file works the same way
     ids.write_text("# nothing left to do for these\n" + "\n".join(_raw(root, "sources")["source_id"].to_pylist()))
@@ -223,7 +264,8 @@ def _conf(inputs, root: Path) -> dict:
     return {"sources": str(inputs["list"]), "root": str(root), "subset": "s", "encoder": "clip",
             "encoder_options": inputs["options"], "device": "cpu", "embed_batch_size": 8, "min_sim": -1.0,
             "min_duration": 0.5, "min_clip_s": 0.5, "max_clip_s": 3.0, "batch_size": 1, "shard_size": 2,
-            "scorers": SCORERS}  # one_pass, the default: each batch's embed task splits and embeds in one decode
+            "scorers": SCORERS,  # one_pass, the default: each embed slot splits and embeds in one decode
+            "captioner": "hf", "captioner_options": inputs["captioner_options"]}
 
 
 def _overlap(a: dict, b: dict) -> bool:
@@ -234,22 +276,30 @@ def _logs(c) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in sorted(c.logs.glob("*.log")))
 
 
-def _assert_slots(root, n_batches: int, retried: bool = False) -> list[dict]:
-    """From the run's board: every batch embedded once, none running or failed, every slot attempt loaded its
-    encoder once (model loads = slots + retries, not batches), no lease left; the workers' stats."""
+def _assert_slots(root, n_batches: int, retried: bool = False) -> dict[str, list[dict]]:
+    """From the run's board (ROOT/.work/<board>/<stage>/workers/*.json): every batch embedded and captioned once,
+    none running or failed, every slot attempt of each GPU stage loaded its model once (model loads = slot
+    attempts, not batches), no lease left; the workers' stats per stage."""
     from curate.store import Root
     from curate.workers import boards
 
     [board] = boards(root)
-    s = board.summary("embed")
-    assert (s["batches"], s["done"], s["failed"], s["running"]) == (n_batches, n_batches, 0, 0), s
-    stats = board.stats("embed")
-    assert all(w["model_loads"] == 1 for w in stats) and s["model_loads"] == len(stats) >= 2, stats
-    if not retried:  # one load per slot attempt, not one per batch
-        assert len(stats) < n_batches, stats
-    assert len({w["worker"].split("-")[0] for w in stats}) == 2  # both slots
+    out = {}
+    # the models of a slot: embed (one_pass) the encoder; caption the VLM and the encoder of the generated captions
+    for stage, models in (("embed", 1), ("caption", 2)):
+        s = board.summary(stage)
+        assert (s["batches"], s["done"], s["failed"], s["running"]) == (n_batches, n_batches, 0, 0), (stage, s)
+        stats = board.stats(stage)
+        assert all(w["model_loads"] == models for w in stats), (stage, stats)  # each once, whatever the batches
+        assert s["model_loads"] == models * len(stats) and len(stats) >= 2, (stage, stats)
+        if not retried:  # one load per slot attempt, not one per batch
+            assert len(stats) < n_batches, (stage, stats)
+        assert len({w["worker"].split("-")[0] for w in stats}) == 2, (stage, stats)  # both slots
+        done = sorted(b for w in stats for b in w["batches_done"])
+        assert done == sorted(set(done)) and len(done) == n_batches, (stage, stats)  # each batch once
+        out[stage] = stats
     assert not [n for n in Root(root).ls(".locks", dirs=False) if n.startswith("work.")]  # every lease released
-    return stats
+    return out
 
 
 # the cluster's start (migrate, parse) counts against the first test: give both room on a busy machine
@@ -267,10 +317,15 @@ def test_cluster_spreads_batches_over_gpu_workers_and_equals_one_process(cluster
     assert {t["hostname"] for t in embeds} == {"gpu1", "gpu2"}  # both gpu workers ran an embed slot
     assert any(_overlap(a, b) for a in embeds for b in embeds if a["hostname"] != b["hostname"]), \
         "no two embed slots ran at the same time"
-    for t in tis:  # gpu-queue tasks only on gpu workers, the rest only on the default worker
+    for t in (t for t in tis if t["state"] != "skipped"):  # (a skipped task ran nowhere) gpu tasks on gpu workers only
         assert (t["queue"] == "gpu") == (t["hostname"] in ("gpu1", "gpu2")), t
         assert t["hostname"] in ("default", "gpu1", "gpu2"), t
     assert {t["task_id"] for t in tis if t["queue"] == "gpu"} == {"embed", "score_clips", "caption_clips"}
+    captions = [t for t in tis if t["task_id"] == "caption_clips"]
+    assert len({t["map_index"] for t in captions}) == 2 and {t["state"] for t in captions} == {"success"}
+    assert {t["hostname"] for t in captions} == {"gpu1", "gpu2"}  # both gpu workers ran a captioning slot
+    assert any(_overlap(a, b) for a in captions for b in captions if a["hostname"] != b["hostname"]), \
+        "no two caption slots ran at the same time"
     _assert_slots(cluster.bucket_root, len(SHOTS))
     assert sum(t["task_id"] == "maintain" for t in tis) == 1 and sum(t["task_id"] == "score" for t in tis) == 1
     assert_same_tables(cluster.bucket_root, reference)  # read from the bucket (Lance over S3, fsspec)
@@ -285,8 +340,9 @@ def test_cluster_spreads_batches_over_gpu_workers_and_equals_one_process(cluster
 
 @pytest.mark.timeout(1200)
 def test_cluster_survives_a_gpu_worker_killed_mid_embed(cluster, inputs, reference):
-    """SIGKILL a gpu worker (and the task it runs) while it embeds: the scheduler notices the missing
-    heartbeats, Airflow retries the task on another gpu worker, and the tables are as if nothing happened."""
+    """SIGKILL a gpu worker (and the slot it runs) while its slot holds a batch: the scheduler notices the missing
+    heartbeats, Airflow retries the slot on another gpu worker, another slot (or the retry) takes the batch over,
+    and the tables (captions included) are as if nothing happened: no row twice, no lease left."""
     killed: dict = {}
 
     def kill_when_gpu2_embeds() -> None:
@@ -320,7 +376,7 @@ def test_cluster_survives_a_gpu_worker_killed_mid_embed(cluster, inputs, referen
         assert (t["queue"] == "gpu") == (t["hostname"] in ("gpu1", "gpu2", "gpu3")), t
     stats = _assert_slots(cluster.roots / "fault", len(SHOTS), retried=True)
     if killed["mid_batch"]:  # the killed slot's batch was finished by another slot or by its retry
-        assert any(w["took_over"] for w in stats), "no worker took the killed slot's batch over"
+        assert any(w["took_over"] for w in stats["embed"]), "no worker took the killed slot's batch over"
     assert_same_tables(cluster.roots / "fault", reference)  # nothing lost, nothing twice
 
 

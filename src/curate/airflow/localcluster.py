@@ -143,6 +143,16 @@ class LocalCluster:
                                        "-c", str(concurrency), "--celery-hostname", f"{name}@%h", "--skip-serve-logs"],
                     env={"CURATE_WORKER_NAME": name, **(env or {})})
 
+    def worker_pids(self, name: str) -> set[int]:
+        """The pids of worker ``name`` and every process under it (its pool and the tasks it runs)."""
+        import psutil
+
+        p = self.procs.get(f"worker-{name}")
+        try:
+            return {p.pid, *(c.pid for c in psutil.Process(p.pid).children(recursive=True))} if p else set()
+        except psutil.NoSuchProcess:
+            return set()
+
     def kill_worker(self, name: str) -> list[int]:
         """SIGKILL worker ``name`` and every process under it (its pool and the task it runs): a lost machine."""
         import psutil

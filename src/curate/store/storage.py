@@ -228,7 +228,12 @@ class Location:
 
     # queries
     def exists(self, rel: str | os.PathLike) -> bool:
-        return self.fs.exists(self._p(rel)) if self.remote else os.path.exists(self._p(rel))
+        if not self.remote:
+            return os.path.exists(self._p(rel))
+        # s3fs answers exists() from a cached listing of the parent (filled by any earlier ls): a file another
+        # process created since would be missed (a worker re-did a batch another had just marked done)
+        self.fs.invalidate_cache(self._p(rel))
+        return self.fs.exists(self._p(rel))
 
     def isdir(self, rel: str | os.PathLike) -> bool:
         return self.fs.isdir(self._p(rel)) if self.remote else os.path.isdir(self._p(rel))
