@@ -163,10 +163,13 @@ class Root:
     def write_embedding_meta(self, name: str, meta: dict) -> bool:
         """Write ``embeddings/<name>/_meta.json`` unless it exists (a conditional create: of concurrent
         batches of one embedding run, the first writes it). True when this call wrote it."""
-        rel = f"embeddings/{safe_name(name)}/_meta.json"
+        return self.create_json(f"embeddings/{safe_name(name)}/_meta.json", meta)
+
+    def create_json(self, rel: str, data: dict) -> bool:
+        """Write ``rel`` as JSON unless it exists (a conditional create); True when this call wrote it."""
         if self.exists(rel):
             return False
-        return self.create(rel, json.dumps(meta, indent=2, default=str))
+        return self.create(rel, json.dumps(data, indent=2, default=str))
 
     def tables(self) -> list[str]:
         """Relative paths of every table under the root (Lance or legacy Parquet parts)."""
@@ -193,10 +196,7 @@ class Root:
     def write_caption_meta(self, name: str, meta: dict) -> bool:
         """Write ``captions/<name>/_meta.json`` unless it exists (a conditional create: of concurrent
         batches of one captions set, the first writes it). True when this call wrote it."""
-        rel = f"captions/{safe_name(name)}/_meta.json"
-        if self.exists(rel):
-            return False
-        return self.create(rel, json.dumps(meta, indent=2, default=str))
+        return self.create_json(f"captions/{safe_name(name)}/_meta.json", meta)
 
     def subset_dir(self, name: str) -> Path:
         """The subset's directory as a local path (local roots only: see :meth:`subset_rel`)."""
