@@ -144,7 +144,10 @@ def curate_pipeline():
         work.upstream = "embed"
         return ct.run_slot(root, work, slot)
 
-    @task(**GPU, task_id="caption_clips", map_index_template="{{ curate_label }}", trigger_rule="all_done")
+    # captioning is the heaviest GPU stage: its slots are queued before the per-clip scorers' so that every gpu
+    # worker takes a caption slot first (else one worker can run both caption slots one after the other)
+    @task(**GPU, task_id="caption_clips", map_index_template="{{ curate_label }}", trigger_rule="all_done",
+          priority_weight=10)
     def caption_clips(slot: dict, params=None) -> dict:
         """With a ``captioner``: a resident worker slot that captions each batch's clips (``curate caption``), then
         embeds the generated captions with the run's encoder (clip vectors copied from the run's set)."""
