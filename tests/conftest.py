@@ -47,6 +47,17 @@ TINY_CLIP_CONFIG = {
 }
 
 
+def curate_parallel(commands: list[list]) -> list[dict]:
+    """Run curate commands at once (as N shells, Slurm array tasks or GPU workers would); their --json summaries."""
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "curate.cli", *map(str, c), "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for c in commands]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for c, p, (o, e) in zip(commands, procs, outs):
+        assert p.returncode == 0, f"curate {' '.join(map(str, c))} -> {p.returncode}\n{o}\n{e}"
+    return [json.loads(o) for o, _ in outs]
+
+
 class FirstFrameSampler:
     """A sampler (frames.py protocol) that asks for each clip's first frame at 32x24: cheap decode checks."""
 

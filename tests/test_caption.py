@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import curate, read_table
+from conftest import curate, curate_parallel, read_table
 from tiny_vlm import build_tiny_qwen2_5_vl
 
 FAKE_PLUGIN = '''
@@ -421,17 +421,6 @@ def _sources_by_colour(root: Path) -> dict[str, str]:
     return {Path(r.url).stem: r.source_id for r in src.itertuples()}
 
 
-def _parallel(commands: list[list]) -> list[dict]:
-    """Run curate commands at once (two GPU workers, two shells); their --json summaries."""
-    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "curate.cli", *map(str, c), "--json"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for c in commands]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for c, p, (o, e) in zip(commands, procs, outs):
-        assert p.returncode == 0, f"curate {' '.join(map(str, c))} -> {p.returncode}\n{o}\n{e}"
-    return [json.loads(o) for o, _ in outs]
-
-
 ROW = ["clip_id", "status", "caption", "error", "tokens", "captioner", "model", "weights", "prompt", "generation"]
 
 
@@ -455,7 +444,7 @@ def test_caption_batches_in_two_processes_equal_one_run(colour_root, tiny_vlm, t
         f.write_text("\n".join(by_colour[c] for c in part))
         files.append(f)
     hf = ["-c", "hf", "-o", f"weights={tiny_vlm}", *HF_OPTS, "--device", "cpu"]
-    runs = _parallel([["caption", "--root", colour_root, *hf, "--name", "batched", "--batch-size", "2",
+    runs = curate_parallel([["caption", "--root", colour_root, *hf, "--name", "batched", "--batch-size", "2",
                        "--source-ids", f] for f in files])
     assert [(r["total"], r["skipped"], r["ok"] + r["error"]) for r in runs] == [(3, 0, 3), (3, 0, 3)]
     opts = {"weights": str(tiny_vlm), "frames": "2", "max_new_tokens": "6", "size": "64"}
@@ -617,7 +606,7 @@ def test_caption_batches_on_a_bucket(colour_root, s3, tmp_path):
         f = tmp_path / f"batch{i}.txt"
         f.write_text("\n".join(by_colour[c] for c in part))
         files.append(f)
-    runs = _parallel([["caption", "--root", root, "-c", "colour", "--source-ids", f] for f in files])
+    runs = curate_parallel([["caption", "--root", root, "-c", "colour", "--source-ids", f] for f in files])
     assert [r["total"] for r in runs] == [3, 3]
     caption(colour_root, "colour", name="s3-reference")
     got = Root(root).captions("colour").read()

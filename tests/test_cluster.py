@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import S3_ENV_KEYS, TINY_CLIP_CONFIG, curate
+from conftest import S3_ENV_KEYS, TINY_CLIP_CONFIG, curate, curate_parallel
 from tiny_vlm import build_tiny_qwen2_5_vl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,36 +185,25 @@ def assert_same_tables(root, ref, subset: str = "s", captions: bool = True) -> N
 
 
 # ----------------------------------------------------------------------------- the CLI, sharded
-def _parallel(commands: list[list]) -> list[dict]:
-    """Run curate commands at once (as N shells or Slurm array tasks would); their --json summaries."""
-    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "curate.cli", *map(str, c), "--json"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for c in commands]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for c, p, (o, e) in zip(commands, procs, outs):
-        assert p.returncode == 0, f"curate {' '.join(map(str, c))} -> {p.returncode}\n{o}\n{e}"
-    return [json.loads(o) for o, _ in outs]
-
-
 def test_sharded_cli_processes_equal_one_process(inputs, plain_reference, tmp_path):
     """2 processes split, embed and score one root together (--shard i/2), 2 cut the subset (--shard i/2):
     the same tables as one process, each source in exactly one shard."""
     root = tmp_path / "root"
     curate("ingest", inputs["list"], "--root", root)
     n = 2
-    split = _parallel([["split", "--root", root, "--min-clip-s", "0.5", "--max-clip-s", "3", "--shard", f"{i}/{n}"]
+    split = curate_parallel([["split", "--root", root, "--min-clip-s", "0.5", "--max-clip-s", "3", "--shard", f"{i}/{n}"]
                        for i in range(n)])
     assert sum(s["total"] for s in split) == len(SHOTS)  # every source in one shard
-    emb = _parallel([["embed", "--root", root, *_opts(inputs["options"]), "--device", "cpu", "--batch-size", "8",
+    emb = curate_parallel([["embed", "--root", root, *_opts(inputs["options"]), "--device", "cpu", "--batch-size", "8",
                       "--shard", f"{i}/{n}"] for i in range(n)])
     reference = plain_reference
     n_clips = len(_raw(reference, "clips"))
     assert sum(e["ok"] for e in emb) == n_clips and all(e["skipped"] == 0 for e in emb)
-    _parallel([["score", "--root", root, "-s", "motion", "--shard", f"{i}/{n}"] for i in range(n)])
+    curate_parallel([["score", "--root", root, "-s", "motion", "--shard", f"{i}/{n}"] for i in range(n)])
     assert not (root / "scores").exists()  # per-shard scores are staged, the shared table is not touched
     curate("score", "--root", root, *[a for s in SCORERS for a in ("-s", s)])  # merges them, runs the rest
     curate("filter", "--root", root, "--subset", "s", "--min-sim", "-1", "--min-duration", "0.5")
-    _parallel([["publish", "--root", root, "--subset", "s", "--shard-size", "2", "--shard", f"{i}/2"] for i in range(2)])
+    curate_parallel([["publish", "--root", root, "--subset", "s", "--shard-size", "2", "--shard", f"{i}/2"] for i in range(2)])
     assert not (root / "subsets" / "s" / "annotations.parquet").exists()
     last = json.loads(curate("publish", "--root", root, "--subset", "s", "--shard-size", "2", "--json").stdout)
     assert last["skipped"] == last["total"] > 0  # the shard processes cut everything; this run only finalises
