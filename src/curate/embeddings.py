@@ -54,6 +54,9 @@ __all__ = [
 SCORE_SUFFIX = "_sim"
 #: floats per streamed batch (64 MB of float32)
 BATCH_FLOATS = 1 << 24
+#: vector batches Lance decodes ahead of the reader (its default keeps about 1 GB in flight; measured on 1M 512-d
+#: float32 rows: peak 1.09 GiB / 3.2 s with the default, 0.68 GiB / 1.9 s with 2)
+VECTOR_READAHEAD = 2
 COLUMNS = {"video": "video_emb", "text": "text_emb"}
 
 
@@ -217,13 +220,13 @@ class EmbeddingSet:
             raise CurateError(f"vectors(columns=...) takes video and text, not {', '.join(unknown)}.")
         width = {"video": self.queries * self.dim, "text": self.dim}
         rows = batch_rows or max(64, BATCH_FLOATS // max(1, sum(width[c] for c in cols)))
-        flt = self._ids_filter(clip_ids)
-        if flt is False:
+        keys = self._ids(clip_ids)
+        if keys is not None and not len(keys):
             return
-        # the clip ids are matched in the scan (faster than per batch, whatever their number), the status
-        # here (a scan filter on it reads the table ~10% slower)
-        for b in self.table.iter_batches(columns=["clip_id", "status", *(COLUMNS[c] for c in cols)], filter=flt,
-                                         batch_size=rows):
+        # the clip ids are matched by the table (in the scan, or by position when many), the status here (a scan
+        # filter on it reads the table ~10% slower)
+        for b in self.table.iter_batches(columns=["clip_id", "status", *(COLUMNS[c] for c in cols)], keys=keys,
+                                         batch_size=rows, readahead=VECTOR_READAHEAD):
             keep = pc.fill_null(pc.equal(b.column("status"), "ok"), False)
             for c in cols:
                 keep = pc.and_(keep, pc.is_valid(b.column(COLUMNS[c])))
@@ -262,22 +265,18 @@ class EmbeddingSet:
         return out
 
     def _rows(self, columns: list[str], clip_ids, *, ok: bool) -> Iterator[pa.RecordBatch]:
-        flt = self._ids_filter(clip_ids)
-        if flt is False:
+        keys = self._ids(clip_ids)
+        if keys is not None and not len(keys):
             return
-        if ok:
-            flt = (pc.field("status") == "ok") if flt is None else flt & (pc.field("status") == "ok")
-        for b in self.table.iter_batches(columns=columns, filter=flt, batch_size=65536):
+        flt = (pc.field("status") == "ok") if ok else None
+        for b in self.table.iter_batches(columns=columns, filter=flt, keys=keys, batch_size=65536):
             if b.num_rows:
                 yield b
 
     @staticmethod
-    def _ids_filter(clip_ids):
-        """The scan filter of ``clip_ids`` (None: every row; False: none)."""
-        if clip_ids is None:
-            return None
-        ids = _string_array(clip_ids)
-        return pc.field("clip_id").isin(ids) if len(ids) else False
+    def _ids(clip_ids) -> pa.Array | None:
+        """``clip_ids`` as one string array (None: every row)."""
+        return None if clip_ids is None else _string_array(clip_ids)
 
     # -- similarity
     @property
