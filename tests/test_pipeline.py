@@ -237,7 +237,7 @@ def test_many_small_appends_are_compacted_without_changing_the_table(tmp_path):
 
 @pytest.mark.parametrize("detector", ["content", "adaptive"])
 def test_detectors_find_hard_cuts_exactly(detector, videos):
-    from curate.stages.split import SceneDetectSplitter
+    from curate.splitters.scenedetect import SceneDetectSplitter
 
     assert SceneDetectSplitter(detector)(videos["three_shots"], FPS, 150) == cuts(VIDEOS["three_shots"])
 
@@ -245,7 +245,7 @@ def test_detectors_find_hard_cuts_exactly(detector, videos):
 def test_threshold_detector_cuts_a_fade_through_black(tmp_path):
     import subprocess
 
-    from curate.stages.split import SceneDetectSplitter
+    from curate.splitters.scenedetect import SceneDetectSplitter
 
     f = tmp_path / "fade.mp4"  # 3 s fading out to black at 2-3 s, then 3 s fading in from black
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=3",

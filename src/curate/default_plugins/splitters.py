@@ -79,7 +79,7 @@ def _transnetv2(**options):
 
 
 def _scenedetect(kind: str, **options):
-    from curate.stages.split import SceneDetectSplitter
+    from curate.splitters.scenedetect import SceneDetectSplitter
 
     return SceneDetectSplitter(kind, **options)
 

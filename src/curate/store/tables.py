@@ -199,8 +199,9 @@ class Table:
                      ) -> Iterator[pa.RecordBatch]:
         """The rows (passing ``filter``; whose key is one of ``keys`` when given) in table order, in batches of at
         most ``batch_size`` rows. ``readahead``: batches Lance decodes ahead (None: its default, about 1 GB of
-        vectors in flight; 2 halves the peak memory of a vector scan and is no slower on local disks). Up to :data:`KEYS_IN_SCAN_MAX` keys go to the scan as an ``isin`` filter;
-        more are matched here (:meth:`_iter_keyed`), in memory that does not grow with the keys' count."""
+        vectors in flight; 2 halves the peak memory of a vector scan and is no slower on local disks). Up to
+        :data:`KEYS_IN_SCAN_MAX` keys go to the scan as an ``isin`` filter; more are matched here
+        (:meth:`_iter_keyed`), with a row mask instead of Lance's plan of the filter."""
         d = self.dataset()
         if d is None:
             return iter(())
