@@ -133,7 +133,7 @@ def measure(c, run_id: str, root: str) -> dict:
     [board] = boards(root)
     summary = board.summary("embed")
     stats = board.stats("embed")
-    clips = sum(int(e.get("ok") or 0) for w in stats for e in w.get("events", []))
+    clips = _clips(Path(root))  # (a batch's "ok" counts its sources, not its clips)
     span = (max(t["end_date"] for t in emb) - min(t["start_date"] for t in emb)).total_seconds()
     overhead, delay = [], []
     for task, upstream in (("batch.split", "batch.ingest"),):
