@@ -1,11 +1,12 @@
-"""Embed throughput of curate_pipeline on a real CeleryExecutor cluster with 1 and 2 gpu-queue workers
-(resident worker slots), and the scheduling overhead per mapped task; with ``--cli``, the same GPU phase
+"""The embed phase of curate_pipeline on a real CeleryExecutor cluster with 1 and 2 gpu-queue workers
+(resident worker slots; their start-up, with and without Celery preloading), and the scheduling overhead per
+mapped task; with ``--cli``, the same GPU phase
 without Airflow: one fresh process per batch (what a per-batch task pays: imports + model load) against
 resident ``curate process --worker`` processes, 1 and 2 at a time.
 
-    PYTHONPATH=src .venv/bin/python bench/bench_cluster.py [--sources 8] [--shots 6] [--json out.json]
+    PYTHONPATH=src .venv/bin/python bench/bench_cluster.py [--sources 8] [--shots 6] [--forward-s 2] [--preload] [--json out.json]
     PYTHONPATH=src .venv/bin/python bench/bench_cluster.py --cli --sources 12 --shots 3
-    PYTHONPATH=src .venv/bin/python bench/bench_cluster.py --cli --sources 12 --shots 2 --forward-s 2
+    PYTHONPATH=src .venv/bin/python bench/bench_cluster.py --cli --sources 12 --shots 6 --forward-s 6 --modes resident
 
 ``--forward-s S`` runs the bench's own encoder plugin ``slowclip`` (registered like a third-party package: an
 entry point in a dist-info directory put on PYTHONPATH): the tiny CLIP whose ``embed_video_batch`` also waits
@@ -14,15 +15,18 @@ the GPU phase is start-up and decode alone and neither the start-up share nor th
 real model work can be seen.
 
 Starts the local cluster of ``scripts/cluster.sh`` (PostgreSQL, Redis, scheduler, dag-processor, API
-server, one default worker with 2 slots, gpu workers with 1 slot and one torch thread each), runs the
-pipeline on ``--sources`` ffmpeg-made videos of ``--shots`` 2 s shots each (``batch_size`` 1: one batch per
-source; a tiny random CLIP on CPU), first with one gpu worker, then with a second one started, each run
-on a fresh root. From the metadata DB and the tasks' results:
+server, one default worker with 2 slots, gpu workers with 1 slot and one torch thread each; ``--preload``:
+the gpu workers preload torch, torchvision and open_clip before forking their pool), runs the pipeline on
+``--sources`` ffmpeg-made videos of ``--shots`` 2 s shots each (``batch_size`` 1: one batch per source; a tiny
+random CLIP on CPU), first with one gpu worker and ``gpu_slots`` 1, then with a second one started and
+``gpu_slots`` 2, each run on a fresh root. From the metadata DB and the board's worker stats:
 
-- embed throughput: clips embedded / (last ``batch.embed`` end - first ``batch.embed`` start);
-- per mapped task: the time Airflow adds around the stage (task duration minus the stage's own
-  ``seconds``: process start, imports, the execution API) and the queue delay (task start minus the end
-  of the task it waited for).
+- the embed phase: first ``embed`` slot start to last ``embed`` slot end, and clips / s over it;
+- per embed slot: start-up = its task process's start (fork) -> the worker began (``launch_s``: the task
+  runner, the DAG file, imports) -> the model loaded (``setup_s``), its share of the slot's life, the heavy
+  modules it found already imported (preloaded);
+- per mapped ``batch.split`` task: the time Airflow adds around the stage (task duration minus the stage's
+  own ``seconds``) and the queue delay (task start minus the end of its ``batch.ingest``).
 """
 
 from __future__ import annotations
@@ -129,7 +133,7 @@ def measure(c, run_id: str, root: str) -> dict:
     [board] = boards(root)
     summary = board.summary("embed")
     stats = board.stats("embed")
-    clips = sum(int(e.get("ok") or 0) for w in stats for e in w.get("events", []))
+    clips = _clips(Path(root))  # (a batch's "ok" counts its sources, not its clips)
     span = (max(t["end_date"] for t in emb) - min(t["start_date"] for t in emb)).total_seconds()
     overhead, delay = [], []
     for task, upstream in (("batch.split", "batch.ingest"),):
@@ -141,7 +145,17 @@ def measure(c, run_id: str, root: str) -> dict:
             up = by.get((upstream, t["map_index"]))
             if up is not None:
                 delay.append((t["start_date"] - up["end_date"]).total_seconds())
+    # a slot's start-up: its task process's start (fork) -> the worker began (launch_s: Airflow's task runner,
+    # the DAG file, imports before the worker) -> the model loaded (setup_s); and task start -> first batch
+    firsts = {w["worker"]: min((e["start"] for e in w.get("events", [])), default=None) for w in stats}
+    startup = [round((w.get("launch_s") or 0) + w["setup_s"], 2) for w in stats]
     return {"clips": clips, "embed_slots": len(emb), "embed_span_s": round(span, 1),
+            "slot_startup_s": startup, "slot_launch_s": [w.get("launch_s") for w in stats],
+            "slot_setup_s": [w["setup_s"] for w in stats], "slot_wall_s": [w["wall_s"] for w in stats],
+            "slot_startup_share": round(sum(startup) / sum(w["wall_s"] + (w.get("launch_s") or 0) for w in stats), 4),
+            "slot_preloaded": [w.get("preloaded") for w in stats],
+            "first_batch_after_start_s": sorted(round(f - w["started_at"] + (w.get("launch_s") or 0), 2)
+                                                for w in stats if (f := firsts[w["worker"]]) is not None),
             "clips_per_s": round(clips / span, 2) if span else None, "batches": summary["batches"],
             "model_loads": summary["model_loads"], "setup_share": round(summary["setup_s"] / summary["wall_s"], 4)
             if summary["wall_s"] else None, "busy": summary["busy"],
@@ -205,6 +219,7 @@ def cli_compare(base: Path, inputs: dict, sources: int, forward_s: float = 0.0,
                                       "batches": sum(r["batches"] for r in res),
                                       "batches_per_worker": [r["batches"] for r in res],
                                       "model_loads": sum(r["model_loads"] for r in res),
+                                      "launch_s": [r["stats"].get("launch_s") for r in res],
                                       "setup_s": [round(r["setup_s"], 2) for r in res],
                                       "startup_s": [round(x, 2) for x in starts],
                                       "startup_share": round(sum(starts) / sum(walls), 4),
@@ -240,7 +255,9 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--cli", action="store_true", help="per-batch processes vs resident --worker processes, no Airflow")
     ap.add_argument("--forward-s", type=float, default=0.0,
-                    help="--cli: seconds per clip of emulated GPU forward (the bench's slowclip encoder plugin)")
+                    help="seconds per clip of emulated GPU forward (the bench's slowclip encoder plugin)")
+    ap.add_argument("--preload", nargs="?", const="1", default=None, metavar="MODULES",
+                    help="cluster: gpu workers preload these modules (none given: torch, torchvision, open_clip)")
     ap.add_argument("--modes", default="per_batch,resident", help="--cli: which of per_batch,resident to run")
     a = ap.parse_args()
     if a.cli:
@@ -255,25 +272,38 @@ def main() -> None:
             Path(a.json).write_text(json.dumps(out, indent=2))
         return
 
+    out = celery_bench(a)
+    print(json.dumps(out, indent=2))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2))
+
+
+def celery_bench(a) -> dict:
+    """curate_pipeline on a local CeleryExecutor cluster, with 1 then 2 gpu workers (fresh root each)."""
     from curate.airflow.localcluster import LocalCluster
 
     base = Path(tempfile.mkdtemp(prefix="curate-bench-cluster-"))
     inputs = make_inputs(base / "inputs", a.sources, a.shots)
     roots = base / "roots"
+    paths = [str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
+    options, encoder = dict(inputs["options"]), "clip"
+    if a.forward_s > 0:
+        paths.insert(0, str(slow_plugin(base / "plugin")))
+        options["forward_s"], encoder = str(a.forward_s), "slowclip"
     env = {"CURATE_ROOTS": os.pathsep.join(str(roots / n) for n in ("one", "two")),
            "CURATE_ALLOWED_DIRS": str(base / "inputs"), "CURATE_INBOX_SCHEDULE": "none",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join(paths)}
     out = {"machine": f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.1f}",
-           "sources": a.sources, "shots": a.shots}
+           "sources": a.sources, "shots": a.shots, "forward_s_per_clip": a.forward_s, "preload": a.preload}
     t0 = time.time()
-    with LocalCluster(base / "cluster", dags_folder=REPO / "dags", gpu_workers=1, env=env) as c:
+    with LocalCluster(base / "cluster", dags_folder=REPO / "dags", gpu_workers=1, env=env, preload=a.preload) as c:
         out["cluster_start_s"] = round(time.time() - t0, 1)
         for n, name in ((1, "one"), (2, "two")):
             if n == 2:
                 c.start_worker("gpu2", "gpu", concurrency=1)
                 c.airflow("pools", "set", "gpu", "2", "GPU slots")
-            conf = {"sources": inputs["list"], "root": str(roots / name), "subset": "s", "encoder": "clip",
-                    "encoder_options": inputs["options"], "device": "cpu", "embed_batch_size": 16,
+            conf = {"sources": inputs["list"], "root": str(roots / name), "subset": "s", "encoder": encoder,
+                    "encoder_options": options, "device": "cpu", "embed_batch_size": 16,
                     "min_sim": -1.0, "min_clip_s": 0.5, "max_clip_s": 3.0, "batch_size": 1, "shard_size": 50,
                     "gpu_slots": n}
             t1 = time.time()
@@ -282,11 +312,9 @@ def main() -> None:
             out[f"gpu_workers_{n}"] = {"state": state, "run_wall_s": round(time.time() - t1, 1),
                                        **measure(c, run_id, str(roots / name))}
             print(json.dumps({f"gpu_workers_{n}": out[f"gpu_workers_{n}"]}), flush=True)
+    out["embed_speedup_2_vs_1"] = round(out["gpu_workers_1"]["embed_span_s"] / out["gpu_workers_2"]["embed_span_s"], 2)
     out["load_average_end"] = round(os.getloadavg()[0], 1)
-    print(json.dumps(out, indent=2))
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=2))
-
+    return out
 
 if __name__ == "__main__":
     main()

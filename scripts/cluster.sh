@@ -4,6 +4,7 @@
 # gpu queue. What tests/test_cluster.py runs the pipeline on. Ctrl-C stops it all.
 #
 #   scripts/cluster.sh --dir /tmp/curate-cluster [--gpu-workers 2] [--cuda] [--port 8080] [--heartbeat-timeout 60]
+#                      [--preload [MODULES]]   # gpu workers import torch, torchvision, open_clip before forking (docs/cluster.md)
 #   source /tmp/curate-cluster/cluster.env    # then `airflow dags trigger curate_pipeline --conf ...`
 #
 # Needs redis-server and PostgreSQL (scripts/system-deps.sh) and curate[airflow,cluster]. Set

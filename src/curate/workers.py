@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -56,12 +57,31 @@ CLI_BOARD = "cli"
 POLL_S, MAX_POLL_S = 0.5, 10.0
 #: how long a worker waits for an upstream that makes no progress before it gives up
 WAIT_S = float(os.environ.get("CURATE_WORKER_WAIT_S", str(6 * 3600)))
+#: batches of source ids to add to the board before work starts, or a function that returns them (called in a thread)
+Plan = Iterable[Sequence[str]] | Callable[[], Iterable[Sequence[str]]]
 #: attempts at one batch within one worker before it is marked failed (a stage error, not a dead worker)
 ATTEMPTS = 2
 
 
 def _now() -> float:
     return time.time()
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (fork or exec; Linux ``/proc``, 10 ms ticks; None elsewhere): what a
+    worker spent before :func:`run_worker` (interpreter, imports, the CLI, a task runner's own start-up)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the "(comm)"
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return round(max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK")), 2)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+#: packages whose import is most of a GPU worker's start-up: reported as already imported (preloaded) or not
+HEAVY_MODULES = ("torch", "torchvision", "open_clip", "transformers")
 
 
 # ----------------------------------------------------------------------------- the board
@@ -375,6 +395,9 @@ class WorkerStats:
     started_at: float = field(default_factory=_now)
     state: str = "setup"
     model_loads: int = 0
+    launch_s: float | None = None  # process start -> run_worker (None: unknown on this platform)
+    preloaded: list[str] = field(default_factory=list)  # HEAVY_MODULES already imported when run_worker began
+    plan_s: float = 0.0  # adding the planned batches to the board (CLI workers), overlapped with the model load
     setup_s: float = 0.0
     forward_s: float = 0.0
     wall_s: float = 0.0
@@ -396,13 +419,14 @@ def failed_batch(res: dict) -> bool:
 
 
 def run_worker(root: Root | str, work: StageWork, *, board: str = CLI_BOARD, prefetch: int = 1,
-               worker_id: str | None = None, plan: Iterable[Sequence[str]] | None = None,
+               worker_id: str | None = None, plan: Plan | None = None,
                log: Callable[[str], None] | None = None, wait_s: float | None = None,
                idle_s: float | None = None) -> dict[str, Any]:
     """Set ``work`` up once, then claim, process and commit ready batches of ``board`` until none is left.
 
-    ``plan``: batches of source ids to add to the board first (the CLI adds the root's sources not in a
-    batch yet; the DAG's register task plans them instead). ``prefetch``: batches claimed ahead of the one
+    ``plan``: batches of source ids to add to the board (or a function returning them), planned while the
+    model loads (the CLI adds the root's sources not in a batch yet; the DAG's register task plans them
+    instead). ``prefetch``: batches claimed ahead of the one
     in the model (their decode overlaps its forward). Returns the worker's stats (:class:`WorkerStats`)."""
     root = Root(root) if not isinstance(root, Root) else root.ensure()
     root.ensure()
@@ -420,21 +444,31 @@ class _Worker:
         self.st = WorkerStats(worker=worker_id or f"{HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}", stage=work.stage,
                               board=b.name)
         self.t0 = time.perf_counter()
+        self.st.launch_s = process_age_s()
+        self.st.preloaded = [m for m in HEAVY_MODULES if m in sys.modules]
         self.lock = threading.Lock()
         self.loads0 = 0
 
     # ------------------------------------------------------------------ setup and stats
-    def setup(self, plan: Iterable[Sequence[str]] | None) -> None:
-        """Plan the batches (if given), then load the model once."""
+    def setup(self, plan: Plan | None) -> None:
+        """Load the model once; meanwhile a thread plans the batches, if given (reading the sources table and
+        creating the batch files is I/O: seconds of it on a bucket, which the model load need not wait for)."""
         st, work = self.st, self.work
-        if plan is not None:
-            self.b.add_batches(plan)
-        self.loads0 = encoder_loads()
-        work.setup()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{work.stage}-plan") as planner:
+            planned = planner.submit(self._plan, plan) if plan is not None else None
+            self.loads0 = encoder_loads()
+            work.setup()
+        if planned is not None:
+            planned.result()  # (a planning error is raised here, after the model load it overlapped)
         st.setup_s = round(time.perf_counter() - self.t0, 4)
         st.model_loads = work.loads + encoder_loads() - self.loads0
         st.state = "running"
         self.log(f"{work.stage} worker {st.worker}: set up in {st.setup_s:.2f} s ({st.model_loads} model loads)")
+
+    def _plan(self, plan: Plan) -> None:
+        t = time.perf_counter()
+        self.b.add_batches(plan() if callable(plan) else plan)
+        self.st.plan_s = round(time.perf_counter() - t, 4)
 
     def save(self) -> None:
         """Write the stats (a report: never what fails a batch)."""
@@ -648,10 +682,10 @@ def worker_main(stage: str, root: Root | str, opts: dict[str, Any], *, source_id
     (total/ok/error/skipped over this worker's batches, plus its stats)."""
     root = Root(root) if not isinstance(root, Root) else root
     work = stage_work(stage, opts)
-    plan = chunk(pending_sources(root, source_ids), batch_sources)
-    st = run_worker(root, work, board=board, prefetch=prefetch, plan=plan, log=log)
+    st = run_worker(root, work, board=board, prefetch=prefetch, log=log,
+                    plan=lambda: chunk(pending_sources(root, source_ids), batch_sources))
     out = {"stage": stage, **st["results"], "worker": st["worker"], "model_loads": st["model_loads"],
-           "setup_s": st["setup_s"], "forward_s": st["forward_s"], "wall_s": st["wall_s"], "busy": st["busy"],
+           "launch_s": st["launch_s"], "setup_s": st["setup_s"], "forward_s": st["forward_s"], "wall_s": st["wall_s"], "busy": st["busy"],
            "batches": len(st["batches_done"]), "batches_failed": len(st["batches_failed"]),
            "errors": st["errors"], "stats": st}
     return out

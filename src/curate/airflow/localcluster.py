@@ -62,7 +62,8 @@ class LocalCluster:
 
     def __init__(self, base: str | os.PathLike, *, dags_folder: str | os.PathLike, gpu_workers: int = 2,
                  default_concurrency: int = 2, gpu_pool_slots: int | None = None, heartbeat_timeout_s: int = 20,
-                 cuda: bool = False, env: dict[str, str] | None = None, api_port: int | None = None) -> None:
+                 cuda: bool = False, env: dict[str, str] | None = None, api_port: int | None = None,
+                 preload: str | None = None) -> None:
         self.base = Path(base).resolve()
         self.base.mkdir(parents=True, exist_ok=True)
         self.home = self.base / "airflow_home"
@@ -73,6 +74,7 @@ class LocalCluster:
         self.default_concurrency = default_concurrency
         self.gpu_pool_slots = gpu_pool_slots if gpu_pool_slots is not None else gpu_workers
         self.cuda = cuda
+        self.preload = preload
         bins = find_binaries()
         if bins is None:
             raise RuntimeError("redis-server and PostgreSQL are needed (Debian: apt-get install redis-server "
@@ -141,7 +143,17 @@ class LocalCluster:
         """One Celery worker named ``name`` on ``queue`` (``airflow celery worker -q QUEUE -c N``)."""
         self._spawn(f"worker-{name}", [sys.executable, "-m", "airflow", "celery", "worker", "-q", queue,
                                        "-c", str(concurrency), "--celery-hostname", f"{name}@%h", "--skip-serve-logs"],
-                    env={"CURATE_WORKER_NAME": name, **(env or {})})
+                    env=self.worker_env(name, queue, env))
+
+    def worker_env(self, name: str, queue: str, env: dict[str, str] | None = None) -> dict[str, str]:
+        """What a worker gets on top of the cluster's environment: its name, and on the gpu queue with
+        ``preload`` the Celery configuration that imports those modules before the pool forks
+        (:mod:`curate.airflow.preload`)."""
+        out = {"CURATE_WORKER_NAME": name}
+        if self.preload and queue == "gpu":
+            out |= {"AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "curate.airflow.celery_config.CELERY_CONFIG",
+                    "CURATE_CELERY_PRELOAD": self.preload}
+        return out | (env or {})
 
     def worker_pids(self, name: str) -> set[int]:
         """The pids of worker ``name`` and every process under it (its pool and the tasks it runs)."""
@@ -330,7 +342,8 @@ class LocalCluster:
         return sorted((dict(zip(names, r)) for r in rows), key=lambda t: (t["task_id"], t["map_index"], t["try_number"]))
 
 
-def _main(argv: list[str] | None = None) -> None:
+def arg_parser():
+    """The command line of ``python -m curate.airflow.localcluster`` (``scripts/cluster.sh``)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m curate.airflow.localcluster",
@@ -345,9 +358,16 @@ def _main(argv: list[str] | None = None) -> None:
     up.add_argument("--port", type=int, default=8080, help="API server / UI port")
     up.add_argument("--heartbeat-timeout", type=int, default=60,
                     help="seconds without heartbeats before a task of a dead worker is failed and retried")
-    a = ap.parse_args(argv)
+    up.add_argument("--preload", nargs="?", const="1", default=None, metavar="MODULES",
+                    help="gpu workers import these modules (comma-separated; none given: torch, torchvision, "
+                         "open_clip) before forking their pool: slot tasks start with them imported")
+    return ap
+
+
+def _main(argv: list[str] | None = None) -> None:
+    a = arg_parser().parse_args(argv)
     c = LocalCluster(a.dir, dags_folder=a.dags, gpu_workers=a.gpu_workers, cuda=a.cuda, api_port=a.port,
-                     heartbeat_timeout_s=a.heartbeat_timeout)
+                     heartbeat_timeout_s=a.heartbeat_timeout, preload=a.preload)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     c.start(wait_for_dag=None)
@@ -356,6 +376,7 @@ def _main(argv: list[str] | None = None) -> None:
     env_file.write_text("".join(f"export {k}={json.dumps(c.env[k])}\n" for k in keys))
     print(f"cluster up: UI and API http://127.0.0.1:{c.api_port}/  workers: default, "
           + ", ".join(f"gpu{i}" for i in range(1, a.gpu_workers + 1))
+          + (f" (preloading {a.preload if a.preload != '1' else 'torch, torchvision, open_clip'})" if a.preload else "")
           + f"\n  logs: {c.logs}\n  to use the airflow CLI against it: source {env_file}\n  Ctrl-C stops it", flush=True)
     try:
         while not stop["now"]:
