@@ -22,13 +22,27 @@ CHAT_TEMPLATE = (
 )
 
 
+def byte_tokenizer(special: list[str], **tokens: str):
+    """A byte-level BPE over printable ASCII ('Ġ' is the space byte, 'Ċ' the newline) with ``special`` first and
+    no merges: deterministic (a trained vocabulary is not: ties), and whatever a random model generates decodes
+    to readable text. ``tokens``: the tokenizer's eos/pad/bos/unk tokens. Returns (tokenizer, id of each special)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate([*special, "Ċ", "Ġ", *(chr(b) for b in range(33, 127))])}
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.add_special_tokens(special)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, **tokens)
+    return tok, {t: tok.convert_tokens_to_ids(t) for t in special}
+
+
 def build_tiny_qwen2_5_vl(path: Path, *, seed: int = 0, pixels: int = 56 * 56) -> Path:
     """Write the checkpoint into ``path`` (created) and return it. ``pixels``: image/video frame area the
     processors resize to (56x56 -> 4 visual tokens per frame pair)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
-        PreTrainedTokenizerFast,
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
@@ -38,15 +52,7 @@ def build_tiny_qwen2_5_vl(path: Path, *, seed: int = 0, pixels: int = 56 * 56) -
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    # byte-level BPE over printable ASCII ('Ġ' is the space byte, 'Ċ' the newline) and no merges: deterministic
-    # (a trained vocabulary is not: ties), and whatever a random model generates decodes to readable text
-    vocab = {t: i for i, t in enumerate([*SPECIAL, "Ċ", "Ġ", *(chr(b) for b in range(33, 127))])}
-    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.add_special_tokens(SPECIAL)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    ids = {s: tok.convert_tokens_to_ids(s) for s in SPECIAL}
+    tok, ids = byte_tokenizer(SPECIAL, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels),
         video_processor=Qwen2VLVideoProcessor(size={"shortest_edge": pixels, "longest_edge": pixels}),
@@ -83,7 +89,6 @@ def build_tiny_llava(path: Path, *, seed: int = 0) -> Path:
     """A tiny random LLaVA (CLIP vision tower + Llama; image input only, no video processor) in the real format:
     28x28 images, 4 patch tokens per image."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -91,20 +96,12 @@ def build_tiny_llava(path: Path, *, seed: int = 0) -> Path:
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
-        PreTrainedTokenizerFast,
     )
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     special = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-    vocab = {t: i for i, t in enumerate([*special, "Ċ", "Ġ", *(chr(b) for b in range(33, 127))])}
-    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.add_special_tokens(special)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>")
-    ids = {s: tok.convert_tokens_to_ids(s) for s in special}
+    tok, ids = byte_tokenizer(special, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
         tokenizer=tok, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
@@ -129,14 +126,12 @@ def build_tiny_llava_onevision(path: Path, *, seed: int = 0) -> Path:
     """A tiny random LLaVA-OneVision (SigLIP vision tower + Qwen2; images and video) in the real format:
     28x28 tiles, 4 patch tokens per tile, its own image and video processors and chat-template placeholders."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
         LlavaOnevisionImageProcessor,
         LlavaOnevisionProcessor,
         LlavaOnevisionVideoProcessor,
-        PreTrainedTokenizerFast,
         Qwen2Config,
         SiglipVisionConfig,
     )
@@ -144,13 +139,7 @@ def build_tiny_llava_onevision(path: Path, *, seed: int = 0) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
-    vocab = {t: i for i, t in enumerate([*special, "Ċ", "Ġ", *(chr(b) for b in range(33, 127))])}
-    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.add_special_tokens(special)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    ids = {s: tok.convert_tokens_to_ids(s) for s in special}
+    tok, ids = byte_tokenizer(special, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     template = CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n").replace(
         "<|vision_start|><|video_pad|><|vision_end|>", "<video>\n")
     pinpoints = [[28, 28]]
