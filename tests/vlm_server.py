@@ -143,17 +143,27 @@ class VLMServer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             transport.abort()
 
-    async def _models(self, request):
+    def _admit(self, request):
+        """Record the request; the answer when the server is down (a reset connection) or the key is refused
+        (401), else None."""
         from aiohttp import web
 
         rec = self._record(request)
         if self.down:
             self._reset(request)
-            return web.Response(status=503)
+            return rec, web.Response(status=503)
         refused = self._refuse_key(request)
         if refused is not None:
             rec.status = 401
-            return refused
+            return rec, refused
+        return rec, None
+
+    async def _models(self, request):
+        from aiohttp import web
+
+        _, answer = self._admit(request)
+        if answer is not None:
+            return answer
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model",
                                                                "root": f"test/{self.model}"}]})
 
@@ -193,14 +203,9 @@ class VLMServer:
     async def _chat(self, request):
         from aiohttp import web
 
-        rec = self._record(request)
-        if self.down:
-            self._reset(request)
-            return web.Response(status=503)
-        refused = self._refuse_key(request)
-        if refused is not None:
-            rec.status = 401
-            return refused
+        rec, answer = self._admit(request)
+        if answer is not None:
+            return answer
         body = await request.json()
         rec.body = {k: v for k, v in body.items() if k != "messages"}
         rec.probe = body.get("max_tokens") == 1
