@@ -195,6 +195,24 @@ def http_server(tmp_path_factory, videos):
     srv.shutdown()
 
 
+def colour_root(d: Path, colours: list[str]) -> Path:
+    """A root under ``d`` with one 1.2 s solid-colour clip per colour (ffmpeg ``color``), each with a source
+    caption ("uploaded video number I"): ingested and split, what the caption tests run on."""
+    import pandas as pd
+
+    rows = []
+    for i, c in enumerate(colours):
+        video = d / f"{c}.mp4"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c={c}:size=64x48:rate=10",
+                        "-frames:v", "12", "-pix_fmt", "yuv420p", "-c:v", "libx264", str(video)], check=True)
+        rows.append({"url": str(video), "caption": f"uploaded video number {i}"})
+    pd.DataFrame(rows).to_csv(d / "list.csv", index=False)
+    root = d / "root"
+    curate("ingest", d / "list.csv", "--root", root)
+    curate("split", "--root", root, "--detector", "none", "--min-clip-s", "0.5")
+    return root
+
+
 def read_table(path, **kwargs):
     """A table of a dataset root as a DataFrame, the way users read it: Lance (``lance.dataset(p).to_table()``)
     for tables, pandas for the plain Parquet files of a subset (selection, annotations)."""

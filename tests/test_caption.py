@@ -12,13 +12,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import colour_root as make_colour_root
 from conftest import curate, curate_parallel, read_table
 from tiny_vlm import build_tiny_qwen2_5_vl
 
@@ -83,12 +83,6 @@ def register_captioners(register):
 COLOURS = ["red", "green", "blue", "yellow", "white", "black"]
 
 
-def _video(path: Path, colour: str, frames: int = 12) -> Path:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c={colour}:size=64x48:rate=10",
-                    "-frames:v", str(frames), "-pix_fmt", "yuv420p", "-c:v", "libx264", str(path)], check=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def fake_plugin(tmp_path_factory):
     """The fake captioner as an installed distribution (module + dist-info with a `curate` entry point) on
@@ -123,14 +117,7 @@ def fake_plugin(tmp_path_factory):
 @pytest.fixture(scope="module")
 def colour_root(tmp_path_factory, fake_plugin):
     """A root with one 1.2 s clip per colour, each with a source caption."""
-    d = tmp_path_factory.mktemp("colours")
-    rows = [{"url": str(_video(d / f"{c}.mp4", c)), "caption": f"uploaded video number {i}"}
-            for i, c in enumerate(COLOURS)]
-    pd.DataFrame(rows).to_csv(d / "list.csv", index=False)
-    root = d / "root"
-    curate("ingest", d / "list.csv", "--root", root)
-    curate("split", "--root", root, "--detector", "none", "--min-clip-s", "0.5")
-    return root
+    return make_colour_root(tmp_path_factory.mktemp("colours"), COLOURS)
 
 
 def _clip_colours(root: Path) -> dict[str, str]:

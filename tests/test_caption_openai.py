@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from conftest import curate, read_table
+from conftest import colour_root, curate, read_table
 from vlm_server import VLMServer
 
 KEY_ENV, KEY = "CURATE_TEST_VLM_KEY", "sk-test-5f3a9c1e-do-not-log"
@@ -26,23 +24,10 @@ FAULTS = {"red": ["429"], "green": ["500", "500"], "blue": ["500"] * 4, "yellow"
 FAST = {"retries": "3", "backoff": "0.05", "timeout": "1", "frames": "3"}
 
 
-def _video(path: Path, colour: str) -> Path:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c={colour}:size=64x48:rate=10",
-                    "-frames:v", "12", "-pix_fmt", "yuv420p", "-c:v", "libx264", str(path)], check=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """One 1.2 s clip per colour, each with a source caption."""
-    d = tmp_path_factory.mktemp("colours")
-    rows = [{"url": str(_video(d / f"{c}.mp4", c)), "caption": f"uploaded video number {i}"}
-            for i, c in enumerate(COLOURS)]
-    pd.DataFrame(rows).to_csv(d / "list.csv", index=False)
-    r = d / "root"
-    curate("ingest", d / "list.csv", "--root", r)
-    curate("split", "--root", r, "--detector", "none", "--min-clip-s", "0.5")
-    return r
+    return colour_root(tmp_path_factory.mktemp("colours"), COLOURS)
 
 
 @pytest.fixture
