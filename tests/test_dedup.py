@@ -189,13 +189,19 @@ def test_sharded_equals_one_process_and_a_killed_group_redoes_only_itself(tmp_pa
     assert dedup(root, options=OPTS, plan=True, groups=4).as_dict()["groups"] == []  # merged: nothing left
 
 
-def test_merge_goes_through_the_score_stage(tmp_path, data):
-    ids, vec, _, quality = data
-    ids, vec, quality = ids[:1500], vec[:1500], quality[:1500]
-    root = write_set(tmp_path / "ds", ids, vec)
+def scored_root(path, ids, vec, quality):
+    """A root with the set, an ok ``clips`` row per clip and the ``quality`` ranking: what `curate dedup` reads."""
+    root = write_set(path, ids, vec)
     root.clips.append(rows_to_table([{"clip_id": c, "source_id": "s", "status": "ok"} for c in ids],
                                     SCHEMAS["clips"]))
     write_scores(root, ids, quality)
+    return root
+
+
+def test_merge_goes_through_the_score_stage(tmp_path, data):
+    ids, vec, _, quality = data
+    ids, vec, quality = ids[:1500], vec[:1500], quality[:1500]
+    root = scored_root(tmp_path / "ds", ids, vec, quality)
     dedup(root, options=OPTS, plan=True, groups=2)
     for g in range(2):
         dedup(root, options=OPTS, shard=(g, 2))
@@ -244,10 +250,7 @@ def test_cli_plan_shards_merge(tmp_path, data):
 
     ids, vec, _, quality = data
     ids, vec, quality = ids[:800], vec[:800], quality[:800]
-    root = write_set(tmp_path / "ds", ids, vec)
-    root.clips.append(rows_to_table([{"clip_id": c, "source_id": "s", "status": "ok"} for c in ids],
-                                    SCHEMAS["clips"]))
-    write_scores(root, ids, quality)
+    root = scored_root(tmp_path / "ds", ids, vec, quality)
 
     def run(*args):
         r = CliRunner().invoke(app, ["dedup", "--root", str(root.path), "-o", "method=clustered", "-o", "by=quality",
