@@ -135,7 +135,7 @@ def test_requests_in_flight_retries_server_reasons_and_rerun(root, key, caplog):
         assert [q.status for q in by["green"]] == [500, 500, 200]
         assert [q.status for q in by["blue"]] == [500] * 4  # 1 + retries=3, then the error row
         assert [q.status for q in by["black"]] == [400]  # the request's own fault: not retried
-        assert [q.status for q in by["yellow"]] == [0, 200] and len(by["white"]) == 2  # reset, timeout: retried
+        assert [q.status for q in by["yellow"]] == [0, 200] and [q.status for q in by["white"]] == [0, 200]  # reset, timeout: retried
         assert all(len(by[c]) == 1 for c in COLOURS if c not in FAULTS)
         # every clip ends ok (its frames' colour) or with the server's reason
         rows = _by_colour(root, "vlm")

@@ -158,6 +158,17 @@ class VLMServer:
             return rec, refused
         return rec, None
 
+    @staticmethod
+    async def _answer_after(request, seconds: float) -> bool:
+        """Wait ``seconds`` before answering; False as soon as the client has closed the connection (a request
+        it timed out on and retried is not in flight twice)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if request.transport is None or request.transport.is_closing():
+                return False
+            await asyncio.sleep(min(0.02, left))
+        return True
+
     async def _models(self, request):
         from aiohttp import web
 
@@ -241,7 +252,9 @@ class VLMServer:
                 rec.status = 0
                 self._reset(request)
                 return web.Response(status=500)
-            await asyncio.sleep(self.slow_s if action == "slow" else self.latency)
+            if not await self._answer_after(request, self.slow_s if action == "slow" else self.latency):
+                rec.status = 0  # the client gave up (its timeout) and closed the connection: no longer in flight
+                return web.Response(status=499)
             caption = "x" if rec.probe else f"a plain {rec.colour} screen"
             n_completion = self.completion_tokens or len(caption.split())
             per = VIDEO_FRAME_TOKENS if video else IMAGE_TOKENS
