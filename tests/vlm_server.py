@@ -95,7 +95,7 @@ class VLMServer:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         loop.run_until_complete(self._runner.setup())
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -157,17 +157,6 @@ class VLMServer:
             rec.status = 401
             return rec, refused
         return rec, None
-
-    @staticmethod
-    async def _answer_after(request, seconds: float) -> bool:
-        """Wait ``seconds`` before answering; False as soon as the client has closed the connection (a request
-        it timed out on and retried is not in flight twice)."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            if request.transport is None or request.transport.is_closing():
-                return False
-            await asyncio.sleep(min(0.02, left))
-        return True
 
     async def _models(self, request):
         from aiohttp import web
@@ -252,9 +241,11 @@ class VLMServer:
                 rec.status = 0
                 self._reset(request)
                 return web.Response(status=500)
-            if not await self._answer_after(request, self.slow_s if action == "slow" else self.latency):
-                rec.status = 0  # the client gave up (its timeout) and closed the connection: no longer in flight
-                return web.Response(status=499)
+            try:
+                await asyncio.sleep(self.slow_s if action == "slow" else self.latency)
+            except asyncio.CancelledError:  # the client gave up (its timeout) and closed the connection: aiohttp
+                rec.status = 0  # cancels the handler (handler_cancellation), so it leaves the in-flight count at once
+                raise
             caption = "x" if rec.probe else f"a plain {rec.colour} screen"
             n_completion = self.completion_tokens or len(caption.split())
             per = VIDEO_FRAME_TOKENS if video else IMAGE_TOKENS
